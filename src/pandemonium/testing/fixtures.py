@@ -1,0 +1,1 @@
+"""pytest fixtures for pandemonium and its plugins (registered via the pytest11 entry point)."""
