@@ -487,7 +487,8 @@ class PipelineBase(nn.Module):
 
     def get_description(self) -> str:
         """Markdown description for the MLflow run."""
-        doc = (inspect.getdoc(type(self)) or "").split("\n\n")[0].replace("\n", " ")
+        own_doc = type(self).__dict__.get("__doc__") or ""  # not the inherited base-class docstring
+        doc = " ".join(inspect.cleandoc(own_doc).split("\n\n")[0].split())
         params = json.dumps(self.params, sort_keys=True, default=str)
         text = f"**{self.name}**"
         if doc:
