@@ -1,0 +1,191 @@
+"""``pandemonium <mode> key=value ...``: a Hydra app where the first word selects ``mode=<mode>``.
+
+Config search path, first match wins: ``$PANDEMONIUM_CONFIGS_PATH`` (folders separated by ``:``,
+e.g. one made by ``pandemonium-copy-conf``), the built-in tree, then folders added by plugins.
+Everything after the mode is Hydra's: ``--cfg job``, ``-m``/``--multirun``, ``hydra.*`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pandemonium import __version__
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_PATH_ENV = "PANDEMONIUM_CONFIGS_PATH"
+PROG = "pandemonium"
+
+
+def user_config_dirs() -> list[Path]:
+    """Folders named by ``$PANDEMONIUM_CONFIGS_PATH`` (in order)."""
+    raw = os.environ.get(CONFIGS_PATH_ENV, "")
+    return [Path(p).expanduser().absolute() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def config_dirs(plugin_dirs: Sequence[Path] = ()) -> list[Path]:
+    """The whole search path of config folders, highest priority first."""
+    return [*user_config_dirs(), CONFIG_DIR, *plugin_dirs]
+
+
+def discover_modes(dirs: Sequence[Path]) -> dict[str, tuple[str, Path]]:
+    """mode name -> (one-line description, file); the first folder defining a mode wins."""
+    from pandemonium.cli.checks import mode_description
+
+    modes: dict[str, tuple[str, Path]] = {}
+    for folder in dirs:
+        mode_dir = folder / "mode"
+        if not mode_dir.is_dir():
+            continue
+        for path in sorted(mode_dir.glob("*.yaml")):
+            if path.stem not in modes:
+                modes[path.stem] = (mode_description(path), path)
+    return modes
+
+
+def _install_search_path(extra_first: Sequence[Path], extra_last: Sequence[Path]) -> None:
+    """Register a Hydra SearchPathPlugin that puts user folders first and plugin folders last."""
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    first = [f"file://{p}" for p in extra_first]
+    last = [f"file://{p}" for p in extra_last]
+
+    class PandemoniumSearchPath(SearchPathPlugin):
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            for path in reversed(first):
+                search_path.prepend(provider="pandemonium-user", path=path)
+            for path in last:
+                search_path.append(provider="pandemonium-plugin", path=path)
+
+    plugins = Plugins.instance()
+    # one instance of our plugin at a time (main() may run several times in one process, e.g. tests)
+    for cls in list(plugins.plugin_type_to_subclass_list.get(SearchPathPlugin, [])):
+        if cls.__name__ == "PandemoniumSearchPath":
+            plugins.plugin_type_to_subclass_list[SearchPathPlugin].remove(cls)
+    plugins.register(PandemoniumSearchPath)
+
+
+def format_help(modes: dict[str, tuple[str, Path]], plugin_lines: Sequence[str]) -> str:
+    width = max((len(m) for m in modes), default=4) + 2
+    lines = [
+        f"usage: {PROG} <mode> [key=value ...] [--cfg job] [-m|--multirun] [--help] [--version]",
+        "",
+        "Physical adversarial patch research across vision tasks. Modes:",
+    ]
+    lines += [f"  {name:<{width}}{desc}" for name, (desc, _) in sorted(modes.items())]
+    lines += [
+        "",
+        "Common overrides: task_list=[shapes_cls,digits] proj=NAME seed=N data_dir=DIR out_dir=DIR",
+        "                  continue=latest executor=local reuse.models=OTHER_PROJ device=cpu",
+        f"Config folders (first wins): ${CONFIGS_PATH_ENV}, the built-in tree, plugin folders;",
+        f"  `{PROG}-copy-conf DIR` copies the built-in tree for editing.",
+        f"`{PROG} <mode> --help` shows the composed config of a mode (Hydra's help).",
+    ]
+    if plugin_lines:
+        lines += ["", "Plugins:", *[f"  {line}" for line in plugin_lines]]
+    return "\n".join(lines)
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point. Returns (and exits with) the exit code."""
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _main(args: list[str]) -> int:
+    from pandemonium.cli.checks import check_yaml_files
+    from pandemonium.cli.resolvers import forget_run_dirs, register_resolvers
+    from pandemonium.plugins import load_plugins
+
+    register_resolvers()
+    forget_run_dirs()
+    registry = load_plugins()
+    for name, reason in registry.failed.items():
+        print(f"{PROG}: warning: plugin {name!r} failed to load and is skipped: {reason}", file=sys.stderr)
+    dirs = config_dirs(registry.config_paths)
+    for folder in user_config_dirs():
+        if not folder.is_dir():
+            return _error(f"{CONFIGS_PATH_ENV}={folder}: no such folder")
+
+    if not args or args[0] in ("-h", "--help"):
+        print(format_help(discover_modes(dirs), registry.describe()))
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"{PROG} {__version__}")
+        print("plugins: " + ("none" if not registry.loaded and not registry.failed else ""))
+        for line in registry.describe():
+            print(f"  {line}")
+        return 0
+
+    mode = None
+    if not args[0].startswith("-") and "=" not in args[0]:
+        mode = args.pop(0)
+    else:
+        mode = next((a.split("=", 1)[1] for a in args if a.startswith("mode=")), None)
+    modes = discover_modes(dirs)
+    if mode is not None and mode not in modes:
+        return _error(f"unknown mode {mode!r}; known modes: {', '.join(sorted(modes))}")
+
+    problem = check_yaml_files(dirs)
+    if problem is not None:
+        return _error(problem)
+
+    _install_search_path(user_config_dirs(), registry.config_paths)
+    hydra_args = [a for a in args if not a.startswith("mode=")]
+    if mode is not None:
+        hydra_args.insert(0, f"mode={mode}")
+    return _run_hydra(hydra_args)
+
+
+def _run_hydra(hydra_args: list[str]) -> int:
+    import hydra
+
+    old_argv = sys.argv
+    sys.argv = [PROG, *hydra_args]
+    try:
+        hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")(_run_mode)()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+    return 0
+
+
+def _run_mode(cfg: Any) -> Any:
+    """The Hydra task function: build the mode's scheduler and run it in Hydra's run directory."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from pandemonium.cli.checks import user_error_types
+    from pandemonium.plugins import load_plugins
+    from pandemonium.schedulers.base import active_run_dir, build_scheduler
+
+    log = logging.getLogger(PROG)
+    try:
+        load_plugins(activate=True)
+        with active_run_dir(HydraConfig.get().runtime.output_dir):
+            scheduler = build_scheduler(cfg)
+            result = scheduler.run()
+    except user_error_types() as exc:
+        log.error("%s", exc)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    log.info("mode %s finished in %s; result: %r", cfg.mode.get("id"), scheduler.run_dir, result)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,176 @@
+"""Plugins: installed packages that extend pandemonium through the entry point group ``pandemonium.plugins``.
+
+An entry point names either a callable ``register(registry)`` or a module with a ``register``
+function. The registry offers::
+
+    registry.add_config_path(path)                      # a folder with config groups (mode/..., tasks/...)
+    registry.add_scheduler(name, "pkg.mod.MyScheduler")  # listed by `pandemonium --help`
+    registry.add_task_creator(name, func)                # like @register_taskcreator(name)
+    registry.add_modality("HEATMAP", "heatmap", loader_cls=..., verifier=...)
+    registry.add_task_type("KEYPOINTS", "keypoints", requires=[...], target=...)
+    registry.add_artifact_key("heatmaps", "{proj_path}/HEATMAPS/{task_name}/{file_name}")
+
+In ``pyproject.toml`` of the plugin package::
+
+    [project.entry-points."pandemonium.plugins"]
+    my_plugin = "my_plugin:register"
+
+Registration is two-phased so ``pandemonium --help`` stays fast: :func:`load_plugins` runs every
+``register`` (which only records), :meth:`PluginRegistry.activate` applies the records to the tasks
+layer and the FileManager when a mode actually runs. A failing plugin is reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "pandemonium.plugins"
+
+
+@dataclass
+class PluginRegistry:
+    """What loaded plugins contributed. One registry per process (see :func:`load_plugins`)."""
+
+    config_paths: list[Path] = field(default_factory=list)
+    schedulers: dict[str, str] = field(default_factory=dict)
+    task_creators: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = field(default_factory=dict)
+    modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_types: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifact_keys: dict[str, str] = field(default_factory=dict)
+    #: plugin name -> version of its distribution ("?" when unknown)
+    loaded: dict[str, str] = field(default_factory=dict)
+    #: plugin name -> one-line reason
+    failed: dict[str, str] = field(default_factory=dict)
+    #: plugin name -> what it registered (for --version and error messages)
+    contributions: dict[str, list[str]] = field(default_factory=dict)
+    activated: bool = False
+    _current: str | None = None
+
+    def _note(self, what: str) -> None:
+        if self._current is not None:
+            self.contributions.setdefault(self._current, []).append(what)
+
+    # -- the API plugins call ------------------------------------------------------------------
+    def add_config_path(self, path: str | Path) -> None:
+        """Add a config folder (searched after a user folder and the built-in tree)."""
+        folder = Path(path).absolute()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"config path {folder} does not exist")
+        if folder not in self.config_paths:
+            self.config_paths.append(folder)
+        self._note(f"configs:{folder}")
+
+    def add_scheduler(self, name: str, target: str | type) -> None:
+        """Announce a scheduler (its mode yaml still comes from a config path)."""
+        self.schedulers[name] = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
+        self._note(f"scheduler:{name}")
+
+    def add_task_creator(self, name: str, creator: Callable[..., Any], **meta: Any) -> None:
+        """Register ``creator(writer, rng, **kwargs)`` for task ``name``; ``meta`` are the keyword
+        arguments of ``register_taskcreator`` (``task_type``, ``class_names``, ``description``, ...)."""
+        self.task_creators[name] = (creator, meta)
+        self._note(f"task:{name}")
+
+    def add_modality(self, name: str, value: str, loader_cls: type | None = None,
+                     verifier: Callable[..., None] | None = None) -> None:
+        """Add a ``Modality`` member (and optionally its default loader and verifier)."""
+        self.modalities[value] = {"name": name, "loader_cls": loader_cls, "verifier": verifier}
+        self._note(f"modality:{value}")
+
+    def add_task_type(self, name: str, value: str, requires: Iterable[Any], target: Any) -> None:
+        """Add a ``TaskType`` member with its required modalities and target modality."""
+        self.task_types[value] = {"name": name, "requires": list(requires), "target": target}
+        self._note(f"task_type:{value}")
+
+    def add_artifact_key(self, key: str, template: str) -> None:
+        """Register a FileManager key (see ``FileManager.add_assignment_path``)."""
+        from pandemonium.tracking.file_manager import FileManager
+
+        FileManager._check_assignment(key, template)
+        self.artifact_keys[key] = template
+        self._note(f"artifact:{key}")
+
+    # -- applying ------------------------------------------------------------------------------
+    def activate(self) -> PluginRegistry:
+        """Apply modalities, task types, task creators and artifact keys (idempotent)."""
+        if self.activated:
+            return self
+        from pandemonium.tracking.file_manager import FileManager
+
+        for key, template in self.artifact_keys.items():
+            FileManager.add_assignment_path(key, template)
+        if self.modalities or self.task_types or self.task_creators:
+            from pandemonium.tasks import attributes, creators, loaders, verifiers
+
+            for value, spec in self.modalities.items():
+                modality = attributes.register_modality(spec["name"], value)
+                if spec["loader_cls"] is not None:
+                    loaders.register_modality_loader(modality, spec["loader_cls"])
+                if spec["verifier"] is not None:
+                    verifiers.MODALITY_VERIFIER_MAP[modality] = spec["verifier"]
+            for value, spec in self.task_types.items():
+                attributes.register_task_type(spec["name"], value, spec["requires"], spec["target"])
+            for name, (creator, meta) in self.task_creators.items():
+                spec = creators.TASK_CREATORS.get(name)
+                if spec is None or spec.fn is not creator:
+                    creators.register_taskcreator(name, **meta)(creator)
+        self.activated = True
+        return self
+
+    def describe(self) -> list[str]:
+        """One line per plugin: name, version and what it added (or why it failed)."""
+        lines = [f"{name} {version}: {', '.join(self.contributions.get(name, [])) or 'nothing registered'}"
+                 for name, version in self.loaded.items()]
+        lines += [f"{name}: FAILED ({reason})" for name, reason in self.failed.items()]
+        return lines
+
+
+_REGISTRY: PluginRegistry | None = None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def load_plugins(activate: bool = False, reload: bool = False,
+                 entry_points: Iterable[Any] | None = None) -> PluginRegistry:
+    """Load every ``pandemonium.plugins`` entry point once per process and return the registry.
+
+    Args:
+        activate: also apply the registrations (see :meth:`PluginRegistry.activate`).
+        reload: forget the cached registry and load again (tests).
+        entry_points: objects with ``name`` and ``load()`` to use instead of the installed ones.
+    """
+    global _REGISTRY
+    if _REGISTRY is None or reload or entry_points is not None:
+        registry = PluginRegistry()
+        for ep in (_entry_points() if entry_points is None else entry_points):
+            name = getattr(ep, "name", str(ep))
+            registry._current = name
+            try:
+                target = ep.load()
+                register = target if callable(target) else getattr(target, "register", None)
+                if register is None:
+                    raise TypeError("entry point is neither callable nor a module with register(registry)")
+                register(registry)
+                dist = getattr(ep, "dist", None)
+                registry.loaded[name] = getattr(dist, "version", None) or "?"
+            except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the others
+                where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+                at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+                registry.failed[name] = f"{type(exc).__name__}: {exc}{at}"
+                log.warning("pandemonium plugin %r failed to load: %s", name, registry.failed[name])
+            finally:
+                registry._current = None
+        if entry_points is not None:
+            return registry.activate() if activate else registry
+        _REGISTRY = registry
+    return _REGISTRY.activate() if activate else _REGISTRY

@@ -1,0 +1,67 @@
+"""``pandemonium create``: materialise every task of ``task_list`` under ``<data_dir>/tasks``.
+
+Existing tasks are kept unless ``mode.force=true``; ``mode.creator_kwargs`` go to every creator.
+``run()`` returns ``{task: {"status": "created" | "kept", "seconds": float, "path": str}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pandemonium.schedulers.base import AbstractBaseScheduler
+from pandemonium.schedulers.errors import UnknownTaskError
+
+log = logging.getLogger(__name__)
+
+
+class CreateScheduler(AbstractBaseScheduler):
+    """One ``create`` step per task (independent, so executors may run them in parallel)."""
+
+    requires_existing_tasks = False
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg=cfg, available_subroutines=["create"])
+        self.summary: dict[str, dict[str, Any]] = {}
+        self.force = bool(cfg.mode.get("force", False))
+
+    def after_preparation_hook(self) -> None:
+        # every name is checked before anything is built, so a typo costs no work
+        from pandemonium.tasks.creators import list_creatable
+
+        creatable = set(list_creatable())
+        on_disk = set(self.known_tasks())
+        for task in self.task_list:
+            if task not in creatable and task not in on_disk:
+                raise UnknownTaskError(
+                    f"unknown task {task!r}: creatable tasks: {', '.join(sorted(creatable)) or 'none'}"
+                )
+
+    def create_routine(self) -> None:
+        if "create" in self.subroutines:
+            for task in self.task_list:
+                self.commands.append(self.create)
+                self.params.append([task])
+
+    def create(self, task_name: str) -> dict[str, Any]:
+        from pandemonium.tasks.creators import create_task, list_tasks
+
+        existed = task_name in list_tasks(self.cfg.data_dir)
+        extra = self.cfg.mode.get("creator_kwargs")
+        kwargs = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
+        start = time.perf_counter()
+        path = create_task(task_name, self.cfg.data_dir, seed=int(self.cfg.seed), force=self.force, **kwargs)
+        seconds = time.perf_counter() - start
+        status = "kept" if existed and not self.force else "created"
+        log.info("task %s %s in %.2f s (%s)", task_name, status, seconds, path)
+        entry = {"status": status, "seconds": round(seconds, 3), "path": str(path)}
+        self.summary[task_name] = entry
+        return entry
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        total = sum(e["seconds"] for e in self.summary.values())
+        log.info("create: %d task(s) in %.2f s", len(self.summary), total)
+        return self.summary
