@@ -88,6 +88,9 @@ def _pack(items: list[torch.Tensor], tail: tuple[int, ...], dtype: torch.dtype) 
 class ImageBank(nn.Module):
     """Images ``(N, C, H, W)`` and their targets as buffers, with a train/eval split.
 
+    Buffers are registered with ``persistent=False``: the bank is rebuilt from its source spec, so a
+    checkpoint (``state_dict``) of a pipeline does not carry a copy of every image.
+
     Variable-length targets (boxes, labels, quads) are packed: ``boxes`` is ``(M, 4)`` for all images
     together and ``box_counts[i]`` / ``box_offsets[i]`` locate image ``i``'s rows, so a per-sample
     choice is a gather, not a loop.
@@ -122,14 +125,14 @@ class ImageBank(nn.Module):
         n, _, height, width = images.shape
         if n == 0:
             raise BankError(f"image bank {source}: no images")
-        self.register_buffer("images", images.contiguous())
+        self.register_buffer("images", images.contiguous(), persistent=False)
 
         if classes is None:
             classes = torch.full((n,), -1, dtype=torch.long)
         classes = torch.as_tensor(classes).long().reshape(-1)
         if classes.shape[0] != n:
             raise BankError(f"image bank {source}: 'class' has {classes.shape[0]} entries for {n} images")
-        self.register_buffer("classes", classes)
+        self.register_buffer("classes", classes, persistent=False)
 
         if masks is not None:
             masks = torch.as_tensor(masks)
@@ -140,7 +143,7 @@ class ImageBank(nn.Module):
                     f"image bank {source}: 'mask' has shape {tuple(masks.shape)}, expected {(n, height, width)}"
                 )
             masks = masks.long()
-        self.register_buffer("masks", masks)
+        self.register_buffer("masks", masks, persistent=False)
         self.has_masks = masks is not None
 
         box_list = self._as_list(boxes, n, "boxes", source)
@@ -169,19 +172,19 @@ class ImageBank(nn.Module):
         packed_labels, _ = _pack([lab.reshape(-1) for lab in label_list] if labels is not None else
                                  [torch.zeros(int(c), dtype=torch.long) for c in box_counts], (), torch.long)
         packed_quads, quad_counts = _pack(quad_list, (4, 2), torch.float32)
-        self.register_buffer("boxes", packed_boxes)
-        self.register_buffer("labels", packed_labels)
-        self.register_buffer("box_counts", box_counts)
-        self.register_buffer("box_offsets", torch.cumsum(box_counts, 0) - box_counts)
-        self.register_buffer("quads", packed_quads)
-        self.register_buffer("quad_counts", quad_counts)
-        self.register_buffer("quad_offsets", torch.cumsum(quad_counts, 0) - quad_counts)
+        self.register_buffer("boxes", packed_boxes, persistent=False)
+        self.register_buffer("labels", packed_labels, persistent=False)
+        self.register_buffer("box_counts", box_counts, persistent=False)
+        self.register_buffer("box_offsets", torch.cumsum(box_counts, 0) - box_counts, persistent=False)
+        self.register_buffer("quads", packed_quads, persistent=False)
+        self.register_buffer("quad_counts", quad_counts, persistent=False)
+        self.register_buffer("quad_offsets", torch.cumsum(quad_counts, 0) - quad_counts, persistent=False)
         self.has_boxes = boxes is not None
         self.has_quads = quads is not None
 
         train_index, eval_index = self._make_split(n, split, eval_fraction, split_seed, source)
-        self.register_buffer("train_index", train_index)
-        self.register_buffer("eval_index", eval_index)
+        self.register_buffer("train_index", train_index, persistent=False)
+        self.register_buffer("eval_index", eval_index, persistent=False)
 
     # ------------------------------------------------------------------ construction
     @staticmethod

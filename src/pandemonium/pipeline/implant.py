@@ -1,0 +1,473 @@
+"""Implant stages: put a batch of patches into a batch of scenes drawn from an :class:`ImageBank`.
+
+Every implanter is batched end to end: the scene of each sample is a gather from the bank, the
+placement is one homography per sample (:mod:`pandemonium.pipeline.geometry`), and patch + alpha are
+resampled by ONE ``grid_sample`` and composited over the scenes. No Python loop runs over samples.
+
+Contract specifics (see :class:`PipelineBase` for the rest):
+
+- input: a patch batch ``(B, C, h, w)`` or a dict of them (several patches go into the same scene,
+  each with its own placement; ``keys`` selects which);
+- ``evaluate=True`` draws scenes from the bank's eval split;
+- ``control=True`` returns the same scenes, without the patch;
+- ``kwargs["targets"]``: the drawn scenes' ``"class"`` ``(B,)``, ``"mask"``, ``"boxes"``/``"labels"``
+  (lists), ``"quads"`` when the bank has them, ``"image_index"``, plus ``"patch_boxes"`` (xyxy of the
+  patch in each image: ``(B, 4)``, or a dict per key) and ``"patch_mask"`` (coverage ``(B, 1, H, W)``);
+- ``kwargs["patch"]``: the patch batch before implanting (for regularisers such as total variation).
+
+Example:
+    >>> stage = RectangleImplanter({"pt": "scenes.pt"}, scale=[0.8, 1.2])  # doctest: +SKIP
+    >>> stage.set_seed(0, 1)  # doctest: +SKIP
+    >>> images, kwargs = stage(torch.rand(8, 3, 16, 16))  # doctest: +SKIP
+    >>> kwargs["targets"]["patch_boxes"].shape  # doctest: +SKIP
+    torch.Size([8, 4])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pandemonium.pipeline.banks import ImageBank, normalise_bank_spec
+from pandemonium.pipeline.base import PipelineBase, StageError
+from pandemonium.pipeline.geometry import (
+    box_to_source_homography,
+    composite,
+    homography_from_quads,
+    luminance,
+    quad_to_box,
+    region_mean,
+    unit_quad,
+    warp_patch,
+)
+from pandemonium.pipeline.registry import register_stage
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ImplanterBase",
+    "RectangleImplanter",
+    "FixedRatioImplanter",
+    "ScaleToBoxImplanter",
+    "PerspectiveImplanter",
+    "load_alpha_mask",
+]
+
+MaskSpec = str | Sequence[Sequence[float]] | None
+
+
+def _range(stage: str, name: str, value: float | Sequence[float], low: float, high: float) -> list[float]:
+    pair = [float(value), float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise StageError(f"stage {stage!r}: {name}={value!r} must be a number or an increasing [low, high] pair")
+    if pair[0] < low or pair[1] > high:
+        raise StageError(f"stage {stage!r}: {name}={value!r} must lie within [{low}, {high}]")
+    return pair
+
+
+def load_alpha_mask(spec: MaskSpec, stage: str) -> Tensor | None:
+    """An alpha mask from its spec: ``None``, ``"circle"`` (resolved per patch size at run time, so
+    ``None`` here), an image path (grey levels / alpha channel -> [0, 1]) or a nested list ``h x w``."""
+    if spec is None or spec == "circle":
+        return None
+    if isinstance(spec, str):
+        from PIL import Image
+
+        path = Path(spec)
+        if not path.is_file():
+            raise StageError(f"stage {stage!r}: mask file not found: {spec}")
+        with Image.open(path) as im:
+            arr = np.asarray(im.getchannel("A") if "A" in im.getbands() else im.convert("L"), dtype=np.float32)
+        return torch.from_numpy(arr / 255.0)
+    mask = torch.as_tensor(spec, dtype=torch.float32)
+    if mask.ndim != 2:
+        raise StageError(f"stage {stage!r}: mask must be h x w, got shape {tuple(mask.shape)}")
+    if mask.min() < 0 or mask.max() > 1:
+        raise StageError(f"stage {stage!r}: mask values must be in [0, 1], got [{float(mask.min())}, {float(mask.max())}]")
+    return mask
+
+
+def _circle(h: int, w: int, device, dtype) -> Tensor:
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h - 0.5
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w - 0.5
+    r2 = ys.view(-1, 1) ** 2 + xs.view(1, -1) ** 2
+    return (r2 <= 0.25).to(dtype)
+
+
+class ImplanterBase(PipelineBase):
+    """Shared machinery of the bank implanters: scene drawing, alpha, brightness matching, targets.
+
+    A subclass defines :meth:`_sample_placement` (the per-sample random placement values of one
+    patch) and :meth:`_placement` (those values -> image->patch homography and patch box).
+    """
+
+    name = "ImplanterBase"
+    consumes_patch = True
+    handles_dicts = True
+    _require: str | None = None  # bank target every drawn scene must have ("boxes" / "quads")
+
+    def __init__(
+        self,
+        bank: str | Mapping[str, Any],
+        keys: Sequence[str] | str | None = None,
+        mask: MaskSpec = None,
+        match_brightness: bool = False,
+        brightness_reference: float = 0.5,
+        brightness_range: Sequence[float] = (0.5, 1.5),
+    ) -> None:
+        super().__init__(keys=keys)
+        try:
+            spec = normalise_bank_spec(bank)
+        except ValueError as err:
+            raise StageError(f"stage {self.name!r}: {err}") from err
+        self.bank = ImageBank.from_spec(spec)
+        if self._require == "boxes" and not self.bank.has_boxes:
+            raise StageError(f"stage {self.name!r}: bank {self.bank.source} has no 'boxes' to place patches on")
+        if self._require == "quads" and not self.bank.has_quads:
+            raise StageError(f"stage {self.name!r}: bank {self.bank.source} has no 'quads' to place patches on")
+        self.mask_spec = mask
+        alpha = load_alpha_mask(mask, self.name)
+        self.register_buffer("alpha", alpha, persistent=False)
+        self.match_brightness = bool(match_brightness)
+        self.brightness_reference = float(brightness_reference)
+        self.brightness_range = _range(self.name, "brightness_range", brightness_range, 0.0, math.inf)
+        if isinstance(keys, str):
+            keys = [keys]
+        self._base_params = {
+            "bank": spec,
+            "keys": list(keys) if keys is not None else None,
+            "mask": mask if not isinstance(mask, tuple) else list(mask),
+            "match_brightness": self.match_brightness,
+            "brightness_reference": self.brightness_reference,
+            "brightness_range": self.brightness_range,
+        }
+
+    # ------------------------------------------------------------ hooks for subclasses
+    def _sample_placement(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _placement(
+        self, values: Mapping[str, Tensor], image_index: Tensor, patch_hw: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """(``h_img2patch`` ``(B, 3, 3)``, patch box xyxy ``(B, 4)``) for one patch."""
+        raise NotImplementedError
+
+    def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        """Random values shared by all patches of a sample (applied after compositing); default none."""
+        return {}
+
+    def _finish(self, images: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        """Post-composite step on the whole scene (also under ``control``); default identity."""
+        return images
+
+    # ------------------------------------------------------------ helpers
+    def _patches(self, x: Tensor | Mapping[str, Tensor]) -> dict[str | None, Tensor]:
+        if isinstance(x, Tensor):
+            return {None: x}
+        keys = self.keys if self.keys is not None else list(x.keys())
+        if not keys:
+            raise StageError(f"stage {self.name!r}: got an empty dict of patches")
+        patches = {k: x[k] for k in keys}
+        sizes = {k: int(v.shape[0]) for k, v in patches.items()}
+        if len(set(sizes.values())) != 1:
+            raise StageError(f"stage {self.name!r}: patches have different batch sizes {sizes}")
+        return patches
+
+    @staticmethod
+    def _prefix(key: str | None) -> str:
+        return "" if key is None else f"{key}."
+
+    def _check_patch(self, key: str | None, patch: Tensor) -> None:
+        label = "patch" if key is None else f"patch {key!r}"
+        if not isinstance(patch, Tensor) or patch.ndim != 4:
+            shape = tuple(patch.shape) if isinstance(patch, Tensor) else type(patch).__name__
+            raise StageError(f"stage {self.name!r}: {label} must be a (B, C, h, w) tensor, got {shape}")
+        if patch.shape[1] != self.bank.channels:
+            raise StageError(
+                f"stage {self.name!r}: {label} has {patch.shape[1]} channels but the scenes have "
+                f"{self.bank.channels} (add a ChannelStack create stage for grey patches)"
+            )
+        if self.alpha is not None and tuple(self.alpha.shape) != tuple(patch.shape[-2:]):
+            raise StageError(
+                f"stage {self.name!r}: mask has shape {tuple(self.alpha.shape)} but {label} is "
+                f"{tuple(patch.shape[-2:])} (h, w)"
+            )
+
+    def _alpha_for(self, patch: Tensor) -> Tensor | None:
+        if self.mask_spec == "circle":
+            return _circle(patch.shape[-2], patch.shape[-1], patch.device, patch.dtype)
+        return self.alpha
+
+    # ------------------------------------------------------------ Kornia-style split
+    def sample_params(self, batch_shape, device, evaluate: bool = False) -> dict[str, Tensor]:
+        batch = int(batch_shape[0])
+        pool = self.bank.pool(evaluate, self._require)
+        pick = self.randint(0, int(pool.numel()), (batch,))
+        params = {"image_index": pool.to(pick.device)[pick].to(device)}
+        for key in self._param_keys():
+            for name, value in self._sample_placement(batch, device).items():
+                params[self._prefix(key) + name] = value
+        params.update({f"scene.{k}": v for k, v in self._sample_scene(batch, device).items()})
+        return params
+
+    def _param_keys(self) -> list[str | None]:
+        # The keys are fixed at construction for dict inputs with ``keys``; without ``keys`` the dict's
+        # own keys are used, which are only known in forward: remember them from the last input.
+        if self.keys is not None:
+            return list(self.keys)
+        return list(getattr(self, "_seen_keys", [None]))
+
+    def forward(self, x, control: bool = False, evaluate: bool = False, params=None, **kwargs):
+        if isinstance(x, Mapping) and self.keys is None:
+            self._seen_keys = list(x.keys())
+        elif isinstance(x, Tensor):
+            if self.keys is not None:
+                raise StageError(
+                    f"stage {self.name!r} was configured with keys={self.keys} but got a single tensor"
+                )
+            self._seen_keys = [None]
+        return super().forward(x, control=control, evaluate=evaluate, params=params, **kwargs)
+
+    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
+        patches = self._patches(x)
+        for key, patch in patches.items():
+            self._check_patch(key, patch)
+        index = params["image_index"].to(self.bank.images.device)
+        first = next(iter(patches.values()))
+        images = self.bank.images[index].to(device=first.device, dtype=first.dtype)
+        targets = self.bank.targets(index)
+        out = images
+        patch_boxes: dict[str | None, Tensor] = {}
+        coverage_total = torch.zeros_like(images[:, :1])
+        scene_lum = luminance(images) if self.match_brightness else None
+        for key, patch in patches.items():
+            prefix = self._prefix(key)
+            values = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+            h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
+            patch_boxes[key] = box
+            premultiplied, coverage = warp_patch(
+                patch, self._alpha_for(patch), h_img2patch.to(patch.device), (images.shape[-2], images.shape[-1])
+            )
+            coverage_total = torch.maximum(coverage_total, coverage.detach())
+            if control:
+                continue
+            gain = None
+            if scene_lum is not None:
+                lo, hi = self.brightness_range
+                gain = (region_mean(scene_lum, coverage.detach()) / self.brightness_reference).clamp(lo, hi)
+            out = composite(out, premultiplied, coverage, gain)
+        out = self._finish(out, {k[len("scene.") :]: v for k, v in params.items() if k.startswith("scene.")})
+        targets["patch_boxes"] = patch_boxes[None] if None in patch_boxes else patch_boxes
+        targets["patch_mask"] = coverage_total
+        return out, {"targets": targets, "patch": x}
+
+    def get_description(self) -> str:
+        return (
+            f"**{self.name}**: implants the patch into scenes from `{self.bank.source}` "
+            f"({self.bank.train_index.numel()} train / {self.bank.eval_index.numel()} eval images); "
+            f"params `{self.params}`"
+        )
+
+    def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow: bool = False) -> None:
+        if isinstance(x, Tensor) and x.ndim == 4 and writer is not None:
+            grid = torch.cat([x[:4], x_control[:4]], dim=0) if isinstance(x_control, Tensor) else x[:8]
+            writer.add_images(f"{self.name}/implanted_vs_control", grid.detach().clamp(0, 1).cpu(), global_step=step)
+
+    def validate(self, x) -> bool:
+        ok = super().validate(x)
+        try:
+            patches = self._patches(x) if isinstance(x, (Tensor, Mapping)) else {}
+            for key, patch in patches.items():
+                self._check_patch(key, patch)
+                self._check_fits(patch.shape[-2], patch.shape[-1])
+        except StageError as err:
+            logger.warning("%s", err)
+            ok = False
+        return ok
+
+    def _check_fits(self, h: int, w: int) -> None:
+        """Raise when a patch of ``h x w`` cannot fit where this implanter puts it."""
+
+
+def _size_and_offset(
+    stage: str, size_w: Tensor, size_h: Tensor, offset_x: Tensor, offset_y: Tensor, image_hw: tuple[int, int], what: str
+) -> Tensor:
+    height, width = image_hw
+    too_big = (size_w > width + 1e-4) | (size_h > height + 1e-4)
+    if bool(too_big.any()):
+        i = int(too_big.nonzero()[0])
+        raise StageError(
+            f"stage {stage!r}: {what} of {float(size_w[i]):.1f}x{float(size_h[i]):.1f} px (w x h) is larger "
+            f"than the {width}x{height} image"
+        )
+    x0 = offset_x * (width - size_w)
+    y0 = offset_y * (height - size_h)
+    return torch.stack([x0, y0, x0 + size_w, y0 + size_h], dim=-1)
+
+
+@register_stage
+class RectangleImplanter(ImplanterBase):
+    """Axis-aligned implant at a random scale (``scale`` x the patch's pixel size) and position."""
+
+    name = "RectangleImplanter"
+
+    def __init__(
+        self,
+        bank: str | Mapping[str, Any],
+        scale: float | Sequence[float] = (1.0, 1.0),
+        keys: Sequence[str] | str | None = None,
+        mask: MaskSpec = None,
+        match_brightness: bool = False,
+        brightness_reference: float = 0.5,
+        brightness_range: Sequence[float] = (0.5, 1.5),
+    ) -> None:
+        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+        self.scale = _range(self.name, "scale", scale, 1e-6, math.inf)
+        self.params = {**self._base_params, "scale": self.scale}
+
+    def _sample_placement(self, batch, device):
+        return {
+            "scale": self.uniform(self.scale[0], self.scale[1], (batch,), device),
+            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
+            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
+        }
+
+    def _check_fits(self, h, w):
+        height, width = self.bank.image_size
+        s = self.scale[1]
+        if s * w > width or s * h > height:
+            raise StageError(
+                f"stage {self.name!r}: patch {h}x{w} at scale up to {s} ({s * h:.1f}x{s * w:.1f} px) is larger "
+                f"than the {height}x{width} scenes"
+            )
+
+    def _placement(self, values, image_index, patch_hw):
+        h, w = patch_hw
+        self._check_fits(h, w)
+        box = _size_and_offset(
+            self.name, values["scale"] * w, values["scale"] * h, values["offset_x"], values["offset_y"],
+            self.bank.image_size, "scaled patch",
+        )
+        return box_to_source_homography(box, patch_hw), box
+
+
+@register_stage
+class FixedRatioImplanter(ImplanterBase):
+    """Axis-aligned implant whose longer side is ``ratio`` x the scene's shorter side (any patch size)."""
+
+    name = "FixedRatioImplanter"
+
+    def __init__(
+        self,
+        bank: str | Mapping[str, Any],
+        ratio: float | Sequence[float] = (0.25, 0.25),
+        keys: Sequence[str] | str | None = None,
+        mask: MaskSpec = None,
+        match_brightness: bool = False,
+        brightness_reference: float = 0.5,
+        brightness_range: Sequence[float] = (0.5, 1.5),
+    ) -> None:
+        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+        self.ratio = _range(self.name, "ratio", ratio, 1e-6, 1.0)
+        self.params = {**self._base_params, "ratio": self.ratio}
+
+    def _sample_placement(self, batch, device):
+        return {
+            "ratio": self.uniform(self.ratio[0], self.ratio[1], (batch,), device),
+            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
+            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
+        }
+
+    def _placement(self, values, image_index, patch_hw):
+        h, w = patch_hw
+        side = values["ratio"] * min(self.bank.image_size)
+        box = _size_and_offset(
+            self.name, side * (w / max(h, w)), side * (h / max(h, w)), values["offset_x"], values["offset_y"],
+            self.bank.image_size, "patch",
+        )
+        return box_to_source_homography(box, patch_hw), box
+
+
+@register_stage
+class ScaleToBoxImplanter(ImplanterBase):
+    """Implant onto one of the scene's target boxes (e.g. a detected object), scaled to ``scale`` x the
+    largest size that fits the box (aspect kept), at a random position inside the box."""
+
+    name = "ScaleToBoxImplanter"
+    _require = "boxes"
+
+    def __init__(
+        self,
+        bank: str | Mapping[str, Any],
+        scale: float | Sequence[float] = (0.5, 0.5),
+        keys: Sequence[str] | str | None = None,
+        mask: MaskSpec = None,
+        match_brightness: bool = False,
+        brightness_reference: float = 0.5,
+        brightness_range: Sequence[float] = (0.5, 1.5),
+    ) -> None:
+        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+        pair = [float(scale), float(scale)] if isinstance(scale, (int, float)) else [float(s) for s in scale]
+        if len(pair) == 2 and pair[1] > 1.0:
+            raise StageError(
+                f"stage {self.name!r}: scale={scale!r} would make the patch larger than its target box "
+                "(scale is the fraction of the largest size that fits the box; use a value <= 1)"
+            )
+        self.scale = _range(self.name, "scale", scale, 1e-6, 1.0)
+        self.params = {**self._base_params, "scale": self.scale}
+
+    def _sample_placement(self, batch, device):
+        return {
+            "box_choice": self.uniform(0.0, 1.0, (batch,), device),
+            "scale": self.uniform(self.scale[0], self.scale[1], (batch,), device),
+            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
+            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
+        }
+
+    def _placement(self, values, image_index, patch_hw):
+        h, w = patch_hw
+        target = self.bank.select("boxes", image_index, values["box_choice"]).to(values["scale"].device)
+        bw, bh = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+        fit = torch.minimum(bw / w, bh / h) * values["scale"]
+        sw, sh = fit * w, fit * h
+        x0 = target[:, 0] + values["offset_x"] * (bw - sw)
+        y0 = target[:, 1] + values["offset_y"] * (bh - sh)
+        box = torch.stack([x0, y0, x0 + sw, y0 + sh], dim=-1)
+        return box_to_source_homography(box, patch_hw), box
+
+
+@register_stage
+class PerspectiveImplanter(ImplanterBase):
+    """Implant onto one of the scene's four-corner quads (TL, TR, BR, BL) with a perspective warp."""
+
+    name = "PerspectiveImplanter"
+    _require = "quads"
+
+    def __init__(
+        self,
+        bank: str | Mapping[str, Any],
+        keys: Sequence[str] | str | None = None,
+        mask: MaskSpec = None,
+        match_brightness: bool = False,
+        brightness_reference: float = 0.5,
+        brightness_range: Sequence[float] = (0.5, 1.5),
+    ) -> None:
+        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+        self.params = dict(self._base_params)
+
+    def _sample_placement(self, batch, device):
+        return {"quad_choice": self.uniform(0.0, 1.0, (batch,), device)}
+
+    def _placement(self, values, image_index, patch_hw):
+        quad = self.bank.select("quads", image_index, values["quad_choice"]).to(values["quad_choice"].device)
+        h, w = patch_hw
+        h_img2patch = homography_from_quads(quad, unit_quad(h, w, quad.shape[0], quad.device, quad.dtype))
+        return h_img2patch, quad_to_box(quad)
+
