@@ -1,0 +1,147 @@
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pandemonium.tasks import TaskDataModule, TaskDataset, collate_samples
+
+CONFIGS = Path(__file__).resolve().parents[2] / "src" / "pandemonium" / "configs"
+
+
+def run_cfg(augmentations="default", sampling="default", **extra):
+    return OmegaConf.create({
+        "seed": 0,
+        "sampling": OmegaConf.load(CONFIGS / "sampling" / f"{sampling}.yaml"),
+        "augmentations": OmegaConf.load(CONFIGS / "augmentations" / f"{augmentations}.yaml"),
+        "loaders": OmegaConf.load(CONFIGS / "loaders" / "default.yaml"),
+        **extra,
+    })
+
+
+@pytest.mark.parametrize("augmentations", ["default", "none"])
+@pytest.mark.parametrize("name", ["shapes_cls", "shapes_seg", "shapes_det", "digits"])
+def test_batches_have_contract_shapes(name, augmentations, tiny_structs):
+    struct = tiny_structs[name]
+    dm = TaskDataModule.from_config(struct, run_cfg(augmentations), batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    h, w = struct.image_size
+    image = batch["image"]
+    assert image.shape == (4, struct.channels, h, w) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0  # default does not normalise
+    assert isinstance(batch["sample_id"], list) and all(isinstance(s, str) for s in batch["sample_id"])
+    if struct.task_type.value == "classification":
+        assert batch["class"].shape == (4,) and batch["class"].dtype == torch.long
+        assert 0 <= batch["class"].min() and batch["class"].max() < struct.num_classes
+    elif struct.task_type.value == "semantic_segmentation":
+        assert batch["mask"].shape == (4, h, w) and batch["mask"].dtype == torch.long
+        assert batch["mask"].max() < struct.num_classes
+    else:
+        assert len(batch["boxes"]) == len(batch["labels"]) == 4
+        for boxes, labels in zip(batch["boxes"], batch["labels"]):
+            assert boxes.dtype == torch.float32 and boxes.shape[1] == 4 and labels.dtype == torch.long
+            assert boxes.shape[0] == labels.shape[0]
+            assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+            assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= w and boxes[:, [1, 3]].max() <= h
+
+
+def test_splits_follow_folds(tiny_structs):
+    struct = tiny_structs["shapes_cls"]
+    dm = TaskDataModule(struct, fold=2, batch_size=8)
+    dm.setup()
+    train, val, test = (set(dm.dataset(s).sample_ids) for s in ("train", "val", "test"))
+    assert len(train) == 32 - len(val) and not train & val and not (train | val) & test
+    other = TaskDataModule(struct, fold=3)
+    assert set(other.dataset("val").sample_ids) != val
+    with pytest.raises(ValueError, match="fold 7 out of range"):
+        TaskDataModule(struct, fold=7)
+
+
+def _order(dm):
+    return [i for b in dm.train_dataloader() for i in b["sample_id"]]
+
+
+def test_shuffling_is_seeded(tiny_structs):
+    struct = tiny_structs["shapes_cls"]
+    a, b, c = (TaskDataModule(struct, batch_size=5, seed=s) for s in (1, 1, 2))
+    assert _order(a) == _order(b) != _order(c)
+    assert sorted(_order(a)) == sorted(a.dataset("train").sample_ids)
+    # augmented pixels are seeded too
+    aug = run_cfg("default").augmentations
+    x = TaskDataModule(struct, batch_size=32, seed=1, cpu_augmentations=aug)
+    y = TaskDataModule(struct, batch_size=32, seed=1, cpu_augmentations=aug)
+    assert torch.equal(next(iter(x.train_dataloader()))["image"], next(iter(y.train_dataloader()))["image"])
+
+
+def test_sample_num_caps_epoch(tiny_structs):
+    struct = tiny_structs["shapes_cls"]
+    cfg = run_cfg("none", "extraction_default")
+    cfg.sampling.sample_num = 10
+    dm = TaskDataModule.from_config(struct, cfg)
+    ids = _order(dm)
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert dm.batch_size == 64 and dm.cpu_augmentations is None
+    assert len([i for b in dm.val_dataloader() for i in b["sample_id"]]) == len(dm.dataset("val"))
+
+
+def test_fold_from_config(tiny_structs):
+    dm = TaskDataModule.from_config(tiny_structs["shapes_cls"], run_cfg(mode={"fold": 4}))
+    assert dm.fold == 4
+
+
+def test_normalisation_uses_task_stats(tiny_structs):
+    struct = tiny_structs["digits"]
+    plain = TaskDataset(struct, "val")
+    normed = TaskDataset(struct, "val", normalize=True)
+    mean, std = torch.tensor(struct.mean).view(-1, 1, 1), torch.tensor(struct.std).view(-1, 1, 1)
+    assert torch.allclose(normed[0]["image"], (plain[0]["image"] - mean) / std)
+    dm = TaskDataModule.from_config(struct, run_cfg("normalize"))
+    assert dm.normalize is True
+
+
+def test_segmentation_augmentation_moves_mask_with_image(tiny_structs):
+    struct = tiny_structs["shapes_seg"]
+    flip = {"cpu": [{"_target_": "albumentations.HorizontalFlip", "p": 1.0}]}
+    plain, flipped = TaskDataset(struct, "val"), TaskDataModule(struct, cpu_augmentations=flip)
+    flipped_ds = TaskDataset(struct, "val", transform=flipped.cpu_augmentations)
+    assert torch.equal(flipped_ds[0]["mask"], plain[0]["mask"].flip(-1))
+    assert torch.allclose(flipped_ds[0]["image"], plain[0]["image"].flip(-1))
+
+
+def test_detection_augmentation_moves_boxes(tiny_structs):
+    struct = tiny_structs["shapes_det"]
+    flip = {"cpu": [{"_target_": "albumentations.HorizontalFlip", "p": 1.0}]}
+    transform = TaskDataModule(struct, cpu_augmentations=flip).cpu_augmentations
+    plain, flipped = TaskDataset(struct, "val")[0], TaskDataset(struct, "val", transform=transform)[0]
+    w = struct.image_size[1]
+    expected = plain["boxes"].clone()
+    expected[:, [0, 2]] = w - plain["boxes"][:, [2, 0]]
+    assert torch.allclose(flipped["boxes"], expected, atol=1e-4)
+    assert torch.equal(flipped["labels"], plain["labels"])
+
+
+def test_bad_augmentation_entry_is_named(tiny_structs):
+    with pytest.raises(ValueError, match=r"augmentations.cpu\[0\] \(albumentations.NoSuchThing\)"):
+        TaskDataModule(tiny_structs["shapes_cls"], cpu_augmentations={"cpu": [{"_target_": "albumentations.NoSuchThing"}]})
+
+
+def test_collate_samples_keeps_ragged_as_lists():
+    items = [
+        {"image": torch.zeros(3, 4, 4), "boxes": torch.zeros(n, 4), "labels": torch.zeros(n, dtype=torch.long),
+         "class": torch.tensor(1), "sample_id": str(n), "ragged": torch.zeros(n + 1)}
+        for n in (1, 3)
+    ]
+    batch = collate_samples(items)
+    assert batch["image"].shape == (2, 3, 4, 4) and batch["class"].tolist() == [1, 1]
+    assert [b.shape[0] for b in batch["boxes"]] == [1, 3] and isinstance(batch["labels"], list)
+    assert batch["sample_id"] == ["1", "3"] and isinstance(batch["ragged"], list)
+
+
+def test_workers_load_same_data(tiny_structs):
+    struct = tiny_structs["shapes_cls"]
+    single = TaskDataModule(struct, batch_size=8, seed=3)
+    multi = TaskDataModule(struct, batch_size=8, seed=3, num_workers=1)
+    a = next(iter(single.val_dataloader()))
+    b = next(iter(multi.val_dataloader()))
+    assert a["sample_id"] == b["sample_id"] and torch.equal(a["image"], b["image"])
