@@ -46,7 +46,7 @@ def discover_modes(dirs: Sequence[Path]) -> dict[str, tuple[str, Path]]:
     return modes
 
 
-def _install_search_path(extra_first: Sequence[Path], extra_last: Sequence[Path]) -> None:
+def install_search_path(extra_first: Sequence[Path], extra_last: Sequence[Path]) -> None:
     """Register a Hydra SearchPathPlugin that puts user folders first and plugin folders last."""
     from hydra.core.config_search_path import ConfigSearchPath
     from hydra.core.plugins import Plugins
@@ -62,12 +62,44 @@ def _install_search_path(extra_first: Sequence[Path], extra_last: Sequence[Path]
             for path in last:
                 search_path.append(provider="pandemonium-plugin", path=path)
 
-    plugins = Plugins.instance()
-    # one instance of our plugin at a time (main() may run several times in one process, e.g. tests)
-    for cls in list(plugins.plugin_type_to_subclass_list.get(SearchPathPlugin, [])):
+    remove_search_path()  # one instance at a time (main() may run several times in one process)
+    Plugins.instance().register(PandemoniumSearchPath)
+
+
+def remove_search_path() -> None:
+    """Unregister the search path plugin of :func:`install_search_path` (tests; idempotent)."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    registered = Plugins.instance().plugin_type_to_subclass_list.get(SearchPathPlugin, [])
+    for cls in list(registered):
         if cls.__name__ == "PandemoniumSearchPath":
-            plugins.plugin_type_to_subclass_list[SearchPathPlugin].remove(cls)
-    plugins.register(PandemoniumSearchPath)
+            registered.remove(cls)
+
+
+def compose_config(overrides: Sequence[str] = (), user_dirs: Sequence[str | os.PathLike] | None = None,
+                   return_hydra_config: bool = False) -> Any:
+    """Compose the config as ``pandemonium`` would (same search path, plugins included), without running.
+
+    ``user_dirs`` replaces ``$PANDEMONIUM_CONFIGS_PATH`` when given.
+
+    >>> cfg = compose_config(["mode=create", "task_list=[digits]"])  # doctest: +SKIP
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from pandemonium.cli.resolvers import register_resolvers
+    from pandemonium.plugins import load_plugins
+
+    register_resolvers()
+    first = user_config_dirs() if user_dirs is None else [Path(p).absolute() for p in user_dirs]
+    install_search_path(first, load_plugins().config_paths)
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        remove_search_path()
 
 
 def format_help(modes: dict[str, tuple[str, Path]], plugin_lines: Sequence[str]) -> str:
@@ -142,7 +174,7 @@ def _main(args: list[str]) -> int:
     if problem is not None:
         return _error(problem)
 
-    _install_search_path(user_config_dirs(), registry.config_paths)
+    install_search_path(user_config_dirs(), registry.config_paths)
     hydra_args = [a for a in args if not a.startswith("mode=")]
     if mode is not None:
         hydra_args.insert(0, f"mode={mode}")
