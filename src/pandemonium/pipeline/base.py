@@ -197,6 +197,8 @@ class PipelineBase(nn.Module):
     name: ClassVar[str] = "PipelineBase"
     consumes_patch: ClassVar[bool] = False
     handles_dicts: ClassVar[bool] = False
+    transient_attributes: ClassVar[tuple[str, ...]] = ("_last_params",)
+    """Plain attributes that may hold per-batch tensors (not moved; cleared on a device change)."""
 
     def __init__(self, keys: Sequence[str] | str | None = None) -> None:
         super().__init__()
@@ -240,10 +242,15 @@ class PipelineBase(nn.Module):
         # tensors and re-create ours there. The stream restarts from the seed after a device change
         # (CPU and CUDA streams differ anyway); dtype moves keep it.
         result = super()._apply(fn, recurse)
-        probe = fn(torch.empty(0, device=self._generator_device))
+        source = self._generator_device if self._generator_device.type != "meta" else torch.device("cpu")
+        try:
+            probe = fn(torch.empty(0, device=source))
+        except (RuntimeError, NotImplementedError):  # fn cannot take an empty probe: keep the generator
+            return result
         if isinstance(probe, Tensor) and probe.device != self._generator_device:
             self._generator_device = probe.device
             self._generator = None
+            self._last_params = None  # per-batch values on the old device
         return result
 
     def _draw_device(self) -> torch.device:

@@ -104,8 +104,9 @@ def _tensors_in_plain_attributes(module: nn.Module) -> list[str]:
     """Tensors a module keeps outside ``_parameters`` / ``_buffers`` (they would not move with it)."""
     found = []
     for mod_name, mod in module.named_modules():
+        transient = set(getattr(mod, "transient_attributes", ()))
         for attr, value in vars(mod).items():
-            if attr.startswith("_") and attr in ("_parameters", "_buffers", "_modules"):
+            if attr in ("_parameters", "_buffers", "_modules") or attr in transient:
                 continue
             values = (
                 value.values()
