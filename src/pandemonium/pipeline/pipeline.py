@@ -39,6 +39,9 @@ MISSING = "???"
 class Pipeline(nn.Module):
     """Stages applied in order; ``forward(x, control, evaluate, params, **kwargs) -> (y, kwargs)``.
 
+    ``stage + module`` and ``module + stage`` build pipelines too, except ``nn.Sequential + stage``:
+    torch's ``Sequential.__add__`` raises instead of deferring, so write ``Pipeline(sequential, stage)``.
+
     Plain ``nn.Module`` arguments (that are not stages) are wrapped in a
     :class:`~pandemonium.pipeline.model.ModelStage`; nested pipelines are flattened. Every stage is
     seeded with ``stage.set_seed(seed, position)``. Sampled values are addressed by the stable prefix
