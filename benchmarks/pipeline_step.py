@@ -1,0 +1,219 @@
+"""Cost of one patch-optimisation step relative to the bare model, measured in one run.
+
+The standard pipeline: a 32x32 patch implanted (rectangle, random scale/position) into 128x128 scenes,
+colour jitter (brightness/contrast/saturation) + random affine (rotation/translation/scale), a
+4-layer conv net, batch 32. One step = pipeline forward, loss, backward to the patch, optimiser step.
+
+* ``fused``  : FusedImplantAugment (implant + affine jitter in one resampling, RGB colour ops) -> model
+* ``kornia`` : RectangleImplanter -> KorniaAugment({"ColorJiggle", "RandomAffine"}) -> model
+* ``bare``   : the model's forward + backward (to its input) on an already-patched batch of the same size
+
+Modes are interleaved round by round (so load from other processes hits them alike) and the median
+per-step time is reported, with ratios to ``bare`` and peak memory per mode (CUDA: max allocated;
+CPU: peak RSS above the level before the mode, sampled every 2 ms).
+
+    .venv/bin/python benchmarks/pipeline_step.py            # full
+    .venv/bin/python benchmarks/pipeline_step.py --quick    # fewer repeats
+    .venv/bin/python benchmarks/pipeline_step.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pandemonium.pipeline.augment import KorniaAugment
+from pandemonium.pipeline.fused import FusedImplantAugment
+from pandemonium.pipeline.implant import RectangleImplanter
+from pandemonium.pipeline.pipeline import Pipeline
+
+TARGETS = {"fused": 1.3, "kornia": 2.0}
+
+
+def conv_net(num_classes: int = 10) -> nn.Module:
+    """The benchmark's victim: 4 conv layers (3->32->64->64->128, strides 1,2,2,2), pool, linear."""
+    layers: list[nn.Module] = []
+    channels = [3, 32, 64, 64, 128]
+    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+        layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU(inplace=True)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA max-allocated, or on CPU the peak RSS above the starting RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.start)
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def make_bank(path: Path, size: int, n: int = 64, num_classes: int = 10) -> str:
+    generator = torch.Generator().manual_seed(0)
+    torch.save(
+        {"images": torch.rand(n, 3, size, size, generator=generator),
+         "class": torch.randint(0, num_classes, (n,), generator=generator)},
+        path,
+    )
+    return str(path)
+
+
+def build(args: argparse.Namespace, bank: str, model: nn.Module) -> dict[str, Pipeline]:
+    scale = [0.75, 1.25]
+    fused = FusedImplantAugment(
+        bank, scale=scale, degrees=15, translate=0.1, jitter_scale=[0.9, 1.1],
+        brightness=0.1, contrast=0.1, saturation=0.1,
+    )
+    kornia = [
+        RectangleImplanter(bank, scale=scale),
+        KorniaAugment({
+            "ColorJiggle": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "p": 1.0},
+            "RandomAffine": {"degrees": 15, "translate": [0.1, 0.1], "scale": [0.9, 1.1], "p": 1.0},
+        }),
+    ]
+    return {"fused": Pipeline(fused, model, seed=0), "kornia": Pipeline(*kornia, model, seed=0)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="2 warm-up + 5 timed rounds instead of 3 + 15")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--patch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    warmup, rounds = (2, 5) if args.quick else (3, 15)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bank = make_bank(Path(tmp) / "scenes.pt", args.image_size)
+        model = conv_net().to(device)
+        pipelines = {k: p.to(device) for k, p in build(args, bank, model).items()}
+        for p in pipelines.values():
+            p.train()  # ModelStage keeps the victim frozen and in eval mode
+        patch = torch.rand(1, 3, args.patch_size, args.patch_size, device=device, requires_grad=True)
+        optimiser = torch.optim.Adam([patch], lr=0.01)
+        loss_fn = nn.CrossEntropyLoss()
+
+        # the bare model's input: an already-patched batch of the same size
+        with torch.no_grad():
+            patched, kw = pipelines["kornia"].stages[0](patch.expand(args.batch, -1, -1, -1))
+        labels = kw["targets"]["class"].clamp_min(0)
+
+        def step(pipe: Pipeline) -> None:
+            optimiser.zero_grad(set_to_none=True)
+            logits, kwargs = pipe(patch.expand(args.batch, -1, -1, -1))
+            loss = -loss_fn(logits, kwargs["targets"]["class"].clamp_min(0))  # untargeted: push away
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                patch.clamp_(0, 1)
+
+        def bare() -> None:
+            x = patched.detach().requires_grad_(True)
+            loss = -loss_fn(model(x), labels)
+            loss.backward()
+
+        runs = {"fused": lambda: step(pipelines["fused"]), "kornia": lambda: step(pipelines["kornia"]), "bare": bare}
+
+        def timed(fn) -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start
+
+        for _ in range(warmup):
+            for fn in runs.values():
+                fn()
+        memory = {}
+        for name, fn in runs.items():
+            with PeakMemory(device) as peak:
+                fn()
+            memory[name] = peak.peak
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        try:
+            from tqdm import tqdm
+
+            iterator = tqdm(range(rounds), desc="rounds", file=sys.stderr, leave=False)
+        except ImportError:  # progress bar is a nicety
+            iterator = range(rounds)
+        for _ in iterator:
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(
+        f"pipeline step benchmark: device={device}, threads={torch.get_num_threads()}, batch={args.batch}, "
+        f"images={args.image_size}x{args.image_size}, patch={args.patch_size}x{args.patch_size}, "
+        f"warm-up={warmup}, rounds={rounds} (median)"
+    )
+    mem_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
+    print(f"{'mode':8s} {'step ms':>10s} {'ratio':>7s} {'target':>7s} {'memory MiB':>11s}  ({mem_kind})")
+    ok = True
+    for name in ("bare", "fused", "kornia"):
+        ratio = median[name] / median["bare"]
+        target = TARGETS.get(name)
+        flag = "" if target is None else ("ok" if ratio <= target else "OVER")
+        ok &= target is None or ratio <= target
+        target_text = f"<={target}" if target else "-"
+        print(
+            f"{name:8s} {median[name] * 1e3:10.1f} {ratio:7.2f} {target_text:>7s} "
+            f"{memory[name] / 2**20:11.1f}  {flag}"
+        )
+    print(f"ratios: fused/bare={median['fused'] / median['bare']:.2f}, kornia/bare={median['kornia'] / median['bare']:.2f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
