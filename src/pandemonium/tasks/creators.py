@@ -147,7 +147,7 @@ def list_creatable() -> list[str]:
     return sorted(TASK_CREATORS)
 
 
-def list_tasks(data_dir: str | os.PathLike) -> list[str]:
+def list_tasks(data_dir: str | os.PathLike | None) -> list[str]:
     """Names of the tasks on disk below ``data_dir`` (folders holding a ``task.json``)."""
     root = tasks_root(data_dir)
     if not root.is_dir():
@@ -171,7 +171,7 @@ def _resolve_creator(name: str, creator: str | None) -> CreatorSpec:
 
 def create_task(
     name: str,
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
     seed: int = 0,
     force: bool = False,
     creator: str | None = None,
@@ -258,12 +258,14 @@ def _build(
     )
 
 
-def load_task_struct(name: str, data_dir: str | os.PathLike, verify: bool | str = True) -> TaskStruct:
+def load_task_struct(name: str, data_dir: str | os.PathLike | None = None, verify: bool | str = True) -> TaskStruct:
     """Read task ``name`` from disk as a :class:`TaskStruct`.
 
     ``verify=True`` runs the quick checks (schema, splits, files exist, labels and boxes in range);
     ``"deep"`` also decodes every image and mask; ``False`` only parses ``task.json``.
     Unknown names raise :class:`TaskNotFoundError` listing the tasks on disk and the creatable ones.
+    ``data_dir=None`` (here and in :func:`create_task`/:func:`list_tasks`) means ``$PANDEMONIUM_DATA``
+    or ``./data``.
     """
     validate_task_name(name)
     folder = task_path(data_dir, name)

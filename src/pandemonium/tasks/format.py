@@ -63,11 +63,17 @@ def validate_task_name(name: str) -> str:
     return name
 
 
-def tasks_root(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / TASKS_SUBDIR
+def default_data_dir() -> Path:
+    """``$PANDEMONIUM_DATA`` or ``./data`` (the same default as ``data_dir`` in ``config.yaml``)."""
+    return Path(os.environ.get("PANDEMONIUM_DATA") or "data")
 
 
-def task_path(data_dir: str | os.PathLike, name: str) -> Path:
+def tasks_root(data_dir: str | os.PathLike | None) -> Path:
+    """``<data_dir>/tasks``; ``data_dir=None`` means :func:`default_data_dir`."""
+    return (default_data_dir() if data_dir is None else Path(data_dir)) / TASKS_SUBDIR
+
+
+def task_path(data_dir: str | os.PathLike | None, name: str) -> Path:
     """Folder of task ``name`` below ``data_dir`` (the name is validated first)."""
     return tasks_root(data_dir) / validate_task_name(name)
 
