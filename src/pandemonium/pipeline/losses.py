@@ -465,7 +465,7 @@ class NonPrintabilityScore(_PatchRegulariser):
 
 
 class Saliency(_PatchRegulariser):
-    """High-frequency energy: mean squared response of a 3x3 Laplacian, per patch.
+    """High-frequency energy: mean squared response of a 3x3 Laplacian over interior pixels, per patch.
 
     Penalises fine, eye-catching texture (the part of a patch a printer blurs and a human notices
     first). Unlike :class:`TotalVariation` (first differences, L1) it measures curvature (second
@@ -482,7 +482,12 @@ class Saliency(_PatchRegulariser):
     def per_patch(self, patch: Tensor) -> Tensor:
         channels = patch.shape[1]
         kernel = self.kernel.to(patch.dtype).expand(channels, 1, 3, 3)
-        response = F.conv2d(F.pad(patch, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+        if min(patch.shape[-2:]) < 3:
+            raise LossError(
+                f"loss {self.name!r} needs patches of at least 3x3 px, got {tuple(patch.shape[-2:])}"
+            )
+        # interior pixels only: any padding would invent curvature at the border
+        response = F.conv2d(patch, kernel, groups=channels)
         return (response**2).mean(dim=(1, 2, 3))
 
 
