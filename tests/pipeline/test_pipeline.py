@@ -190,3 +190,42 @@ def test_pipeline_moves_with_its_stages(toys, patch_batch, classifier):
     pipe = Pipeline(toys.AddLevel(), classifier).double()
     y, _ = pipe(patch_batch.double())
     assert y.dtype == torch.float64
+
+
+def test_register_stage_for_plugins(toys, patch_batch):
+    from pandemonium.pipeline.registry import STAGE_REGISTRY, register_stage
+
+    try:
+
+        @register_stage("test_plugin_level")
+        class PluginLevel(toys.AddLevel):
+            name = "PluginLevel"
+
+        pipe = Pipeline.from_config({"stages": [{"_target_": "test_plugin_level", "sigma": 0.3}]})
+        assert isinstance(pipe[0], PluginLevel) and pipe[0].params["sigma"] == 0.3
+
+        class Impostor(toys.AddLevel):
+            name = "Impostor"
+
+        with pytest.raises(ValueError, match="'test_plugin_level' is already registered"):
+            register_stage("test_plugin_level")(Impostor)
+    finally:
+        STAGE_REGISTRY.pop("test_plugin_level", None)
+
+
+def test_stage_errors_say_which_stage(toys, patch_batch):
+    pipe = Pipeline(Resize(4), toys.AddLevel(keys=["x"]))
+    with pytest.raises(StageError) as info:
+        pipe({"a": patch_batch})
+    assert "1_AddLevel" in "".join(getattr(info.value, "__notes__", [])) or "AddLevel" in str(info.value)
+
+
+def test_package_exports_resolve():
+    import pandemonium.pipeline as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    from pandemonium import Pipeline as TopLevel
+    from pandemonium import PipelineBase as TopBase
+
+    assert TopLevel is Pipeline and issubclass(Resize, TopBase)

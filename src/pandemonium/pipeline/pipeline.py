@@ -135,10 +135,15 @@ class Pipeline(nn.Module):
     def _run(self, x, control, evaluate, params, kwargs, keep_inputs):
         per_stage = self.split_params(params) if params is not None else [None] * len(self.stages)
         inputs = []
-        for stage, stage_params in zip(self.stages, per_stage):
+        for prefix, stage, stage_params in zip(self.prefixes, self.stages, per_stage):
             if keep_inputs:
                 inputs.append(x)
-            out = stage(x, control=control, evaluate=evaluate, params=stage_params, **kwargs)
+            try:
+                out = stage(x, control=control, evaluate=evaluate, params=stage_params, **kwargs)
+            except Exception as err:
+                if hasattr(err, "add_note"):  # Python >= 3.11: say which stage without changing the type
+                    err.add_note(f"in pipeline stage {prefix}")
+                raise
             if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
                 raise StageError(
                     f"stage {getattr(stage, 'name', type(stage).__name__)!r} must return (y, kwargs), "

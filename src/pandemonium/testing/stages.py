@@ -222,6 +222,13 @@ def check_stage(
         if not _equal(y_control_replay, y_control):
             raise _fail(stage, f"{mode}: control=True after params=... must use those params")
 
+    description = stage.get_description() if hasattr(stage, "get_description") else ""
+    if not isinstance(description, str) or not description:
+        raise _fail(stage, f"get_description() must return a non-empty markdown str, got {description!r}")
+    if hasattr(stage, "validate"):
+        verdict = stage.validate(x)
+        if verdict is not True:
+            raise _fail(stage, f"validate(x) must return True for a good batch, got {verdict!r}")
     _check_params_rebuild(stage, x, rebuild_kwargs, kwargs)
     if check_dtype_move:
         _check_moves(stage, x, kwargs)
