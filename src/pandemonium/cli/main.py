@@ -175,15 +175,44 @@ def _main(args: list[str]) -> int:
         return _error(problem)
 
     install_search_path(user_config_dirs(), registry.config_paths)
-    hydra_args = [a for a in args if not a.startswith("mode=")]
+    options, overrides = split_hydra_args([a for a in args if not a.startswith("mode=")])
     if mode is not None:
-        hydra_args.insert(0, f"mode={mode}")
-    return _run_hydra(hydra_args)
+        overrides.insert(0, f"mode={mode}")
+    return _run_hydra([*options, *overrides])
+
+
+# Hydra options that take a value (``--info`` takes an optional one)
+_VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                  "--config-dir", "-cd", "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_hydra_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra's options from overrides so options may come anywhere on the command line
+    (argparse stops collecting overrides after the first option: ``info -m seed=1,2`` would fail)."""
+    options: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):
+            options.append(arg)
+            takes_value = arg in _VALUE_OPTIONS or (arg in ("--info", "-i") and i + 1 < len(args)
+                                                     and args[i + 1] in _INFO_CHOICES)
+            if takes_value and i + 1 < len(args):
+                options.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return options, overrides
 
 
 def _run_hydra(hydra_args: list[str]) -> int:
     import hydra
+    from hydra.core.global_hydra import GlobalHydra
 
+    GlobalHydra.instance().clear()  # main() may run more than once per process
     old_argv = sys.argv
     sys.argv = [PROG, *hydra_args]
     try:

@@ -9,9 +9,10 @@ import signal
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pandemonium import AbstractBaseScheduler
+from pandemonium.schedulers.executors import Executor, execute_step_isolated
 
 KILL_ENV = "ORCH_TEST_KILL_MARKER"
 
@@ -68,3 +69,14 @@ class RecordingScheduler(AbstractBaseScheduler):
         for task in self.cfg.task_list:
             total += json.loads(self.get_struct(task).paths["draws"].read_text())["python"]
         return total
+
+
+class IsolatedExecutor(Executor):
+    """What a Ray executor does, in-process: every step of a group runs in a fresh scheduler built from
+    the config (``execute_step_isolated``); outcomes come back in reverse order and are merged."""
+
+    def run_group(self, scheduler, group):
+        cfg = OmegaConf.to_container(scheduler.cfg, resolve=True)
+        snapshot = scheduler.structs_snapshot()
+        outcomes = [execute_step_isolated(cfg, snapshot, step.to_dict(), str(scheduler.run_dir)) for step in group]
+        yield from reversed(outcomes)
