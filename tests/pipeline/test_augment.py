@@ -154,3 +154,20 @@ def test_viewing_angle_tilt():
 def test_bad_tilt_arguments(kwargs, message):
     with pytest.raises(StageError, match=message):
         ViewingAngleTilt(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: KorniaAugment(SPEC),
+        lambda: KorniaAugment({"RandomGaussianNoise": {"std": 0.05, "p": 0.5}, "RandomPerspective": {"distortion_scale": 0.3}}),
+        lambda: ViewingAngleTilt(max_tilt=40, p=0.7),
+    ],
+    ids=["color_affine", "noise_perspective", "tilt"],
+)
+def test_augment_stages_pass_check_stage(make):
+    from pandemonium.testing.stages import check_stage
+
+    stage = make()
+    stage.set_seed(0, 2)
+    check_stage(stage, torch.rand(4, 3, 16, 16))

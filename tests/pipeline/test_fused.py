@@ -121,3 +121,14 @@ def test_patch_too_large(bank_path):
     stage.set_seed(0, 0)
     with pytest.raises(StageError, match=r"FusedImplantAugment.*larger than the 32x32 scenes"):
         stage(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("dict_input", [False, True], ids=["tensor", "dict"])
+@pytest.mark.parametrize("kwargs", [FULL, {}], ids=["full", "plain"])
+def test_fused_passes_check_stage(bank_path, dict_input, kwargs):
+    from pandemonium.testing.stages import check_stage
+
+    stage = FusedImplantAugment(bank_path, **kwargs)
+    stage.set_seed(0, 1)
+    x = {"a": torch.rand(4, 3, 8, 8), "b": torch.rand(4, 3, 6, 6)} if dict_input else torch.rand(4, 3, 8, 8)
+    check_stage(stage, x)

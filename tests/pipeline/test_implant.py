@@ -191,3 +191,29 @@ def test_validate_reports_misfit(bank_path, caplog):
     assert stage.validate(torch.rand(1, 3, 8, 8)) is True
     assert stage.validate(torch.rand(1, 3, 12, 12)) is False
     assert "larger than" in caplog.text
+
+
+@pytest.mark.parametrize("index", range(4), ids=["rectangle", "fixed_ratio", "scale_to_box", "perspective"])
+@pytest.mark.parametrize("dict_input", [False, True], ids=["tensor", "dict"])
+def test_implanters_pass_check_stage(bank_path, index, dict_input):
+    from pandemonium.testing.stages import check_stage
+
+    stage = _stages(bank_path)[index]
+    stage.set_seed(0, 1)
+    x = {"a": torch.rand(4, 3, 8, 8), "b": torch.rand(4, 3, 6, 6)} if dict_input else torch.rand(4, 3, 8, 8)
+    check_stage(stage, x)
+
+
+def test_implanter_in_a_pipeline_round_trips_through_yaml(bank_path):
+    from pandemonium.pipeline.augment import KorniaAugment
+    from pandemonium.pipeline.pipeline import Pipeline
+
+    pipe = Pipeline(
+        RectangleImplanter(bank_path, scale=[0.5, 1.5]), KorniaAugment({"RandomAffine": {"degrees": 10}}), seed=3
+    )
+    patch = torch.rand(4, 3, 8, 8)
+    y, kwargs = pipe(patch)
+    assert torch.equal(pipe(patch, params=pipe.get_last_sample_as_dict())[0], y)
+    rebuilt = Pipeline.from_yaml(pipe.to_yaml())
+    assert torch.equal(rebuilt(patch)[0], y)
+    assert kwargs["targets"]["patch_boxes"].shape == (4, 4)

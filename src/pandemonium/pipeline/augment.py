@@ -121,6 +121,14 @@ class KorniaAugment(PipelineBase):
             )
         self.aug_keys = [str(k) for k in augmentations]
         self.augs = nn.ModuleList(build_kornia_augmentation(self.name, k, v) for k, v in augmentations.items())
+        self._fresh_attributes = [set(vars(aug)) for aug in self.augs]
+        for module in self.augs.modules():
+            # Kornia's random generators keep their sampling ranges as plain tensors and rebuild them
+            # on the new device in their own ``_apply`` hook (``set_rng_device_and_dtype``), so they
+            # do move with the stage; declare them the way PipelineBase declares transient state.
+            sampler_tensors = tuple(k for k, v in vars(module).items() if isinstance(v, Tensor))
+            if sampler_tensors:
+                module.transient_attributes = sampler_tensors
         self.params = {
             "augmentations": {str(k): _lists(dict(v or {})) for k, v in augmentations.items()},
             "keys": [keys] if isinstance(keys, str) else (list(keys) if keys is not None else None),
@@ -187,7 +195,28 @@ class KorniaAugment(PipelineBase):
                     f"stage {self.name!r}: kornia.augmentation.{type(aug).__name__} failed on input of shape "
                     f"{tuple(x.shape)}: {err}"
                 ) from err
+            finally:
+                self._forget_call_state(i)
         return x
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        probe = fn(torch.empty(0))
+        if not (recurse and isinstance(probe, Tensor) and probe.device.type == "meta"):
+            return super()._apply(fn, recurse)
+        # Kornia's samplers cannot be rebuilt on the meta device (they call .item() on their ranges);
+        # move every parameter / buffer module by module without Kornia's sampler hook instead.
+        super()._apply(fn, recurse=False)
+        for module in self.augs.modules():
+            nn.Module._apply(module, fn, recurse=False)
+        return self
+
+    def _forget_call_state(self, i: int) -> None:
+        # Kornia caches the last call's tensors (``_params``, transform matrices) in plain attributes;
+        # this stage keeps its own sample, so drop them: they would not follow ``.to(device)``.
+        aug = self.augs[i]
+        aug._params = {}
+        for attr in set(vars(aug)) - self._fresh_attributes[i]:
+            delattr(aug, attr)
 
     def get_description(self) -> str:
         augs = ", ".join(f"`{k}`" for k in self.aug_keys)
