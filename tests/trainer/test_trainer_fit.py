@@ -1,0 +1,131 @@
+"""PatchTrainer on a tiny classifier: the loss goes down, evaluation is fixed, bad input is caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pandemonium.pipeline.checkpoint import get_rng_state, load_checkpoint
+from pandemonium.pipeline.trainer import NonFiniteLossError, PatchTrainer
+
+from .toys import PATCH, ToyLoss, toy_pipeline
+
+
+def make_trainer(tmp_path, **overrides):
+    kwargs = dict(
+        pipeline=toy_pipeline(seed=3), loss=ToyLoss(), weights={"target": 1.0}, patch=(3, PATCH, PATCH),
+        batch_size=8, eval_batch_size=8, num_eval=16, optimizer="adam", optimizer_kwargs={"lr": 0.2},
+        eval_every=4, seed=1, out_dir=tmp_path / "fit", mlflow=False, tensorboard=False, progress=False,
+        target_class=0,
+    )
+    kwargs.update(overrides)
+    return PatchTrainer(**kwargs)
+
+
+def test_fit_lowers_the_loss_and_keeps_the_best_patch(tmp_path):
+    trainer = make_trainer(tmp_path)
+    result = trainer.fit(12)
+    totals = [e["total_patch"] for e in result.evals]
+    assert [e["step"] for e in result.evals] == [0, 4, 8, 12]
+    assert totals[-1] < totals[0] - 1e-3, totals
+    assert np.mean([h["target"] for h in result.history[-3:]]) < np.mean([h["target"] for h in result.history[:3]])
+    assert result.best_step == [0, 4, 8, 12][int(np.argmin(totals))]
+    assert result.best_metric == pytest.approx(min(totals))
+    ckpt = load_checkpoint(result.checkpoint_path)
+    best = trainer.patch.__class__(torch.zeros(3, PATCH, PATCH))
+    best.load_state_dict(ckpt["best_state"])
+    assert torch.equal(best().detach(), result.best_patch)
+    assert result.patch.min() >= 0 and result.patch.max() <= 1  # projection after every step
+    assert result.eval_table_path.exists()
+
+
+def test_fixed_evaluation_is_identical_twice_and_leaves_training_rng_alone(tmp_path):
+    trainer = make_trainer(tmp_path)
+    before = get_rng_state(trainer.pipeline)
+    first = trainer.evaluate(step=0)
+    second = trainer.evaluate(step=0)
+    pd.testing.assert_frame_equal(first.table, second.table)
+    assert first.summary == second.summary
+    after = get_rng_state(trainer.pipeline)
+    assert all(torch.equal(before["generators"][k], after["generators"][k]) for k in before["generators"])
+    # every sample has the three views of every term and the sampled params beside them
+    cols = set(first.table.columns)
+    assert {"target_patch", "target_control", "target_delta", "untargeted_success", "targeted_success"} <= cols
+    assert any(c.startswith("param:0_ToyImplant/") for c in cols)
+    assert len(first.table) == 16
+    delta = first.table["target_patch"] - first.table["target_control"]
+    assert np.allclose(delta, first.table["target_delta"])
+
+
+def test_unknown_weight_lists_the_available_terms(tmp_path):
+    with pytest.raises(ValueError, match=r"\['nps'\].*available terms: \['logit0', 'target', 'untargeted'\]"):
+        make_trainer(tmp_path, weights={"target": 1.0, "nps": 0.1})
+
+
+def test_loss_returning_a_scalar_is_rejected(tmp_path):
+    def scalar_loss(logits, **kwargs):
+        return {"target": logits.sum()}
+
+    with pytest.raises(ValueError, match="loss term 'target' must be an unreduced per-sample tensor"):
+        make_trainer(tmp_path, loss=scalar_loss)
+
+
+class PoisonableLoss(ToyLoss):
+    poison = False
+
+    def __call__(self, logits, **kwargs):
+        terms = super().__call__(logits, **kwargs)
+        if self.poison:
+            terms["untargeted"] = terms["untargeted"] * float("inf")
+        return terms
+
+
+def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
+    loss = PoisonableLoss()
+
+    def poison_at_6(trainer, step, logs):
+        if step == 6:
+            loss.poison = True
+
+    trainer = make_trainer(tmp_path, loss=loss, on_step=poison_at_6)
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'untargeted' became infinite at step 6"):
+        trainer.fit(12)
+    ckpt = load_checkpoint(trainer.checkpoint_path)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["patch"].values())
+
+
+def test_early_stopping_and_unknown_metric(tmp_path):
+    trainer = make_trainer(tmp_path, early_stopping={"metric": "total_patch", "mode": "max", "patience": 1})
+    result = trainer.fit(40)
+    assert result.stopped_early and result.steps_run == 8
+    bad = make_trainer(tmp_path, early_stopping={"metric": "success", "mode": "max"})
+    with pytest.raises(KeyError, match="'success' is not produced by the evaluation; available metrics: .*untargeted_success"):
+        bad.fit(4)
+
+
+def test_sharpness_aware_step_replays_the_same_conditions(tmp_path):
+    trainer = make_trainer(tmp_path, sharpness_aware=0.05, optimizer="nifgsm", optimizer_kwargs={"lr": 0.05},
+                           schedule="warmup", schedule_kwargs={"warmup_steps": 2, "after": "cosine"},
+                           grad_accumulation=2, batch_size=4)
+    pipe = trainer.pipeline
+    calls = []
+    original = pipe.forward
+
+    def spy(x, control=False, evaluate=False, params=None, **kwargs):
+        out = original(x, control=control, evaluate=evaluate, params=params, **kwargs)
+        calls.append((evaluate, params, pipe.get_last_sample_as_dict()))
+        return out
+
+    pipe.forward = spy
+    trainer.fit(1)
+    train_calls = [c for c in calls if not c[0]]
+    assert len(train_calls) == 4  # two micro-batches, each replayed once at the perturbed patch
+    for (_, p_first, drawn), (_, replay, _) in zip(train_calls[:2], train_calls[2:]):
+        assert p_first is None and replay is not None
+        assert replay.keys() == drawn.keys()
+        assert all(np.array_equal(replay[k], drawn[k]) for k in drawn)
+    assert train_calls[0][2]["0_ToyImplant/image"].tolist() != train_calls[1][2]["0_ToyImplant/image"].tolist() or \
+        train_calls[0][2]["0_ToyImplant/offset_0"].tolist() != train_calls[1][2]["0_ToyImplant/offset_0"].tolist()

@@ -1,0 +1,57 @@
+"""Any evaluation row re-renders exactly from its saved params; analysis helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pandemonium.pipeline.analysis import param_importance, plot_metric_vs_param
+from pandemonium.pipeline.evaluation import final_stage_input, load_table, render_row
+
+from .test_trainer_fit import make_trainer
+
+
+def test_render_row_gives_the_identical_image(tmp_path):
+    trainer = make_trainer(tmp_path, num_eval=12, eval_batch_size=5)  # batches of 5, 5, 2
+    with torch.no_grad():
+        trainer.patch.patch.copy_(torch.rand(trainer.patch.patch.shape, generator=torch.Generator().manual_seed(0)))
+    result = trainer.evaluate(step=0)
+    path = trainer.out_dir / "table"
+    from pandemonium.pipeline.evaluation import save_table
+
+    saved = save_table(result.table, path)
+    table = load_table(saved)
+    patch = trainer.patch().detach()
+    conditions = trainer.evaluation.conditions
+    for i in (0, 6, 11):
+        row = table.iloc[i]
+        b, r = int(row["eval_batch"]), int(row["row_in_batch"])
+        size = trainer.evaluation.batch_sizes[b]
+        with torch.no_grad():
+            batch_images = final_stage_input(trainer.pipeline, patch.expand(size, *patch.shape), evaluate=True,
+                                             params=conditions[b])
+        image = render_row(trainer.pipeline, patch, row)
+        assert image.shape == (1, 3, 16, 16)
+        assert torch.equal(image[0], batch_images[r])
+        control = render_row(trainer.pipeline, patch, row, control=True)
+        assert not torch.equal(control, image)  # the patch is really in the patched rendering
+
+
+def test_param_importance_finds_the_driving_param(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    table = pd.DataFrame({
+        "param:scale": rng.uniform(0.5, 1.5, n),
+        "param:angle": rng.uniform(-30, 30, n),
+        "param:constant": np.ones(n),
+    })
+    table["total_delta"] = -2.0 * table["param:scale"] + rng.normal(0, 0.05, n)
+    imp = param_importance(table, "total_delta", seed=0, n_estimators=30, n_repeats=5)
+    assert list(imp.index) == ["scale", "angle"]  # the constant column cannot explain anything
+    assert imp.loc["scale", "importance_mean"] > 10 * max(imp.loc["angle", "importance_mean"], 1e-3)
+    again = param_importance(table, "total_delta", seed=0, n_estimators=30, n_repeats=5)
+    pd.testing.assert_frame_equal(imp, again)
+
+    out = plot_metric_vs_param(table, "scale", "total_delta", tmp_path / "plots" / "scale.png", bins=4)
+    assert out.is_file() and out.stat().st_size > 1000

@@ -1,0 +1,119 @@
+"""MLflow run contents (read back with MlflowClient from a tmp SQLite), TensorBoard events, URI checks."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import mlflow
+import pytest
+import yaml
+
+from pandemonium.tracking.mlflow_utils import (
+    MlflowUnreachableError,
+    check_tracking_uri,
+    flatten_config,
+    log_flat_params,
+    resolve_tracking_uri,
+    start_run,
+    use_tracking_uri,
+)
+
+from .test_trainer_fit import make_trainer
+
+
+@pytest.fixture(scope="module")
+def tracked_fit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tracked")
+    trainer = make_trainer(out, mlflow=True, tensorboard=True, out_dir=out / "fit")
+    result = trainer.fit(4)
+    return trainer, result
+
+
+def _client(trainer):
+    return mlflow.MlflowClient(tracking_uri=trainer.mlflow_uri)
+
+
+def test_default_uri_is_sqlite_in_the_results_folder(tracked_fit):
+    trainer, result = tracked_fit
+    assert trainer.mlflow_uri == f"sqlite:///{(trainer.out_dir / 'mlflow.db').absolute()}"
+    assert (trainer.out_dir / "mlflow.db").is_file()
+    assert resolve_tracking_uri("http://x:5000", "/tmp") == "http://x:5000"
+
+
+def test_mlflow_run_has_description_params_metrics_and_artifacts(tracked_fit):
+    trainer, result = tracked_fit
+    client = _client(trainer)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert "ToyImplant" in run.data.tags["mlflow.note.content"]
+    params = run.data.params
+    assert params["trainer.optimizer"] == "adam"
+    assert params["trainer.weights.target"] == "1.0"
+    assert params["pipeline.stages.0._target_"].endswith("ToyImplant")
+    assert params["pipeline.stages.1.amount"] == "0.1"
+    metrics = run.data.metrics
+    assert "train/target" in metrics and "train/lr" in metrics
+    assert "eval/total_patch" in metrics and "eval/untargeted_success_ci_high" in metrics
+    history = client.get_metric_history(result.run_id, "train/target")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    artifacts |= {a.path for folder in ("patch", "eval") for a in client.list_artifacts(result.run_id, folder)}
+    assert {"pipeline.yaml", "patch/patch_last.png", "patch/patch_best.png"} <= artifacts
+    assert any(a.startswith("eval/") and a.endswith(".parquet") for a in artifacts)
+    # artifacts live beside the database, not in ./mlruns of the current directory
+    assert (trainer.out_dir / "mlartifacts").is_dir()
+
+
+def test_tensorboard_events_beside_the_database(tracked_fit):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer, result = tracked_fit
+    (run_dir,) = (trainer.out_dir / "tensorboard").iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/target", "train/lr", "eval/total_patch"} <= set(tags["scalars"])
+    assert "patch" in tags["images"] and "eval/before_after" in tags["images"]
+    assert "eval_hist/target_delta" in tags["histograms"]
+
+
+def test_child_run_inside_an_active_parent(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    with use_tracking_uri(uri), mlflow.start_run(run_name="mode") as parent:
+        trainer = make_trainer(tmp_path, mlflow=True, out_dir=tmp_path)
+        result = trainer.fit(1)
+        child = mlflow.MlflowClient().get_run(result.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+
+
+def test_unreachable_uri_fails_at_start(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    start = time.perf_counter()
+    with pytest.raises(MlflowUnreachableError, match=f"127.0.0.1:{port}.*unreachable"):
+        make_trainer(tmp_path, mlflow=f"http://127.0.0.1:{port}")
+    assert time.perf_counter() - start < 10
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MlflowUnreachableError, match="cannot open SQLite file"):
+        check_tracking_uri(f"sqlite:///{blocker}/mlflow.db")
+
+
+def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path):
+    uri = resolve_tracking_uri(None, tmp_path)
+    cfg = {"short": 1, "nested": {"long": "x" * 7000, "list": [1, 2]}, "bad key!": 3}
+    assert flatten_config(cfg) == {"short": 1, "nested.long": "x" * 7000, "nested.list.0": 1,
+                                   "nested.list.1": 2, "bad key!": 3}
+    with use_tracking_uri(uri), start_run(name="params", artifact_location=tmp_path / "art") as run:
+        reasons = log_flat_params(cfg)
+    assert set(reasons) == {"nested.long", "bad key!"}
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    logged = client.get_run(run.info.run_id).data.params
+    assert logged == {"short": "1", "nested.list.0": "1", "nested.list.1": "2"}
+    path = client.download_artifacts(run.info.run_id, "params_not_logged.yaml", str(tmp_path))
+    dumped = yaml.safe_load(open(path))
+    assert dumped["params"]["nested.long"] == "x" * 7000 and dumped["params"]["bad key!"] == 3
