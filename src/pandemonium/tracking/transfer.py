@@ -43,6 +43,7 @@ __all__ = [
     "transfer_matrix",
     "matrix_pivot",
     "robustness_curve",
+    "success_from_eval_table",
 ]
 
 
@@ -284,3 +285,22 @@ def robustness_curve(
     """
     _check_columns(records, ["patch_id", "model_id", "success", condition])
     return _grouped_rates(records, ["patch_id", "model_id", condition], confidence, n_boot, seed)
+
+
+def success_from_eval_table(table: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(success, weight)`` per row of a fixed-evaluation table (``pandemonium.pipeline.evaluation``).
+
+    NaN marks a sample with nothing to attack (e.g. the control was already wrong): weight 0.
+    ``disappearance`` is a per-image fraction of the control's detections, so its weight is the
+    number of those detections (the rate is then the object-level disappearance rate).
+    """
+    if metric not in table.columns:
+        raise KeyError(f"evaluation table has no column {metric!r}; columns: {list(table.columns)}")
+    values = table[metric].to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    success = np.where(finite, values, 0.0)
+    if metric == "disappearance" and "detections_control" in table.columns:
+        weight = np.where(finite, table["detections_control"].to_numpy(dtype=float), 0.0)
+    else:
+        weight = finite.astype(float)
+    return np.clip(success, 0.0, 1.0), weight
