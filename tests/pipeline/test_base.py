@@ -205,3 +205,25 @@ def test_log_vizualizations_is_called_adaptively():
     for stage in (Old(), New(), Loose()):
         call_log_vizualizations(stage, 1, 2, None, 7, True)
     assert calls == [("old", 7), ("new", True), ("loose", True)]
+
+
+def test_replay_does_not_consume_random_numbers(toys, patch_batch):
+    a, b = toys.AddLevel(), toys.AddLevel()
+    a(patch_batch)
+    b(patch_batch)
+    b(patch_batch, params=b.get_last_sample_as_dict())  # a replay in between
+    assert torch.equal(a(patch_batch)[0], b(patch_batch)[0])
+
+
+def test_returned_sample_is_a_copy(toys, patch_batch):
+    stage = toys.AddLevel()
+    y, _ = stage(patch_batch)
+    stage.get_last_sample_as_dict()["level"][:] = 99.0
+    assert torch.equal(stage(patch_batch, control=True)[0], y)
+
+
+def test_control_on_a_patch_the_previous_call_did_not_see(toys, patch_batch):
+    stage = toys.AddLevel()
+    stage({"a": patch_batch})
+    with pytest.raises(StageError, match="control=True replays"):
+        stage({"a": patch_batch, "b": patch_batch}, control=True)

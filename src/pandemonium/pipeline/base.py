@@ -136,10 +136,10 @@ def params_to_lists(params: Mapping[str, Tensor], stage_name: str = "stage") -> 
             )
         arr = value.detach().cpu().numpy()
         if arr.ndim == 1:
-            out[name] = arr
+            out[name] = arr.copy()  # the caller may edit it; the stage's own sample must not change
             continue
         for index in np.ndindex(*arr.shape[1:]):
-            out[name + "".join(f"_{i}" for i in index)] = np.ascontiguousarray(arr[(slice(None), *index)])
+            out[name + "".join(f"_{i}" for i in index)] = arr[(slice(None), *index)].copy()
     return out
 
 
@@ -373,6 +373,8 @@ class PipelineBase(nn.Module):
             sub_last = None
             if control and params is None and last is not None:
                 sub_last = {k[len(prefix) :]: v for k, v in last.items() if k.startswith(prefix)}
+                if not sub_last and self._layout(value.shape, value.device, evaluate):
+                    raise self._no_previous_sample_error()  # the previous call had no patch `key`
             sampled = self._resolve_params(value.shape, value, control, evaluate, sub_params, sub_last)
             merged_last.update({prefix + k: v for k, v in sampled.items()})
             result = self.apply(value, sampled, control=control, evaluate=evaluate, **kwargs)
