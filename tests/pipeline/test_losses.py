@@ -100,6 +100,12 @@ def test_segmentation_pixel_flip():
     targeted = SegmentationPixelFlip(target_class=2, region_key="where")(logits, where=region)["pixel_flip"]
     everywhere = SegmentationPixelFlip(target_class=2)(logits)["pixel_flip"]
     assert targeted.shape == (2,) and float(targeted[0]) < float(everywhere[0])
+    from_targets = SegmentationPixelFlip(target_class=2, region_key="patch_mask")(
+        logits, targets={"patch_mask": region}
+    )
+    assert torch.equal(from_targets["pixel_flip"], targeted)
+    with pytest.raises(LossError, match="region_key 'nowhere' is neither in kwargs"):
+        SegmentationPixelFlip(target_class=2, region_key="nowhere")(logits, targets={"mask": mask})
     with pytest.raises(LossError, match="region 'where' has shape"):
         SegmentationPixelFlip(region_key="where")(logits, where=torch.ones(2, 3, 3), targets={"mask": mask})
     with pytest.raises(LossError, match="mask shape"):

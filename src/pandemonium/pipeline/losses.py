@@ -287,7 +287,8 @@ class SegmentationPixelFlip(PatchLoss):
     Targeted (``target_class`` given): term = mean pixel cross-entropy to ``target_class``.
     Untargeted: term = mean pixel log p(true class), true mask from ``kwargs["targets"]["mask"]``
     (pixels equal to ``ignore_index`` are skipped). ``region_key``: a kwargs entry holding a
-    ``(B, 1, H, W)`` or ``(B, H, W)`` weight mask (e.g. where the patch was implanted, or the object);
+    ``(B, 1, H, W)`` or ``(B, H, W)`` weight mask, looked up in kwargs and then in ``kwargs["targets"]``
+    (e.g. ``"patch_mask"``, where the implanter put the patch);
     None: the whole image.
     """
 
@@ -309,11 +310,17 @@ class SegmentationPixelFlip(PatchLoss):
         batch, _, height, width = logits.shape
         weights = torch.ones((batch, height, width), device=logits.device, dtype=logits.dtype)
         if self.region_key is not None:
-            if self.region_key not in kwargs:
+            targets = kwargs.get("targets") if isinstance(kwargs.get("targets"), Mapping) else {}
+            if self.region_key in kwargs:
+                region = kwargs[self.region_key]
+            elif self.region_key in targets:
+                region = targets[self.region_key]  # e.g. the implanter's targets["patch_mask"]
+            else:
                 raise LossError(
-                    f"loss {self.name!r}: region_key {self.region_key!r} not in kwargs {sorted(kwargs)}"
+                    f"loss {self.name!r}: region_key {self.region_key!r} is neither in kwargs {sorted(kwargs)} "
+                    f"nor in kwargs['targets'] {sorted(targets)}"
                 )
-            region = kwargs[self.region_key].to(device=logits.device, dtype=logits.dtype)
+            region = region.to(device=logits.device, dtype=logits.dtype)
             region = region[:, 0] if region.dim() == 4 else region
             if tuple(region.shape) != (batch, height, width):
                 raise LossError(
