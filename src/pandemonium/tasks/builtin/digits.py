@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from pandemonium.tasks.attributes import TaskType
+from pandemonium.tasks.builtin._progress import progress
 from pandemonium.tasks.creators import register_taskcreator
 from pandemonium.tasks.format import TaskWriter
 
@@ -29,6 +30,6 @@ def create_digits(writer: TaskWriter, rng: np.random.Generator, num_samples: int
         indices = np.sort(rng.choice(len(images), size=int(num_samples), replace=False))
     # values are 0..16 ink levels
     pixels = np.clip(np.rint(images[indices] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    for sample, target in zip(pixels, targets[indices]):
+    for sample, target in progress(zip(pixels, targets[indices]), "digits", total=len(indices)):
         upsampled = Image.fromarray(sample).resize((image_size, image_size), Image.BICUBIC)
         writer.add_sample(image=np.asarray(upsampled), cls=int(target))

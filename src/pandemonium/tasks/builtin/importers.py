@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pandemonium.tasks.attributes import TaskType
+from pandemonium.tasks.builtin._progress import progress
 from pandemonium.tasks.creators import register_dsetcreator
 from pandemonium.tasks.errors import TaskCreationError, TaskFileError
 from pandemonium.tasks.format import TaskWriter
@@ -79,7 +80,7 @@ def import_folder(writer: TaskWriter, rng: np.random.Generator, root: str | Path
         files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in suffixes and p.is_file())
         if not files:
             log.warning("import_folder: class folder %s holds no images", folder / name)
-        for file in files:
+        for file in progress(files, f"import_folder {name}"):
             image, _, _ = _read_image(file, channels, size_hw)
             writer.add_sample(image=image, cls=label)
 
@@ -116,7 +117,8 @@ def import_csv(writer: TaskWriter, rng: np.random.Generator, csv_path: str | Pat
     writer.class_names = names
     writer.description = writer.description or f"Imported from table {table_path}"
     size_hw = _size_tuple(image_size)
-    for row, (rel, label) in enumerate(zip(table[image_column], labels)):
+    rows = enumerate(zip(table[image_column], labels))
+    for row, (rel, label) in progress(rows, "import_csv", total=len(labels)):
         if label not in index:
             raise TaskCreationError(f"import_csv: {table_path} row {row + 2}: label {label!r} not in {names}")
         image, _, _ = _read_image(base / str(rel), channels, size_hw)
@@ -153,7 +155,7 @@ def import_coco(writer: TaskWriter, rng: np.random.Generator, annotation_file: s
         by_image.setdefault(ann["image_id"], []).append(ann)
     size_hw = _size_tuple(image_size)
     dropped = 0
-    for info in sorted(coco["images"], key=lambda i: i["id"]):
+    for info in progress(sorted(coco["images"], key=lambda i: i["id"]), "import_coco"):
         image, sx, sy = _read_image(base / info["file_name"], channels, size_hw)
         height, width = image.shape[:2]
         boxes, labels = [], []

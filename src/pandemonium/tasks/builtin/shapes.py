@@ -17,6 +17,7 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 
 from pandemonium.tasks.attributes import TaskType
+from pandemonium.tasks.builtin._progress import progress
 from pandemonium.tasks.creators import register_taskcreator
 from pandemonium.tasks.format import TaskWriter
 
@@ -207,14 +208,6 @@ class ShapeSceneGenerator:
         return self.render(self.sample_params(rng, kind), rng)
 
 
-def _progress(iterable: range, description: str) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return iterable
-    return tqdm(iterable, desc=description, leave=False, mininterval=1.0, disable=None)
-
-
 _DESCRIPTION = (
     "Procedurally generated {what}: {kinds} on textured backgrounds (noise, stripes, gradients, "
     "photo crops), each shape contrasting with its background."
@@ -230,7 +223,7 @@ def create_shapes_cls(writer: TaskWriter, rng: np.random.Generator, num_samples:
                       image_size: int = 64) -> None:
     """Balanced classes: sample ``i`` shows shape ``i % 5``."""
     generator = ShapeSceneGenerator(image_size=image_size)
-    for i in _progress(range(int(num_samples)), "shapes_cls"):
+    for i in progress(range(int(num_samples)), "shapes_cls"):
         scene = generator(rng, kind=i % len(SHAPE_NAMES))
         writer.add_sample(image=scene.image, cls=scene.kinds[0])
 
@@ -244,7 +237,7 @@ def create_shapes_cls(writer: TaskWriter, rng: np.random.Generator, num_samples:
 def create_shapes_seg(writer: TaskWriter, rng: np.random.Generator, num_samples: int = 1200,
                       image_size: int = 64, max_shapes: int = 1) -> None:
     generator = ShapeSceneGenerator(image_size=image_size, shapes_per_image=(1, max_shapes))
-    for i in _progress(range(int(num_samples)), "shapes_seg"):
+    for i in progress(range(int(num_samples)), "shapes_seg"):
         scene = generator(rng, kind=i % len(SHAPE_NAMES))
         writer.add_sample(image=scene.image, mask=scene.class_mask())
 
@@ -259,6 +252,6 @@ def create_shapes_det(writer: TaskWriter, rng: np.random.Generator, num_samples:
                       image_size: int = 64, max_shapes: int = 3) -> None:
     generator = ShapeSceneGenerator(image_size=image_size, shapes_per_image=(1, max_shapes),
                                     radius_range=(0.11, 0.19))
-    for _ in _progress(range(int(num_samples)), "shapes_det"):
+    for _ in progress(range(int(num_samples)), "shapes_det"):
         scene = generator(rng)
         writer.add_sample(image=scene.image, boxes=scene.boxes, labels=scene.kinds)
