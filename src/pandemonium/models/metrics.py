@@ -159,3 +159,65 @@ def metric_inputs(task_type: str, outputs: Any, batch: dict, score_thr: float = 
     if task_type == "regression":
         return outputs.detach().reshape(-1).float(), batch["value"].reshape(-1).float()
     raise ValueError(f"metric_inputs: no metric convention for task type {task_type!r}")
+
+
+def _take(values: Any, index: np.ndarray) -> Any:
+    if isinstance(values, torch.Tensor):
+        return values[torch.as_tensor(index, dtype=torch.long)]
+    return [values[i] for i in index]
+
+
+def bootstrap_metrics(
+    metrics: Any,
+    preds: Any,
+    target: Any,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Point estimates and percentile bootstrap confidence intervals of every metric in ``metrics``.
+
+    ``metrics`` is a torchmetrics ``MetricCollection`` (or ``Metric``); ``preds`` / ``target`` hold one
+    entry per sample (tensors indexed along dim 0, or lists). Resampling draws samples with replacement
+    from a ``numpy.random.Generator`` seeded with ``seed``, so the intervals are reproducible.
+    Returns ``{name: {"value", "low", "high", "std"}}``.
+
+    >>> from torchmetrics.classification import MulticlassAccuracy
+    >>> out = bootstrap_metrics(MulticlassAccuracy(num_classes=2, average="micro"), torch.tensor([0, 1, 1, 0]),
+    ...                         torch.tensor([0, 1, 0, 0]), n_boot=50)
+    >>> out["value"]["value"]
+    0.75
+    """
+    n = len(preds)
+    if n == 0:
+        raise ValueError("bootstrap_metrics: no samples to evaluate")
+    if not 0 < confidence < 1:
+        raise ValueError(f"bootstrap_metrics: confidence must be in (0, 1), got {confidence}")
+
+    def compute(p: Any, t: Any) -> dict[str, float]:
+        metrics.reset()
+        metrics.update(p, t)
+        out = metrics.compute()
+        metrics.reset()
+        if isinstance(out, torch.Tensor):
+            out = {"value": out}
+        return {k: float(v) for k, v in out.items()}
+
+    point = compute(preds, target)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(int(n_boot)):
+        index = rng.integers(0, n, size=n)
+        for k, v in compute(_take(preds, index), _take(target, index)).items():
+            samples[k].append(v)
+    alpha = (1 - confidence) / 2
+    result = {}
+    for k, v in point.items():
+        draws = np.asarray(samples[k], dtype=float)
+        if draws.size:
+            low, high, std = float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha)), float(draws.std())
+        else:
+            low = high = v
+            std = 0.0
+        result[k] = {"value": v, "low": low, "high": high, "std": std}
+    return result

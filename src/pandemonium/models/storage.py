@@ -176,3 +176,20 @@ def load_task_model(struct: Any, map_location: str | torch.device = "cpu") -> tu
             "for it first, or point to an earlier project with reuse.models=<project>"
         )
     return load_model_artifact(path, task_name=name, map_location=map_location)
+
+
+def attach_stored_model(struct: Any, fm: Any) -> Path:
+    """Make sure ``struct.paths["models"]`` is set: keep what train / ``reuse.models`` / ``continue`` put
+    there, else take the newest model artifact of the task in the current project. Returns the path."""
+    name = getattr(struct, "name", "?")
+    current = struct.paths.get(MODELS_KEY)
+    if current:
+        return Path(current)
+    found = fm.list_artifacts(MODELS_KEY, name) if fm is not None else []
+    if not found:
+        raise ModelArtifactError(
+            f"task {name!r} has no stored model in project {str(getattr(fm, 'proj_path', '?'))!r}: run "
+            "`pandemonium train` for it first, or point to an earlier project with reuse.models=<project>"
+        )
+    struct.paths[MODELS_KEY] = found[-1]
+    return found[-1]
