@@ -229,3 +229,38 @@ def test_package_exports_resolve():
     from pandemonium import PipelineBase as TopBase
 
     assert TopLevel is Pipeline and issubclass(Resize, TopBase)
+
+
+def test_patch_optimisation_through_the_pipeline(toys, classifier):
+    """Gradients reach the patch latent: a few signed-gradient steps lower a targeted loss.
+
+    (A hand-written step rather than torch.optim: creating the first optimiser imports torch._dynamo,
+    which costs seconds on the shared CI cores.)"""
+    from pandemonium.pipeline.losses import (
+        ClassificationTargeted,
+        CompositeLoss,
+        TotalVariation,
+        weighted_total,
+    )
+    from pandemonium.pipeline.patches import SigmoidPatch
+
+    patch = SigmoidPatch((3, 6, 6), init="grey", seed=0)
+    pipe = Pipeline(RandomScroll(), toys.ToyImplant(image_size=8), classifier, seed=0)
+    loss = CompositeLoss([ClassificationTargeted(2), TotalVariation()])
+
+    def targeted_on_fixed_batch():
+        with torch.no_grad():
+            pipe.set_seed(123)
+            y, kwargs = pipe(patch.batch(4))
+            return float(loss(y, patch=patch(), **kwargs)["targeted"].mean())
+
+    before = targeted_on_fixed_batch()
+    pipe.set_seed(0)
+    for _ in range(15):
+        y, kwargs = pipe(patch.batch(4))
+        total = weighted_total(loss(y, patch=patch(), **kwargs), {"targeted": 1.0, "tv": 0.01})
+        patch.zero_grad()
+        total.backward()
+        with torch.no_grad():
+            patch.latent -= 0.3 * patch.latent.grad.sign()
+    assert targeted_on_fixed_batch() < before
