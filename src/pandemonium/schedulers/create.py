@@ -48,16 +48,22 @@ class CreateScheduler(AbstractBaseScheduler):
 
     def create(self, task_name: str) -> dict[str, Any]:
         from pandemonium.tasks.creators import create_task, list_tasks
+        from pandemonium.tasks.format import task_path
 
         existed = task_name in list_tasks(self.cfg.data_dir)
+        if existed and not self.force:
+            # kept without asking the registry: tasks imported from users' data have no task creator
+            log.info("task %s exists; kept (mode.force=true re-creates it)", task_name)
+            entry = {"status": "kept", "seconds": 0.0, "path": str(task_path(self.cfg.data_dir, task_name))}
+            self.summary[task_name] = entry
+            return entry
         extra = self.cfg.mode.get("creator_kwargs")
         kwargs = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
         start = time.perf_counter()
         path = create_task(task_name, self.cfg.data_dir, seed=int(self.cfg.seed), force=self.force, **kwargs)
         seconds = time.perf_counter() - start
-        status = "kept" if existed and not self.force else "created"
-        log.info("task %s %s in %.2f s (%s)", task_name, status, seconds, path)
-        entry = {"status": status, "seconds": round(seconds, 3), "path": str(path)}
+        log.info("task %s created in %.2f s (%s)", task_name, seconds, path)
+        entry = {"status": "created", "seconds": round(seconds, 3), "path": str(path)}
         self.summary[task_name] = entry
         return entry
 

@@ -7,6 +7,7 @@ the artifacts stored for each task in the project.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ class InfoScheduler(AbstractBaseScheduler):
         from rich.console import Console
         from rich.table import Table
 
-        console = Console()
+        # wide when piped (logs, CI) so rows are not wrapped into unreadable columns
+        console = Console(width=None if sys.stdout.isatty() else 200)
         table = Table(title=f"tasks in {self.cfg.data_dir}")
         for column in ("task", "type", "samples", "size", "classes", "folds / test", "stored artifacts"):
             table.add_column(column)
