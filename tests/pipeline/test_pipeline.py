@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -141,6 +142,9 @@ def test_yaml_round_trip_of_builtin_stages(tmp_path, patch_batch):
     assert torch.equal(pipe(patch_batch)[0], loaded(patch_batch)[0])
     from_text = Pipeline.from_yaml(text)
     assert from_text.prefixes == pipe.prefixes
+    assert Pipeline.from_yaml(str(path)).prefixes == pipe.prefixes
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        Pipeline.from_yaml(tmp_path / "missing.yaml")
 
 
 def test_short_names_in_config(patch_batch):
@@ -217,7 +221,9 @@ def test_stage_errors_say_which_stage(toys, patch_batch):
     pipe = Pipeline(Resize(4), toys.AddLevel(keys=["x"]))
     with pytest.raises(StageError) as info:
         pipe({"a": patch_batch})
-    assert "1_AddLevel" in "".join(getattr(info.value, "__notes__", [])) or "AddLevel" in str(info.value)
+    assert "'AddLevel'" in str(info.value) and "['x']" in str(info.value)
+    if sys.version_info >= (3, 11):  # exception notes
+        assert info.value.__notes__ == ["in pipeline stage 1_AddLevel"]
 
 
 def test_package_exports_resolve():

@@ -262,8 +262,14 @@ class Pipeline(nn.Module):
     @classmethod
     def from_yaml(cls, source: str | Path, **models: Any) -> Pipeline:
         """Build from a YAML file path or YAML text (``models`` as in :meth:`from_config`)."""
-        path = Path(source) if not isinstance(source, str) or "\n" not in source else None
-        cfg = OmegaConf.load(path) if path is not None and path.exists() else OmegaConf.create(str(source))
+        is_text = isinstance(source, str) and ("\n" in source or ":" in source and not Path(source).exists())
+        if is_text:
+            cfg = OmegaConf.create(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"pipeline config {str(path)!r} does not exist")
+            cfg = OmegaConf.load(path)
         return cls.from_config(cfg, **models)
 
     @classmethod
