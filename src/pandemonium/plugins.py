@@ -22,13 +22,16 @@ layer and the FileManager when a mode actually runs. A failing plugin is reporte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pandemonium.schedulers.errors import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,17 @@ class PluginRegistry:
     def _note(self, what: str) -> None:
         if self._current is not None:
             self.contributions.setdefault(self._current, []).append(what)
+
+    def owner(self, what: str) -> str:
+        """The plugin that registered ``what`` (e.g. ``"task:example_stripes"``)."""
+        return next((name for name, items in self.contributions.items() if what in items), "<direct call>")
+
+    @contextlib.contextmanager
+    def _applying(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            raise PluginError(f"plugin {self.owner(what)!r}: could not register {what}: {exc}") from exc
 
     # -- the API plugins call ------------------------------------------------------------------
     def add_config_path(self, path: str | Path) -> None:
@@ -106,22 +120,26 @@ class PluginRegistry:
         from pandemonium.tracking.file_manager import FileManager
 
         for key, template in self.artifact_keys.items():
-            FileManager.add_assignment_path(key, template)
+            with self._applying(f"artifact:{key}"):
+                FileManager.add_assignment_path(key, template)
         if self.modalities or self.task_types or self.task_creators:
             from pandemonium.tasks import attributes, creators, loaders, verifiers
 
             for value, spec in self.modalities.items():
-                modality = attributes.register_modality(spec["name"], value)
-                if spec["loader_cls"] is not None:
-                    loaders.register_modality_loader(modality, spec["loader_cls"])
-                if spec["verifier"] is not None:
-                    verifiers.MODALITY_VERIFIER_MAP[modality] = spec["verifier"]
+                with self._applying(f"modality:{value}"):
+                    modality = attributes.register_modality(spec["name"], value)
+                    if spec["loader_cls"] is not None:
+                        loaders.register_modality_loader(modality, spec["loader_cls"])
+                    if spec["verifier"] is not None:
+                        verifiers.MODALITY_VERIFIER_MAP[modality] = spec["verifier"]
             for value, spec in self.task_types.items():
-                attributes.register_task_type(spec["name"], value, spec["requires"], spec["target"])
+                with self._applying(f"task_type:{value}"):
+                    attributes.register_task_type(spec["name"], value, spec["requires"], spec["target"])
             for name, (creator, meta) in self.task_creators.items():
-                spec = creators.TASK_CREATORS.get(name)
-                if spec is None or spec.fn is not creator:
-                    creators.register_taskcreator(name, **meta)(creator)
+                with self._applying(f"task:{name}"):
+                    existing = creators.TASK_CREATORS.get(name)
+                    if existing is None or existing.fn is not creator:
+                        creators.register_taskcreator(name, **meta)(creator)
         self.activated = True
         return self
 

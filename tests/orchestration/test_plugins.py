@@ -137,3 +137,12 @@ def test_fixtures(pandemonium_roots, fake_task):
     assert fake_task.name == "fake_cls" and fake_task.num_samples == 12
     assert (pandemonium_roots.data_dir / "tasks" / "fake_cls" / "task.json").is_file()
     assert pandemonium_roots.runs() == []
+
+
+def test_a_registration_clash_names_the_plugin():
+    from pandemonium.plugins import PluginError
+
+    registry = load_plugins(entry_points=[FakeEntryPoint(
+        "clashing_plugin", lambda r: r.add_task_type("CLASSIFICATION", "not_classification", ["class"], "class"))])
+    with pytest.raises(PluginError, match="plugin 'clashing_plugin': could not register task_type:not_classification"):
+        registry.activate()
