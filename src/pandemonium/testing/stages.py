@@ -141,7 +141,8 @@ def check_stage(
     unknown keys give a clear error.
 
     ``rebuild_kwargs`` override params when rebuilding (e.g. ``{"model": net}`` for an in-memory
-    model); extra ``kwargs`` are passed to every forward call (e.g. targets).
+    model); extra ``kwargs`` are passed to every forward call (e.g. targets). The stage is re-seeded
+    with its own seed and position along the way, so its random stream restarts.
     """
     batch = _batch_size(x)
     generator = torch.Generator().manual_seed(12345)
@@ -229,11 +230,13 @@ def check_stage(
         verdict = stage.validate(x)
         if verdict is not True:
             raise _fail(stage, f"validate(x) must return True for a good batch, got {verdict!r}")
-    _check_params_rebuild(stage, x, rebuild_kwargs, kwargs)
+    seed, position = getattr(stage, "seed", 0), getattr(stage, "position", 0)
+    _check_params_rebuild(stage, x, rebuild_kwargs, kwargs, evaluate_modes)
     if check_dtype_move:
         _check_moves(stage, x, kwargs)
     if check_dict and isinstance(x, Tensor) and not getattr(stage, "handles_dicts", False):
         _check_dict_input(stage, x, rebuild_kwargs, kwargs, generator)
+    _reseed(stage, seed, position)  # the checks re-seeded it; leave it with its seed, stream restarted
 
 
 def _rebuild(stage: nn.Module, rebuild_kwargs: Mapping[str, Any] | None, **override: Any) -> nn.Module:
@@ -251,11 +254,11 @@ def _rebuild(stage: nn.Module, rebuild_kwargs: Mapping[str, Any] | None, **overr
         raise _fail(stage, f"type(stage)(**stage.params) failed: {type(err).__name__}: {err}") from err
 
 
-def _check_params_rebuild(stage, x, rebuild_kwargs, kwargs) -> None:
+def _check_params_rebuild(stage, x, rebuild_kwargs, kwargs, evaluate_modes) -> None:
     rebuilt = _rebuild(stage, rebuild_kwargs)
     rebuilt.train(stage.training)
     seed, position = getattr(stage, "seed", 0), getattr(stage, "position", 0)
-    for evaluate in (False, True):
+    for evaluate in evaluate_modes:
         _reseed(stage, seed, position)
         _reseed(rebuilt, seed, position)
         y_a, _ = _call(stage, x, evaluate=evaluate, **kwargs)
