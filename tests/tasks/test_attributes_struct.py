@@ -108,3 +108,47 @@ def test_register_task_type_target_must_be_required():
     with pytest.raises(ValueError, match="must be in requires"):
         register_task_type("BAD_TYPE", "bad_type", requires=["class"], target="mask")
     assert "BAD_TYPE" not in TaskType.__members__
+
+
+def test_plugin_modality_end_to_end(depth_modality, tmp_path):
+    """A plugin modality flows through creation, verification and the datamodule."""
+    import numpy as np
+    import torch
+
+    from pandemonium.tasks import (
+        TASK_CREATORS,
+        TaskDataModule,
+        TaskVerificationError,
+        create_task,
+        load_task_struct,
+    )
+    from pandemonium.tasks.creators import register_taskcreator
+
+    depth, task_type = depth_modality
+
+    class DepthLoader(ValueLoader):
+        modality = depth
+
+    def verify_depth(entry, ctx):
+        if min(entry) < 0:
+            raise ValueError(f"negative depth {min(entry)}")
+
+    register_modality_loader(depth, DepthLoader)
+    MODALITY_VERIFIER_MAP[depth] = verify_depth
+
+    @register_taskcreator("depth_toy", task_type=task_type)
+    def create(writer, rng, num_samples=10, bad=False):
+        for i in range(num_samples):
+            values = [-1.0, 2.0] if bad and i == 3 else rng.random(2).tolist()
+            writer.add_sample(image=rng.random((8, 8, 3)), extra={"depth": values})
+
+    try:
+        struct = load_task_struct("depth_toy", create_task("depth_toy", tmp_path).parents[1])
+        assert struct.target is depth and depth in struct.modalities
+        batch = next(iter(TaskDataModule(struct, batch_size=4).train_dataloader()))
+        assert batch["depth"].shape == (4, 2) and batch["depth"].dtype == torch.float32
+        assert np.all(batch["depth"].numpy() >= 0)
+        with pytest.raises(TaskVerificationError, match="sample '000003' depth: negative depth -1.0"):
+            create_task("depth_toy", tmp_path, force=True, bad=True)
+    finally:
+        TASK_CREATORS.pop("depth_toy")

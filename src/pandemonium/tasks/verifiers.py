@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pandemonium.tasks.attributes import Modality, TaskType
+from pandemonium.tasks.attributes import Modality
 from pandemonium.tasks.errors import TaskFileError, TaskFormatError, TaskVerificationError
 from pandemonium.tasks.format import read_task_json, struct_from_meta
 from pandemonium.tasks.struct import TaskStruct
@@ -155,7 +155,8 @@ def verify_meta(meta: dict[str, Any], struct: TaskStruct, deep: bool = True) -> 
     if len(id_set) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise TaskVerificationError(f"task {name!r}: duplicate sample id {dup!r}")
-    if struct.task_type is not TaskType.REGRESSION and struct.num_classes == 0:
+    labelled = {Modality.CLASS, Modality.CLASSES, Modality.MASK, Modality.BOXES}
+    if struct.task_type.requires() & labelled and struct.num_classes == 0:
         raise TaskVerificationError(f"task {name!r}: class_names is empty")
     seen: dict[str, str] = {}
     for where, members in [*((f"fold {k}", f) for k, f in enumerate(meta["folds"])), ("test", meta["test"])]:
