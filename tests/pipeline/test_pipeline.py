@@ -270,3 +270,16 @@ def test_patch_optimisation_through_the_pipeline(toys, classifier):
         with torch.no_grad():
             patch.latent -= 0.3 * patch.latent.grad.sign()
     assert targeted_on_fixed_batch() < before
+
+
+def test_visualisations_with_a_real_summary_writer(tmp_path, patch_batch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    try:
+        Pipeline(Resize(4), RandomScroll()).evaluate(
+            patch_batch, writer=writer, step=1, strict_visualizations=True
+        )
+    finally:
+        writer.close()
+    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
