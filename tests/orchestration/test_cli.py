@@ -187,6 +187,8 @@ def test_killed_run_is_finished_by_continue(run_mode, two_tasks, pandemonium_roo
     resumed = run_mode("recording", *args, "continue=latest", env=env, proj="a")
     assert resumed.returncode == 0, resumed.output
     assert resumed.run_dir == run_dir
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()  # the original run's config is kept
+    assert "continue=latest" in next(run_dir.glob(".hydra_continue_*/overrides.yaml")).read_text()
     assert [json.loads(x)["index"] for x in (run_dir / "steps.jsonl").read_text().splitlines()] == [0, 1, 2]
     # an uninterrupted run (in-process, other project) ends with the same struct.paths
     straight = build_scheduler(compose_config(["mode=recording", "task_list=[fake_cls,fake_cls2]", "proj=b"],

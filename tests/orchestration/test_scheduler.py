@@ -177,3 +177,13 @@ def test_abstract_scheduler_requires_create_routine(rec_cfg):
     sched = AbstractBaseScheduler(rec_cfg(), available_subroutines=["a", "b"])
     with pytest.raises(NotImplementedError):
         sched.run()
+
+
+def test_reuse_attaches_artifacts_of_an_earlier_project(rec_cfg):
+    old = build_scheduler(rec_cfg("proj=old"))
+    old.run()
+    new = build_scheduler(rec_cfg("proj=new", "+reuse.draws=old", "mode.subroutines=[b]"))
+    assert new.get_struct("fake_cls").paths["draws"] == old.get_struct("fake_cls").paths["draws"]
+    assert new.run() == pytest.approx(old.last_result)  # step_b alone works on the reused artifacts
+    with pytest.raises(ConfigError, match="reuse.models=nowhere"):
+        build_scheduler(rec_cfg("proj=new", "reuse.models=nowhere")).get_struct("fake_cls")

@@ -156,7 +156,7 @@ def _main(args: list[str]) -> int:
         return 0
     if args[0] in ("-V", "--version"):
         print(f"{PROG} {__version__}")
-        print("plugins: " + ("none" if not registry.loaded and not registry.failed else ""))
+        print("plugins:" + (" none" if not registry.loaded and not registry.failed else ""))
         for line in registry.describe():
             print(f"  {line}")
         return 0
@@ -227,6 +227,7 @@ def _run_hydra(hydra_args: list[str]) -> int:
 def _run_mode(cfg: Any) -> Any:
     """The Hydra task function: build the mode's scheduler and run it in Hydra's run directory."""
     import logging
+    import reprlib
 
     from hydra.core.hydra_config import HydraConfig
 
@@ -244,7 +245,7 @@ def _run_mode(cfg: Any) -> Any:
         log.error("%s", exc)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
-    log.info("mode %s finished in %s; result: %r", cfg.mode.get("id"), scheduler.run_dir, result)
+    log.info("mode %s finished in %s; result: %s", cfg.mode.get("id"), scheduler.run_dir, reprlib.repr(result))
     return result
 
 

@@ -42,10 +42,25 @@ def sweep_dir(out_dir: str, proj: str) -> str:
     return _NEW_RUN_DIRS[key]
 
 
+def output_subdir(cont: str | None = None) -> str:
+    """``hydra.output_subdir``: ``.hydra``; a continued run keeps the original one and writes its own
+    composed config to ``.hydra_continue_<timestamp>``."""
+    from pandemonium.tracking.file_manager import run_stamp
+
+    if cont in (None, "", "None", "null"):
+        return ".hydra"
+    key = ("subdir", "", "")
+    if key not in _NEW_RUN_DIRS:
+        _NEW_RUN_DIRS[key] = f".hydra_continue_{run_stamp()}"
+    return _NEW_RUN_DIRS[key]
+
+
 def register_resolvers() -> None:
     """Idempotent."""
     if not OmegaConf.has_resolver("pm_run_dir"):
         OmegaConf.register_new_resolver("pm_run_dir", run_dir)
+    if not OmegaConf.has_resolver("pm_output_subdir"):
+        OmegaConf.register_new_resolver("pm_output_subdir", output_subdir)
     if not OmegaConf.has_resolver("pm_sweep_dir"):
         OmegaConf.register_new_resolver("pm_sweep_dir", sweep_dir)
 
