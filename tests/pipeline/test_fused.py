@@ -132,3 +132,20 @@ def test_fused_passes_check_stage(bank_path, dict_input, kwargs):
     stage.set_seed(0, 1)
     x = {"a": torch.rand(4, 3, 8, 8), "b": torch.rand(4, 3, 6, 6)} if dict_input else torch.rand(4, 3, 8, 8)
     check_stage(stage, x)
+
+
+@pytest.mark.parametrize("kwargs", [FULL, {**FULL, "blur_p": 1.0, "blur_kernel": 7, "scale": [0.5, 0.8]}, {}],
+                         ids=["full", "always_blur", "plain"])
+def test_windowed_fast_path_equals_whole_image_compositing(bank_path, kwargs):
+    stage = FusedImplantAugment(bank_path, **kwargs)
+    stage.set_seed(4, 1)
+    patch = torch.rand(16, 3, 8, 8, requires_grad=True)
+    fast, kw = stage(patch)
+    sample = stage.get_last_sample_as_dict()
+    stage.use_windows = False
+    reference, kw_ref = stage(patch, params=sample)
+    assert torch.allclose(fast, reference, atol=1e-5)
+    assert torch.allclose(kw["targets"]["patch_mask"], kw_ref["targets"]["patch_mask"], atol=1e-6)
+    g_fast = torch.autograd.grad(fast.square().sum(), patch)[0]
+    g_ref = torch.autograd.grad(reference.square().sum(), patch)[0]
+    assert torch.allclose(g_fast, g_ref, atol=1e-4)

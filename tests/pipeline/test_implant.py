@@ -217,3 +217,16 @@ def test_implanter_in_a_pipeline_round_trips_through_yaml(bank_path):
     rebuilt = Pipeline.from_yaml(pipe.to_yaml())
     assert torch.equal(rebuilt(patch)[0], y)
     assert kwargs["targets"]["patch_boxes"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("index", range(4), ids=["rectangle", "fixed_ratio", "scale_to_box", "perspective"])
+def test_windowed_compositing_equals_whole_image(bank_path, index):
+    stage = _stages(bank_path)[index]
+    stage.set_seed(2, 0)
+    patch = {"a": torch.rand(8, 3, 8, 8), "b": torch.rand(8, 3, 4, 6)}
+    fast, kw = stage(patch)
+    sample = stage.get_last_sample_as_dict()
+    stage.use_windows = False
+    reference, kw_ref = stage(patch, params=sample)
+    assert torch.allclose(fast, reference, atol=1e-6)
+    assert torch.allclose(kw["targets"]["patch_mask"], kw_ref["targets"]["patch_mask"], atol=1e-6)

@@ -34,8 +34,9 @@ from pandemonium.pipeline.base import StageError
 from pandemonium.pipeline.geometry import (
     apply_homography_to_points,
     box_to_quad,
+    crop_windows,
     homography_from_quads,
-    luminance,
+    paste_windows,
     quad_to_box,
     rotation_shear_scale_matrix,
     unit_quad,
@@ -43,9 +44,37 @@ from pandemonium.pipeline.geometry import (
 from pandemonium.pipeline.implant import ImplanterBase, MaskSpec, _range, _size_and_offset
 from pandemonium.pipeline.registry import register_stage
 
-__all__ = ["FusedImplantAugment", "adjust_photometric"]
+__all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix"]
 
 SEED_HIGH = 2**62
+
+
+def colour_matrix(
+    brightness: Tensor, contrast: Tensor, saturation: Tensor | None, channels: int
+) -> tuple[Tensor, Tensor]:
+    """Per-sample affine colour map ``v -> M v + beta`` equal to: add ``brightness``, multiply by
+    ``contrast``, blend with luma by ``saturation`` (RGB only). ``(B, C, C)`` and ``(B, C)``.
+
+    All three are linear in RGB, so they collapse into one matrix: one pass over the pixels instead
+    of three (and the luma weights sum to 1, so the offset is just ``contrast * brightness``).
+    """
+    b = brightness.shape[0]
+    eye = torch.eye(channels, dtype=brightness.dtype, device=brightness.device).expand(b, channels, channels)
+    c = contrast.view(-1, 1, 1)
+    if saturation is not None and channels == 3:
+        luma = brightness.new_tensor([0.299, 0.587, 0.114]).view(1, 1, 3).expand(b, 3, 3)
+        s = saturation.view(-1, 1, 1)
+        matrix = c * (s * eye + (1 - s) * luma)
+    else:
+        matrix = c * eye
+    return matrix, (contrast * brightness).view(-1, 1).expand(b, channels)
+
+
+def apply_colour_matrix(images: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
+    """``M v + beta`` for every pixel ``v`` of ``images`` ``(B, C, H, W)`` (one batched matmul)."""
+    b, c, h, w = images.shape
+    out = torch.baddbmm(offset.to(images.dtype).unsqueeze(-1), matrix.to(images.dtype), images.reshape(b, c, h * w))
+    return out.view(b, c, h, w)
 
 
 def adjust_photometric(
@@ -55,15 +84,15 @@ def adjust_photometric(
     saturation: Tensor | None = None,
 ) -> Tensor:
     """Per-sample ``(B,)`` brightness (added), contrast (multiplied) and saturation (blend with luma)."""
-    view = (-1, 1, 1, 1)
-    if brightness is not None:
-        images = images + brightness.view(view).to(images.dtype)
-    if contrast is not None:
-        images = images * contrast.view(view).to(images.dtype)
-    if saturation is not None and images.shape[1] == 3:
-        grey = luminance(images)
-        images = grey + saturation.view(view).to(images.dtype) * (images - grey)
-    return images
+    b = images.shape[0]
+    zero = images.new_zeros(b)
+    matrix, offset = colour_matrix(
+        brightness if brightness is not None else zero,
+        contrast if contrast is not None else zero + 1,
+        saturation,
+        images.shape[1],
+    )
+    return apply_colour_matrix(images, matrix, offset)
 
 
 @register_stage
@@ -207,17 +236,62 @@ class FusedImplantAugment(ImplanterBase):
         return homography_from_quads(quad, source), quad_to_box(quad)
 
     # ------------------------------------------------------------ photometrics
-    def _finish(self, images, params):
-        out = adjust_photometric(images, params["brightness"], params["contrast"], params["saturation"])
-        sigma = params["blur_sigma"]
+    def _window_margin(self) -> int:
+        # blur reads kernel//2 pixels around each output pixel: a ring that wide at the window edge is
+        # taken from the full-image background, so the window needs that ring plus the blur's reach
+        return 2 * (self.blur_kernel // 2) if self.blur_sigma is not None else 0
+
+    def _photometric(self, images: Tensor, scene: Mapping[str, Tensor], noise: Tensor | None) -> Tensor:
+        """Colour matrix, then blur, then noise, then clamp to [0, 1]."""
+        dtype = images.dtype
+        matrix, offset = colour_matrix(
+            scene["brightness"].to(dtype), scene["contrast"].to(dtype), scene["saturation"].to(dtype), images.shape[1]
+        )
+        out = apply_colour_matrix(images, matrix, offset)
         if self.blur_sigma is not None:
+            sigma = scene["blur_sigma"].to(dtype)
             blur_on = sigma > 0
-            safe = torch.where(blur_on, sigma, torch.ones_like(sigma)).to(out.dtype)
+            safe = torch.where(blur_on, sigma, torch.ones_like(sigma))
             blurred = gaussian_blur2d(out, self.blur_kernel, torch.stack([safe, safe], -1))
             out = torch.where(blur_on.view(-1, 1, 1, 1), blurred, out)
-        if self.noise > 0:
-            generator = torch.Generator(device=out.device)
-            generator.manual_seed(int(params["noise_seed"][0]))
-            z = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
-            out = out + params["noise_std"].view(-1, 1, 1, 1).to(out.dtype) * z
+        if noise is not None:
+            out = out + scene["noise_std"].view(-1, 1, 1, 1).to(dtype) * noise
         return out.clamp(0.0, 1.0)
+
+    def _noise(self, images: Tensor, scene: Mapping[str, Tensor]) -> Tensor | None:
+        if self.noise <= 0:
+            return None
+        generator = torch.Generator(device=images.device)
+        generator.manual_seed(int(scene["noise_seed"][0]))
+        return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+
+    def _inner(self, origin: Tensor, size: tuple[int, int], image_hw: tuple[int, int], device) -> Tensor | None:
+        """Window pixels whose blur neighbourhood lies inside the window (or the image)."""
+        reach = self.blur_kernel // 2 if self.blur_sigma is not None else 0
+        if reach == 0 or tuple(size) == tuple(image_hw):
+            return None
+        (wh, ww), (height, width) = size, image_hw
+        ox, oy = origin[:, 0:1].to(device), origin[:, 1:2].to(device)
+        rows = torch.arange(wh, device=device).view(1, -1)
+        cols = torch.arange(ww, device=device).view(1, -1)
+        row_ok = ((oy == 0) | (rows >= reach)) & ((oy + wh == height) | (rows < wh - reach))
+        col_ok = ((ox == 0) | (cols >= reach)) & ((ox + ww == width) | (cols < ww - reach))
+        return (row_ok.unsqueeze(-1) & col_ok.unsqueeze(1)).unsqueeze(1)
+
+    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
+        patches, index, images, targets = self._scenes(x, params)
+        scene = {k[len("scene.") :]: v.to(images.device) for k, v in params.items() if k.startswith("scene.")}
+        noise = self._noise(images, scene)
+        with torch.no_grad():  # the background carries no gradient: only the windows around patches do
+            background = self._photometric(images, scene, noise)
+        windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
+        if control:
+            out = background
+        else:
+            window_noise = crop_windows(noise, origin, size) if noise is not None else None
+            finished = self._photometric(windows, scene, window_noise)
+            inner = self._inner(origin, size, tuple(images.shape[-2:]), images.device)
+            if inner is not None:
+                finished = torch.where(inner, finished, crop_windows(background, origin, size))
+            out = paste_windows(background, origin, finished)
+        return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import get_perspective_transform
+from torch import Tensor
 
 __all__ = [
     "box_to_quad",
@@ -40,6 +41,10 @@ __all__ = [
     "composite",
     "warp_composite",
     "region_mean",
+    "patch_windows",
+    "crop_windows",
+    "paste_windows",
+    "translate_homography",
     "rotation_shear_scale_matrix",
     "apply_homography_to_points",
     "tilt_quad",
@@ -195,6 +200,65 @@ def region_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-sample weighted mean ``(B,)`` of ``values`` ``(B, 1, H, W)`` under ``weights`` (same shape)."""
     total = weights.sum(dim=(1, 2, 3)).clamp_min(1e-6)
     return (values * weights).sum(dim=(1, 2, 3)) / total
+
+
+def patch_windows(
+    boxes: Tensor, image_hw: tuple[int, int], margin: int, multiple: int = 4
+) -> tuple[Tensor, tuple[int, int]]:
+    """One equal-size window per sample that holds its box (``(B, 4)`` xyxy) plus ``margin`` pixels.
+
+    Returns the window origins ``(B, 2)`` (long, ``x, y``; clamped so every window lies inside the
+    image) and the common window size ``(h, w)`` (the largest box + 2 margins, rounded up to
+    ``multiple``, at most the image). Working on windows instead of whole images is what makes the
+    implant cost scale with the patch, not with the scene.
+    """
+    height, width = image_hw
+    box = boxes.detach()
+    x0 = box[:, 0].clamp(0, width).floor()
+    y0 = box[:, 1].clamp(0, height).floor()
+    x1 = box[:, 2].clamp(0, width).ceil()
+    y1 = box[:, 3].clamp(0, height).ceil()
+    extent = torch.stack([(x1 - x0).max(), (y1 - y0).max()]).tolist() if box.shape[0] else [0.0, 0.0]
+    win_w = min(width, int(math.ceil((extent[0] + 2 * margin) / multiple) * multiple))
+    win_h = min(height, int(math.ceil((extent[1] + 2 * margin) / multiple) * multiple))
+    ox = (x0 - margin).clamp(min=0).clamp(max=width - win_w).long()
+    oy = (y0 - margin).clamp(min=0).clamp(max=height - win_h).long()
+    return torch.stack([ox, oy], dim=-1), (win_h, win_w)
+
+
+def _window_index(origin: Tensor, size: tuple[int, int], width: int, channels: int) -> Tensor:
+    # flat pixel index (B, C, h*w) of every window pixel: gather/scatter on contiguous (B, C, H*W)
+    # views are much cheaper than advanced indexing with a channel slice
+    rows = origin[:, 1:2] + torch.arange(size[0], device=origin.device)
+    cols = origin[:, 0:1] + torch.arange(size[1], device=origin.device)
+    flat = (rows.unsqueeze(-1) * width + cols.unsqueeze(1)).view(origin.shape[0], 1, -1)
+    return flat.expand(-1, channels, -1)
+
+
+def crop_windows(images: Tensor, origin: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-sample windows ``(B, C, h, w)`` of ``images`` at ``origin`` (see :func:`patch_windows`)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    b, c, _, width = images.shape
+    index = _window_index(origin.to(images.device), size, width, c)
+    return images.reshape(b, c, -1).gather(2, index).view(b, c, *size)
+
+
+def paste_windows(images: Tensor, origin: Tensor, windows: Tensor) -> Tensor:
+    """``images`` with each sample's window replaced (out of place; gradients flow to ``windows``)."""
+    if tuple(images.shape[-2:]) == tuple(windows.shape[-2:]):
+        return windows
+    b, c, height, width = images.shape
+    index = _window_index(origin.to(images.device), (windows.shape[-2], windows.shape[-1]), width, c)
+    out = images.reshape(b, c, -1).scatter(2, index, windows.reshape(b, c, -1))
+    return out.view(b, c, height, width)
+
+
+def translate_homography(h: Tensor, origin: Tensor) -> Tensor:
+    """``h`` (image -> source) precomposed with window -> image translation by ``origin`` ``(B, 2)``."""
+    shift = torch.eye(3, dtype=h.dtype, device=h.device).repeat(h.shape[0], 1, 1)
+    shift[:, :2, 2] = origin.to(device=h.device, dtype=h.dtype)
+    return h @ shift
 
 
 def rotation_shear_scale_matrix(

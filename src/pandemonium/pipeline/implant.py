@@ -40,10 +40,14 @@ from pandemonium.pipeline.base import PipelineBase, StageError
 from pandemonium.pipeline.geometry import (
     box_to_source_homography,
     composite,
+    crop_windows,
     homography_from_quads,
     luminance,
+    paste_windows,
+    patch_windows,
     quad_to_box,
     region_mean,
+    translate_homography,
     unit_quad,
     warp_patch,
 )
@@ -112,6 +116,7 @@ class ImplanterBase(PipelineBase):
     consumes_patch = True
     handles_dicts = True
     _require: str | None = None  # bank target every drawn scene must have ("boxes" / "quads")
+    use_windows: bool = True  # composite in per-sample windows around the patch (False: whole images)
 
     def __init__(
         self,
@@ -160,12 +165,8 @@ class ImplanterBase(PipelineBase):
         raise NotImplementedError
 
     def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        """Random values shared by all patches of a sample (applied after compositing); default none."""
+        """Random values shared by all patches of a sample (stored as ``scene.<name>``); default none."""
         return {}
-
-    def _finish(self, images: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-        """Post-composite step on the whole scene (also under ``control``); default identity."""
-        return images
 
     # ------------------------------------------------------------ helpers
     def _patches(self, x: Tensor | Mapping[str, Tensor]) -> dict[str | None, Tensor]:
@@ -235,25 +236,56 @@ class ImplanterBase(PipelineBase):
             self._seen_keys = [None]
         return super().forward(x, control=control, evaluate=evaluate, params=params, **kwargs)
 
-    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
+    def _placement_values(self, params: Mapping[str, Tensor], key: str | None) -> dict[str, Tensor]:
+        prefix = self._prefix(key)
+        return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+    def _scenes(self, x, params) -> tuple[dict[str | None, Tensor], Tensor, Tensor, dict[str, Any]]:
+        """Checked patches, bank indices, the drawn scenes (patch device/dtype) and their targets."""
         patches = self._patches(x)
         for key, patch in patches.items():
             self._check_patch(key, patch)
         index = params["image_index"].to(self.bank.images.device)
         first = next(iter(patches.values()))
         images = self.bank.images[index].to(device=first.device, dtype=first.dtype)
-        targets = self.bank.targets(index)
-        out = images
-        patch_boxes: dict[str | None, Tensor] = {}
-        coverage_total = torch.zeros_like(images[:, :1])
-        scene_lum = luminance(images) if self.match_brightness else None
+        return patches, index, images, self.bank.targets(index)
+
+    def _window_margin(self) -> int:
+        """Extra window margin (pixels) for neighbourhood ops after compositing; none here."""
+        return 0
+
+    def _composite_windows(
+        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
+        control: bool,
+    ) -> tuple[Tensor, Tensor, tuple[int, int], Tensor, dict[str | None, Tensor]]:
+        """Implant every patch into a per-sample window around it (or the whole image when
+        ``use_windows`` is off). Returns the composited windows, their origins and size, the coverage
+        windows and the patch boxes. Under ``control`` the windows hold the bare scene."""
+        height, width = images.shape[-2:]
+        placed: dict[str | None, tuple[Tensor, Tensor]] = {}
+        bleed = 0.0
         for key, patch in patches.items():
-            prefix = self._prefix(key)
-            values = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-            h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
-            patch_boxes[key] = box
+            h_img2patch, box = self._placement(self._placement_values(params, key), index, (patch.shape[-2], patch.shape[-1]))
+            placed[key] = (h_img2patch.to(patch.device), box)
+            size = (box[:, 2:] - box[:, :2]).detach()
+            bleed = max(bleed, float((size / size.new_tensor([patch.shape[-1], patch.shape[-2]])).max()))
+        if self.use_windows:
+            boxes = torch.stack([b for _, b in placed.values()], 0)
+            union = torch.cat([boxes[..., :2].amin(0), boxes[..., 2:].amax(0)], -1)
+            # bilinear edges reach half a patch pixel beyond the box: keep them inside the window
+            margin = int(math.ceil(bleed)) + 2 + self._window_margin()
+            origin, size = patch_windows(union, (height, width), margin)
+        else:
+            origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
+            size = (height, width)
+        scene = crop_windows(images, origin, size)
+        out = scene
+        coverage_total = torch.zeros_like(scene[:, :1])
+        scene_lum = luminance(scene) if self.match_brightness and not control else None
+        for key, patch in patches.items():
+            h_img2patch, _ = placed[key]
             premultiplied, coverage = warp_patch(
-                patch, self._alpha_for(patch), h_img2patch.to(patch.device), (images.shape[-2], images.shape[-1])
+                patch, self._alpha_for(patch), translate_homography(h_img2patch, origin), size
             )
             coverage_total = torch.maximum(coverage_total, coverage.detach())
             if control:
@@ -263,10 +295,18 @@ class ImplanterBase(PipelineBase):
                 lo, hi = self.brightness_range
                 gain = (region_mean(scene_lum, coverage.detach()) / self.brightness_reference).clamp(lo, hi)
             out = composite(out, premultiplied, coverage, gain)
-        out = self._finish(out, {k[len("scene.") :]: v for k, v in params.items() if k.startswith("scene.")})
-        targets["patch_boxes"] = patch_boxes[None] if None in patch_boxes else patch_boxes
-        targets["patch_mask"] = coverage_total
-        return out, {"targets": targets, "patch": x}
+        return out, origin, size, coverage_total, {k: b for k, (_, b) in placed.items()}
+
+    def _attach_targets(self, targets, origin, coverage, boxes, images) -> dict[str, Any]:
+        targets["patch_boxes"] = boxes[None] if None in boxes else boxes
+        targets["patch_mask"] = paste_windows(torch.zeros_like(images[:, :1]), origin, coverage)
+        return targets
+
+    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
+        patches, index, images, targets = self._scenes(x, params)
+        windows, origin, _, coverage, boxes = self._composite_windows(patches, index, images, params, control)
+        out = images if control else paste_windows(images, origin, windows)
+        return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
 
     def get_description(self) -> str:
         return (
