@@ -145,3 +145,39 @@ def test_workers_load_same_data(tiny_structs):
     a = next(iter(single.val_dataloader()))
     b = next(iter(multi.val_dataloader()))
     assert a["sample_id"] == b["sample_id"] and torch.equal(a["image"], b["image"])
+
+
+def test_lightning_trainer_consumes_datamodule(tiny_structs, tmp_path):
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self, channels, classes):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(classes))
+            self.seen = {"train": 0, "val": 0, "test": 0}
+
+        def _step(self, batch, split):
+            self.seen[split] += len(batch["sample_id"])
+            return torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["class"])
+
+        def training_step(self, batch, batch_idx):
+            return self._step(batch, "train")
+
+        def validation_step(self, batch, batch_idx):
+            self._step(batch, "val")
+
+        def test_step(self, batch, batch_idx):
+            self._step(batch, "test")
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    struct = tiny_structs["shapes_cls"]
+    dm = TaskDataModule(struct, batch_size=8, sample_num=16)
+    model = Tiny(struct.channels, struct.num_classes)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert model.seen == {"train": 16, "val": len(dm.dataset("val")), "test": struct.num_test}

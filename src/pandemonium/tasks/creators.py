@@ -239,13 +239,16 @@ def _build(
     )
     rng = np.random.default_rng(seed)
     try:
+        inspect.signature(spec.fn).bind(writer, rng, **kwargs)
+    except TypeError as err:
+        accepted = ", ".join(spec.defaults()) or "none"
+        raise TaskCreationError(
+            f"task {name!r}: creator {spec.name!r} rejected its arguments: {err} (keyword arguments: {accepted})"
+        ) from None
+    try:
         spec.fn(writer, rng, **kwargs)
     except TaskError:
         raise
-    except TypeError as err:
-        if "argument" in str(err):
-            raise TaskCreationError(f"task {name!r}: creator {spec.name!r} rejected its arguments: {err}") from None
-        raise TaskCreationError(f"task {name!r}: creator {spec.name!r} failed: {err!r}") from err
     except Exception as err:
         raise TaskCreationError(f"task {name!r}: creator {spec.name!r} failed: {err!r}") from err
     recorded = {**spec.defaults(), **kwargs}

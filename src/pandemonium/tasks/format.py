@@ -375,6 +375,7 @@ def write_task_json(task_dir: str | os.PathLike, meta: dict[str, Any]) -> Path:
     """Write ``task.json`` atomically (temp file + rename)."""
     file = Path(task_dir) / TASK_FILE
     tmp = file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    # default=str: creator kwargs may hold paths or numpy scalars; the record only has to be readable
+    tmp.write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, file)
     return file
