@@ -187,3 +187,12 @@ def test_reuse_attaches_artifacts_of_an_earlier_project(rec_cfg):
     assert new.run() == pytest.approx(old.last_result)  # step_b alone works on the reused artifacts
     with pytest.raises(ConfigError, match="reuse.models=nowhere"):
         build_scheduler(rec_cfg("proj=new", "reuse.models=nowhere")).get_struct("fake_cls")
+
+
+def test_unserialisable_struct_path_is_named(rec_cfg):
+    class Bad(RecordingScheduler):
+        def step_b(self):
+            self.get_struct("fake_cls").paths["oops"] = object()
+
+    with pytest.raises(ConfigError, match=r"struct.paths\['oops'\] of task 'fake_cls'"):
+        Bad(rec_cfg()).run()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import json
 import logging
 import os
@@ -358,7 +359,8 @@ class AbstractBaseScheduler:
 
     def execute_step(self, step: Step) -> StepOutcome:
         """Seed, run one step and report the ``struct.paths`` it changed (used by executors)."""
-        before = {name: dict(s.paths) for name, s in self._structs.items()}
+        # deep copy: a step may mutate a nested value in place (paths["plots"].append(...))
+        before = {name: copy.deepcopy(s.paths) for name, s in self._structs.items()}
         self.step_index = step.index
         self.step_seed = step_seed(int(self.cfg.seed), step.index)
         seed_everything(self.step_seed)
@@ -389,8 +391,17 @@ class AbstractBaseScheduler:
             for key in removed:
                 struct.paths.pop(key, None)
         self.last_result = outcome.result
-        paths = {**self._restored_paths, **{n: s.paths for n, s in self._structs.items()}}
-        _write_json_atomic(self.run_dir / STRUCTS_FILE, encode_paths(paths))
+        paths = encode_paths({**self._restored_paths, **{n: s.paths for n, s in self._structs.items()}})
+        for name, entries in paths.items():
+            for key, value in entries.items():
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(
+                        f"step {step.index} ({step.command}): struct.paths[{key!r}] of task {name!r} is not "
+                        f"JSON-serialisable ({type(value).__name__}); store a path or plain value there"
+                    ) from exc
+        _write_json_atomic(self.run_dir / STRUCTS_FILE, paths)
         record = {**step.to_dict(), "seconds": round(outcome.seconds, 4), "result": _json_or_none(outcome.result)}
         with open(self.run_dir / STEPS_FILE, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(encode_paths(record)) + "\n")
