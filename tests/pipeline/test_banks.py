@@ -111,3 +111,25 @@ def test_corrupt_folder_image_is_named(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(BankError, match="broken.png"):
         ImageBank.from_spec({"folder": str(tmp_path)})
+
+
+def test_task_bank_feeds_scale_to_box_implanter(tmp_path):
+    from pandemonium.pipeline.implant import ScaleToBoxImplanter
+    from pandemonium.tasks.creators import create_task
+
+    create_task("shapes_det", tmp_path, num_samples=12, image_size=32)
+    spec = {"task": "shapes_det", "data_dir": str(tmp_path)}
+    bank = ImageBank.from_spec(spec)
+    assert bank.has_boxes and bank.images.shape[1:] == (3, 32, 32)
+    assert bank.train_index.numel() > 0 and bank.eval_index.numel() > 0
+    stage = ScaleToBoxImplanter(spec, scale=[0.5, 1.0])
+    stage.set_seed(0, 0)
+    y, kwargs = stage(torch.rand(4, 3, 8, 8), evaluate=True)
+    assert set(kwargs["targets"]["image_index"].tolist()) <= set(bank.eval_index.tolist())
+    assert all(b.shape[-1] == 4 for b in kwargs["targets"]["boxes"])
+    assert json.dumps(stage.params)
+
+
+def test_unknown_task_is_named(tmp_path):
+    with pytest.raises(BankError, match="image bank task=.no_such_task.*no_such_task"):
+        ImageBank.from_spec({"task": "no_such_task", "data_dir": str(tmp_path)})

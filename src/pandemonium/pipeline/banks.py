@@ -323,7 +323,10 @@ class ImageBank(nn.Module):
             from pandemonium.tasks.datamodule import TaskDataset
         except ImportError as err:  # the tasks layer is optional for banks built from files
             raise BankError(f"image bank {source}: pandemonium.tasks is not available ({err})") from err
-        struct = load_task_struct(spec["task"], spec.get("data_dir"))
+        try:
+            struct = load_task_struct(spec["task"], spec.get("data_dir"))
+        except Exception as err:  # the task layer's errors name the task; add which bank asked
+            raise BankError(f"image bank {source}: {err}") from err
         fold = int(spec.get("fold", 0))
         fields: dict[str, list] = {k: [] for k in ("images", "classes", "masks", "boxes", "labels", "quads", "split")}
         for split_name, tag in ((spec.get("train_split", "train"), "train"), (spec.get("eval_split", "test"), "eval")):
