@@ -181,3 +181,38 @@ def test_lightning_trainer_consumes_datamodule(tiny_structs, tmp_path):
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
     assert model.seen == {"train": 16, "val": len(dm.dataset("val")), "test": struct.num_test}
+
+
+@pytest.fixture
+def multilabel_and_regression(tmp_path):
+    from pandemonium.tasks import TASK_CREATORS, create_task, load_task_struct, register_taskcreator
+
+    @register_taskcreator("toy_multilabel", task_type="multilabel_classification", class_names=["r", "g", "b"])
+    def multilabel(writer, rng, num_samples=12):
+        for _ in range(num_samples):
+            hot = (rng.random(3) < 0.5).astype(int)
+            writer.add_sample(image=(rng.random((8, 8, 3)) * hot).astype("float32"), classes=hot.tolist())
+
+    @register_taskcreator("toy_regression", task_type="regression")
+    def regression(writer, rng, num_samples=12):
+        for _ in range(num_samples):
+            level = float(rng.random())
+            writer.add_sample(image=rng.random((8, 8)) * 0 + level, value=level)
+
+    try:
+        yield {n: load_task_struct(n, create_task(n, tmp_path).parents[1]) for n in ("toy_multilabel", "toy_regression")}
+    finally:
+        TASK_CREATORS.pop("toy_multilabel")
+        TASK_CREATORS.pop("toy_regression")
+
+
+def test_multilabel_and_regression_batches(multilabel_and_regression):
+    ml = next(iter(TaskDataModule(multilabel_and_regression["toy_multilabel"], batch_size=4).val_dataloader()))
+    assert ml["classes"].dtype == torch.long and ml["classes"].shape[1] == 3
+    assert set(ml["classes"].unique().tolist()) <= {0, 1}
+    struct = multilabel_and_regression["toy_regression"]
+    assert struct.num_classes == 0 and struct.target.value == "value"
+    reg = next(iter(TaskDataModule(struct, batch_size=4).val_dataloader()))
+    assert reg["value"].dtype == torch.float32 and reg["value"].shape == (len(reg["sample_id"]),)
+    # the image holds the level it was drawn from (up to PNG quantisation)
+    assert torch.allclose(reg["image"].mean((1, 2, 3)), reg["value"], atol=1 / 255)
