@@ -203,3 +203,14 @@ def test_killed_run_is_finished_by_continue(run_mode, two_tasks, pandemonium_roo
     a2 = pandemonium_roots.out_dir / "a" / "DRAWS" / "fake_cls2" / "draws_0001.json"
     b2 = pandemonium_roots.out_dir / "b" / "DRAWS" / "fake_cls2" / "draws_0001.json"
     assert a2.read_text() == b2.read_text()  # the re-run step drew the same random numbers
+
+
+def test_mode_may_follow_options_and_only_one_mode(capsys):
+    from pandemonium.cli.main import split_hydra_args
+
+    assert split_hydra_args(["-m", "info", "seed=1,2", "--cfg", "job", "--info", "x=1"]) == (
+        ["-m", "--cfg", "job", "--info"], ["info", "seed=1,2", "x=1"])
+    assert main(["-m", "nosuchmode", "seed=1,2"]) != 0
+    assert "'nosuchmode'" in capsys.readouterr().err
+    assert main(["info", "create"]) != 0
+    assert "one mode" in capsys.readouterr().err

@@ -161,11 +161,12 @@ def _main(args: list[str]) -> int:
             print(f"  {line}")
         return 0
 
-    mode = None
-    if not args[0].startswith("-") and "=" not in args[0]:
-        mode = args.pop(0)
-    else:
-        mode = next((a.split("=", 1)[1] for a in args if a.startswith("mode=")), None)
+    options, overrides = split_hydra_args(args)
+    words = [a for a in overrides if "=" not in a and not a.startswith(("~", "+"))]
+    if len(words) > 1:
+        return _error(f"give one mode, got {', '.join(map(repr, words))} (overrides are key=value)")
+    mode = words[0] if words else next((a.split("=", 1)[1] for a in overrides if a.startswith("mode=")), None)
+    overrides = [a for a in overrides if a not in words and not a.startswith("mode=")]
     modes = discover_modes(dirs)
     if mode is not None and mode not in modes:
         return _error(f"unknown mode {mode!r}; known modes: {', '.join(sorted(modes))}")
@@ -175,7 +176,6 @@ def _main(args: list[str]) -> int:
         return _error(problem)
 
     install_search_path(user_config_dirs(), registry.config_paths)
-    options, overrides = split_hydra_args([a for a in args if not a.startswith("mode=")])
     if mode is not None:
         overrides.insert(0, f"mode={mode}")
     return _run_hydra([*options, *overrides])
