@@ -26,6 +26,7 @@ no model when ``train`` is off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pandemonium.schedulers.base import AbstractBaseScheduler
 from pandemonium.schedulers.errors import ConfigError, PandemoniumError
@@ -372,11 +373,16 @@ class AttackScheduler(AbstractBaseScheduler):
             struct.paths["models"] = existing
             log.info("task %s: using stored model %s", task_name, existing)
             return {"model": str(existing), "trained": False}
-        from pandemonium.schedulers.train import train_task_model
+        from pandemonium.schedulers.train import TrainScheduler
 
-        path = train_task_model(self, struct)
-        struct.paths["models"] = Path(path)
-        return {"model": str(path), "trained": True}
+        # the train mode's own step: it only needs the scheduler base API (cfg, fm, get_struct,
+        # create_datamodule, run_dir, step_seed), which this scheduler has
+        with _lightning_progress_off(self.cfg):
+            result = TrainScheduler.train_task(self, task_name)
+        struct.paths["models"] = Path(result["path"])
+        self.results.pop(task_name, None)
+        return {"model": result["path"], "trained": True,
+                **{k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
     def attack_task(self, task_name: str) -> dict[str, Any]:
         """Fit the patch of one task and store patch, checkpoint, pipeline YAML and curves."""
@@ -415,6 +421,8 @@ class AttackScheduler(AbstractBaseScheduler):
             "seed": int(self.cfg.seed),
             "summary": result.summary,
             "universal": owner == UNIVERSAL_TASK,
+            "run_dir": str(self.run_dir),
+            "command": command_line(),
         }
         patch_path = self.fm.construct_saving_path(obj=payload, key="patches", task_name=owner,
                                                    file_name="patch.pt")
@@ -491,6 +499,24 @@ class AttackScheduler(AbstractBaseScheduler):
 
     def finish(self) -> Any:
         return self.headline()
+
+
+@contextlib.contextmanager
+def _lightning_progress_off(cfg: DictConfig) -> Any:
+    """Lightning's default progress bar is rich's live display, which clashes with the executor's
+    live step bar (rich keeps one live stack per console); training logs its epochs instead."""
+    node = OmegaConf.select(cfg, "trainer.lightning")
+    if node is None:
+        yield
+        return
+    old = node.get("enable_progress_bar")
+    with open_dict(node):
+        node["enable_progress_bar"] = False
+    try:
+        yield
+    finally:
+        with open_dict(node):
+            node["enable_progress_bar"] = old
 
 
 def _jsonable(value: Any) -> Any:
@@ -653,8 +679,9 @@ def _curves_frame(history: list[dict[str, float]], evals: list[dict[str, float]]
     import pandas as pd
 
     train = pd.DataFrame(history)
-    keep = [c for c in (evals[0].keys() if evals else []) if c != "step"
-            and not c.endswith(("_se", "_ci_low", "_ci_high", "_n", "_control", "_delta"))]
+    interesting = ("success", "disappearance", "pixel_flip", "prediction_changed", "total_patch")
+    keep = [c for c in (evals[0].keys() if evals else []) if c != "step" and any(w in c for w in interesting)
+            and not c.endswith(("_se", "_ci_low", "_ci_high", "_n"))]
     ev = pd.DataFrame([{"step": e["step"], **{f"eval_{k}": e[k] for k in keep}} for e in evals])
     if train.empty:
         return ev
@@ -821,7 +848,6 @@ def predictions_for_report(outputs: Any, task_type: str, class_names: Sequence[s
 def evaluate_stored_patch(scheduler: AttackScheduler, struct: Any, model: Any, preset: Mapping[str, Any],
                           patch_path: Path) -> StoredEvaluation:
     """Fixed-condition evaluation (conditions drawn once from the run seed) of a stored patch."""
-    import torch
 
     from pandemonium.pipeline.evaluation import FixedEvaluation
     from pandemonium.tracking.transfer import success_from_eval_table, summarise_rate
@@ -848,12 +874,8 @@ def evaluate_stored_patch(scheduler: AttackScheduler, struct: Any, model: Any, p
     success, weight = success_from_eval_table(result.table, metric)
     rate = summarise_rate(success, weight, seed=seed)
     examples = collect_examples(pipeline, patch, evaluation.conditions[0], struct, scheduler.num_examples)
-    height, width = struct.image_size
-    boxes = examples.pop("patch_boxes", None)
-    area = float("nan")
-    if boxes is not None and len(boxes):
-        b = torch.as_tensor(boxes, dtype=torch.float32)
-        area = float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).mean() / (height * width))
+    coverage = examples.pop("patch_coverage", None)
+    area = float(coverage) if coverage is not None else float("nan")
     return StoredEvaluation(result.table, _jsonable(result.summary), metric, rate.rate, (rate.ci_low, rate.ci_high),
                             examples, area)
 
@@ -894,18 +916,28 @@ def collect_examples(pipeline: Any, patch: Any, params: Mapping[str, Any], struc
                  for c in torch.as_tensor(targets["class"])[:n].tolist()]
     elif "boxes" in targets:
         truth = [f"{len(b)} object(s)" for b in list(targets["boxes"])[:n]]
-    patch_boxes = targets.get("patch_boxes")
+    # the share of the image the patch covers, from the implanter's coverage mask (exact under rotation
+    # and perspective, unlike the bounding box)
+    patch_mask = targets.get("patch_mask")
+    coverage = float(patch_mask.float().mean()) if isinstance(patch_mask, torch.Tensor) else None
     return {
         "task": struct.name, "task_type": task_type,
         "before": captured[1][:n].detach().cpu(), "after": captured[0][:n].detach().cpu(),
         "pred_before": predictions_for_report(head(y_c), task_type, struct.class_names),
         "pred_after": predictions_for_report(head(y_p), task_type, struct.class_names),
         "truth": truth,
-        "patch_boxes": patch_boxes.detach().cpu() if isinstance(patch_boxes, torch.Tensor) else None,
+        "patch_coverage": coverage,
     }
 
 
 # ------------------------------------------------------------------------------------------ MLflow
+def mlflow_name(key: str) -> str:
+    """A metric name MLflow accepts (alphanumerics, ``_ - . space : /``); ``a -> b`` becomes ``a_to_b``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key).replace(" -> ", "_to_"))
+
+
 class ModeTracking:
     """One MLflow parent run per mode invocation; children per task are opened by the steps.
 
@@ -979,14 +1011,14 @@ class ModeTracking:
         with mlflow.start_run(run_name=f"evaluate/{task}", nested=True, tags=tags):
             metrics = {k: float(v) for k, v in summary.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
-            mlflow.log_metrics({k.replace(":", "_"): v for k, v in metrics.items()})
+            mlflow.log_metrics({mlflow_name(k): v for k, v in metrics.items()})
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         import mlflow
 
-        clean = {k.replace(":", "_"): float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        clean = {mlflow_name(k): float(v) for k, v in metrics.items() if math.isfinite(float(v))}
         if clean:
             mlflow.MlflowClient().log_batch(self.run_id, metrics=[
                 mlflow.entities.Metric(k, v, 0, 0) for k, v in clean.items()])

@@ -244,20 +244,22 @@ def _examples_figure(examples: Sequence[ExamplePair]) -> str:
 
 
 def _curves_figure(curves: pd.DataFrame) -> str:
+    """Training loss terms per step (left) and fixed-evaluation metrics, ``eval_*`` columns (right)."""
     plt = _plt()
-    series = [c for c in curves.columns if c != "step"]
-    x = curves["step"] if "step" in curves else np.arange(len(curves))
-    losses = [c for c in series if "loss" in c.lower() or c.startswith("train")]
-    others = [c for c in series if c not in losses]
-    panels = [p for p in (losses, others) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.0), squeeze=False)
-    for ax, names, label in zip(axes[0], panels, ("loss terms", "metrics")):
+    x = curves["step"] if "step" in curves else pd.Series(np.arange(len(curves)))
+    train = [c for c in curves.columns if c not in ("step", "lr") and not str(c).startswith("eval_")]
+    evals = [c for c in curves.columns if str(c).startswith("eval_")]
+    panels = [(names, title) for names, title in ((train, "training loss terms"),
+                                                  (evals, "evaluation (fixed conditions)")) if names]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 3.0), squeeze=False)
+    for ax, (names, title) in zip(axes[0], panels):
         for name in names:
             y = pd.to_numeric(curves[name], errors="coerce")
-            ok = y.notna()
-            ax.plot(np.asarray(x)[ok], y[ok], marker="." if ok.sum() < 30 else None, label=name)
+            ok = y.notna().to_numpy()
+            ax.plot(np.asarray(x)[ok], y[ok], marker="." if ok.sum() < 30 else None,
+                    label=str(name).removeprefix("eval_"))
         ax.set_xlabel("step")
-        ax.set_title(label, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
