@@ -182,7 +182,7 @@ def test_bad_construction(bank_path, tmp_path):
     with pytest.raises(StageError, match="RectangleImplanter.*must name exactly one"):
         RectangleImplanter({"pt": "a.pt", "folder": "x"})
     torch.save({"images": torch.rand(1, 3, 16, 16), "boxes": [torch.tensor([[0.0, 0.0, 17.0, 4.0]])]}, tmp_path / "o.pt")
-    with pytest.raises(ValueError, match=r"outside the 16x16 image: \[0.0, 0.0, 17.0, 4.0\]"):
+    with pytest.raises(StageError, match=r"ScaleToBoxImplanter.*outside the 16x16 image: \[0.0, 0.0, 17.0, 4.0\]"):
         ScaleToBoxImplanter(str(tmp_path / "o.pt"))
 
 

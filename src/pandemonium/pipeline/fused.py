@@ -173,7 +173,9 @@ class FusedImplantAugment(ImplanterBase):
         }
 
     # ------------------------------------------------------------ sampling
-    def _gate(self, values: Tensor, identity: float, p: float, gate: Tensor) -> Tensor:
+    @staticmethod
+    def _gate(values: Tensor, identity: float, gate: Tensor) -> Tensor:
+        """``values`` where the per-sample ``gate`` is on, the identity value elsewhere."""
         return torch.where(gate, values, torch.full_like(values, identity))
 
     def _sample_placement(self, batch, device):
@@ -184,11 +186,11 @@ class FusedImplantAugment(ImplanterBase):
             "scale": u(*self.scale),
             "offset_x": u(0.0, 1.0),
             "offset_y": u(0.0, 1.0),
-            "angle": self._gate(u(-self.degrees, self.degrees), 0.0, self.p_geometric, geo),
-            "shear": self._gate(u(-self.shear, self.shear), 0.0, self.p_geometric, geo),
-            "zoom": self._gate(u(*self.jitter_scale), 1.0, self.p_geometric, geo),
-            "shift_x": self._gate(u(-self.translate, self.translate), 0.0, self.p_geometric, geo),
-            "shift_y": self._gate(u(-self.translate, self.translate), 0.0, self.p_geometric, geo),
+            "angle": self._gate(u(-self.degrees, self.degrees), 0.0, geo),
+            "shear": self._gate(u(-self.shear, self.shear), 0.0, geo),
+            "zoom": self._gate(u(*self.jitter_scale), 1.0, geo),
+            "shift_x": self._gate(u(-self.translate, self.translate), 0.0, geo),
+            "shift_y": self._gate(u(-self.translate, self.translate), 0.0, geo),
             "corners": torch.where(geo.view(-1, 1, 1), corners, torch.zeros_like(corners)),
         }
 
@@ -199,10 +201,10 @@ class FusedImplantAugment(ImplanterBase):
         sigma = u(*self.blur_sigma) if self.blur_sigma is not None else torch.zeros(batch, device=device)
         seed = self.randint(0, SEED_HIGH, (1,)).to(device).expand(batch).clone()
         return {
-            "brightness": self._gate(u(-self.brightness, self.brightness), 0.0, self.p_color, color),
-            "contrast": self._gate(u(1 - self.contrast, 1 + self.contrast), 1.0, self.p_color, color),
-            "saturation": self._gate(u(1 - self.saturation, 1 + self.saturation), 1.0, self.p_color, color),
-            "noise_std": self._gate(u(0.0, self.noise), 0.0, self.p_color, color),
+            "brightness": self._gate(u(-self.brightness, self.brightness), 0.0, color),
+            "contrast": self._gate(u(1 - self.contrast, 1 + self.contrast), 1.0, color),
+            "saturation": self._gate(u(1 - self.saturation, 1 + self.saturation), 1.0, color),
+            "noise_std": self._gate(u(0.0, self.noise), 0.0, color),
             "blur_sigma": torch.where(blur_on, sigma, torch.zeros_like(sigma)),
             "noise_seed": seed,
         }

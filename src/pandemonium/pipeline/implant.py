@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pandemonium.pipeline.banks import ImageBank, normalise_bank_spec
+from pandemonium.pipeline.banks import BankError, ImageBank, normalise_bank_spec
 from pandemonium.pipeline.base import PipelineBase, StageError
 from pandemonium.pipeline.geometry import (
     box_to_source_homography,
@@ -130,9 +130,9 @@ class ImplanterBase(PipelineBase):
         super().__init__(keys=keys)
         try:
             spec = normalise_bank_spec(bank)
-        except ValueError as err:
+            self.bank = ImageBank.from_spec(spec)
+        except BankError as err:
             raise StageError(f"stage {self.name!r}: {err}") from err
-        self.bank = ImageBank.from_spec(spec)
         if self._require == "boxes" and not self.bank.has_boxes:
             raise StageError(f"stage {self.name!r}: bank {self.bank.source} has no 'boxes' to place patches on")
         if self._require == "quads" and not self.bank.has_quads:
