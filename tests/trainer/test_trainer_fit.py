@@ -68,7 +68,7 @@ def test_loss_returning_a_scalar_is_rejected(tmp_path):
     def scalar_loss(logits, **kwargs):
         return {"target": logits.sum()}
 
-    with pytest.raises(ValueError, match="loss term 'target' must be an unreduced per-sample tensor"):
+    with pytest.raises(ValueError, match=r"term 'target' has shape \(\); expected per-sample shape \(B,\)"):
         make_trainer(tmp_path, loss=scalar_loss)
 
 

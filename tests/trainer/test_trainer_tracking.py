@@ -78,14 +78,16 @@ def test_tensorboard_events_beside_the_database(tracked_fit):
     assert "eval_hist/target_delta" in tags["histograms"]
 
 
-def test_child_run_inside_an_active_parent(tmp_path):
-    uri = resolve_tracking_uri(None, tmp_path)
+def test_child_run_inside_an_active_parent(tmp_path, tracked_fit):
+    uri = tracked_fit[0].mlflow_uri  # reuse the module's database: creating one costs seconds
     with use_tracking_uri(uri), mlflow.start_run(run_name="mode") as parent:
         trainer = make_trainer(tmp_path, mlflow=True, out_dir=tmp_path)
         result = trainer.fit(1)
         child = mlflow.MlflowClient().get_run(result.run_id)
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert mlflow.active_run().info.run_id == parent.info.run_id
+    # the child went to the parent's store although its own default would be tmp_path/mlflow.db
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_unreachable_uri_fails_at_start(tmp_path):
@@ -103,8 +105,8 @@ def test_unreachable_uri_fails_at_start(tmp_path):
         check_tracking_uri(f"sqlite:///{blocker}/mlflow.db")
 
 
-def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path):
-    uri = resolve_tracking_uri(None, tmp_path)
+def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path, tracked_fit):
+    uri = tracked_fit[0].mlflow_uri
     cfg = {"short": 1, "nested": {"long": "x" * 7000, "list": [1, 2]}, "bad key!": 3}
     assert flatten_config(cfg) == {"short": 1, "nested.long": "x" * 7000, "nested.list.0": 1,
                                    "nested.list.1": 2, "bad key!": 3}

@@ -21,6 +21,7 @@ import copy
 import datetime as _dt
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pandemonium.pipeline.checkpoint import (
     set_rng_state,
 )
 from pandemonium.pipeline.evaluation import EvalResult, FixedEvaluation, save_table
+from pandemonium.pipeline.losses import check_terms, weighted_total
 from pandemonium.pipeline.optimizers import build_optimizer
 from pandemonium.pipeline.schedules import build_schedule, is_plateau
 
@@ -104,17 +106,6 @@ def _expand(value: Any, batch: int) -> Any:
     if value.ndim == 3:
         value = value.unsqueeze(0)
     return value.expand(batch, *value.shape[1:])
-
-
-def weighted_total(terms: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """``sum_k w_k * term_k.mean()`` (DEVELOPERS.md); ``pandemonium.pipeline.losses`` has the same."""
-    total: Tensor | None = None
-    for key, w in weights.items():
-        part = terms[key].mean() * float(w)
-        total = part if total is None else total + part
-    if total is None:
-        raise ValueError("weights is empty: at least one loss term must be optimised")
-    return total
 
 
 @dataclass
@@ -276,6 +267,9 @@ class PatchTrainer:
         from pandemonium.tracking.mlflow_utils import check_tracking_uri, resolve_tracking_uri
 
         uri = resolve_tracking_uri(None if mlflow is True else str(mlflow), self.out_dir)
+        loaded = sys.modules.get("mlflow")  # only look for a parent run if MLflow is in use already
+        if mlflow is True and loaded is not None and loaded.active_run() is not None:
+            uri = loaded.get_tracking_uri()  # inside a mode's run: the child goes where the parent is
         return check_tracking_uri(uri)
 
     def _check_loss_on_test_batch(self) -> list[str]:
@@ -284,17 +278,7 @@ class PatchTrainer:
             x = _expand(_patch_value(self.patch), self.batch_size)
             y, kwargs = self.pipeline(x)
             terms = self.loss(y, **kwargs)
-        if not isinstance(terms, Mapping) or not terms:
-            raise TypeError(
-                f"PatchTrainer: the loss {type(self.loss).__name__} must return a non-empty dict of per-sample "
-                f"terms, got {type(terms).__name__}"
-            )
-        for key, value in terms.items():
-            if not isinstance(value, Tensor) or value.ndim != 1 or value.shape[0] != self.batch_size:
-                raise ValueError(
-                    f"PatchTrainer: loss term {key!r} must be an unreduced per-sample tensor of shape "
-                    f"({self.batch_size},), got {type(value).__name__} {tuple(getattr(value, 'shape', ()))}"
-                )
+        check_terms(getattr(self.loss, "name", type(self.loss).__name__), terms, self.batch_size)
         unknown = sorted(set(self.weights) - set(terms))
         if unknown:
             raise ValueError(
@@ -320,8 +304,7 @@ class PatchTrainer:
         self.stopped_early = False
 
     def _build(self, steps: int) -> None:
-        if self.optimizer is not None and self._built_for_steps == steps:
-            return
+        """A fresh optimiser and schedule for each fit (a resumed fit then loads their state)."""
         self.optimizer = build_optimizer(
             self.optimizer_name, [p for p in self.patch.parameters() if p.requires_grad], **self.optimizer_kwargs
         )
@@ -432,12 +415,14 @@ class PatchTrainer:
             return True
         return value < reference - min_delta if mode == "min" else value > reference + min_delta
 
-    def evaluate(self, step: int | None = None, writer: Any = None) -> EvalResult:
-        """Run the fixed evaluation on the current patch (RNG streams untouched)."""
+    def evaluate(self, step: int | None = None, writer: Any = None, logging_to_mlflow: bool = False) -> EvalResult:
+        """Run the fixed evaluation on the current patch (RNG streams untouched); with a TensorBoard
+        ``writer`` the stages' ``log_vizualizations`` run on the first evaluation batch."""
         step = self.step if step is None else step
         with isolated_rng(self.pipeline, self.patch), torch.no_grad():
             return self.evaluation.run(
-                self.patch, step=step, keep_images=self.log_images if writer is not None else 0, writer=writer
+                self.patch, step=step, keep_images=self.log_images if writer is not None else 0, writer=writer,
+                logging_to_mlflow=logging_to_mlflow,
             )
 
     def _after_eval(self, result: EvalResult, step: int) -> bool:
@@ -569,7 +554,7 @@ class PatchTrainer:
 
     def _evaluate_and_checkpoint(self, tracker: Any) -> float:
         t0 = time.perf_counter()
-        result = self.evaluate(self.step, writer=tracker.writer)
+        result = self.evaluate(self.step, writer=tracker.writer, logging_to_mlflow=tracker.run_id is not None)
         stop = self._after_eval(result, self.step)
         if stop:
             self.stopped_early = True
@@ -699,10 +684,7 @@ class _FitTracker:
             cfg = t.pipeline.to_config()
             log_flat_params(cfg, prefix="pipeline", artifact_file="pipeline_params_not_logged.yaml")
             path = t.out_dir / "pipeline.yaml"
-            if hasattr(t.pipeline, "to_yaml"):
-                t.pipeline.to_yaml(path)
-            else:
-                path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             mlflow.log_artifact(str(path))
 
     # -------------------------------------------------------------------- logging
