@@ -23,3 +23,15 @@ def tiny_structs(tiny_data_dir: Path) -> dict:
     from pandemonium.tasks.creators import load_task_struct
 
     return {name: load_task_struct(name, tiny_data_dir) for name in ("shapes_cls", "shapes_det", "shapes_seg")}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The CI box and our dev machine share 2 cores between many jobs; one intra-op thread avoids the
+    oversubscription that makes tiny models several times slower there."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -275,12 +275,14 @@ class TaskLightningModule(L.LightningModule):
         optimizer = instantiate_with({**self.optimizer_cfg, "params": self.model.parameters()}, "optimizer")
         if self.lr_schedule is None:
             return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        if total < 10:  # OneCycleLR's warm-up phase needs a few steps (it divides by its length)
+            return optimizer
         if self.lr_schedule == "onecycle":
-            total = int(self.trainer.estimated_stepping_batches)
             lr = [g["lr"] for g in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total, 1), pct_start=0.2)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.2)
         else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(self.trainer.estimated_stepping_batches), 1))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -137,6 +138,17 @@ def make_loggers(logging_cfg: Any, out_dir: Path, save_dir: Path, run_name: str)
     return loggers
 
 
+class EpochSummary(Callback):
+    """Logs one line per validation (epoch, monitored metric, losses) to the run's log file, which
+    is where people look when the progress bar is off or the run went to a cluster."""
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        shown = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/loss"))}
+        log.info("epoch %d: %s", trainer.current_epoch, shown)
+
+
 def fit(
     model: nn.Module,
     struct: Any,
@@ -176,7 +188,7 @@ def fit(
         save_last=False,
         enable_version_counter=True,
     )
-    callbacks: list[Any] = [checkpoint]
+    callbacks: list[Any] = [checkpoint, EpochSummary()]
     stopping = settings.get("early_stopping") or {}
     if stopping.get("enabled", True):
         callbacks.append(
@@ -202,6 +214,7 @@ def fit(
             enable_model_summary=False,
             **trainer_kwargs,
         )
+        model.train()  # callers may hand in a model left in eval mode (e.g. after a quick evaluation)
         trainer.fit(module, datamodule=datamodule)
         seconds = time.perf_counter() - start
         if checkpoint.best_model_path:
