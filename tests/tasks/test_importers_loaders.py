@@ -135,3 +135,18 @@ def test_sample_grid_png(name, tiny_structs, tmp_path):
     path = save_sample_grid(tiny_structs[name], tmp_path / "grid" / f"{name}.png", n=6)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_imported_task_is_kept_and_recreated_from_its_record(tmp_path):
+    src = tmp_path / "src"
+    for cls in ("a", "b"):
+        for i in range(3):
+            _png(src / cls / f"{i}.png", 50 + 100 * (cls == "b"))
+    data = tmp_path / "d"
+    path = create_task("mine", data, creator="import_folder", root=src, image_size=8)
+    # later runs name only the task: it is kept, or rebuilt with the recorded creator and kwargs
+    assert create_task("mine", data) == path
+    _png(src / "c" / "0.png", 250)
+    create_task("mine", data, force=True, seed=3)
+    struct = load_task_struct("mine", data)
+    assert struct.class_names == ["a", "b", "c"] and struct.image_size == (8, 8) and struct.seed == 3

@@ -23,6 +23,8 @@ def test_writer_rejects_inconsistent_samples(tmp_path):
         writer.add_sample(image=np.zeros((8, 8, 3), np.uint8), mask=np.zeros((4, 8), np.uint8))
     with pytest.raises(TaskCreationError, match="2 boxes but 1 labels"):
         writer.add_sample(image=np.zeros((8, 8, 3), np.uint8), boxes=[[0, 0, 1, 1], [1, 1, 2, 2]], labels=[0])
+    with pytest.raises(TaskCreationError, match=r"sample id '../x' must match"):
+        writer.add_sample(image=np.zeros((8, 8, 3), np.uint8), mask=np.zeros((8, 8), np.uint8), sample_id="../x")
     empty = TaskWriter(tmp_path / "e", "e", "classification", class_names=["a"])
     with pytest.raises(TaskCreationError, match="task 'e': the creator added no samples"):
         empty.finish(seed=0)

@@ -85,14 +85,15 @@ def _register(registry: dict[str, CreatorSpec], kind: str, name: str, **meta: An
         old = registry.get(name)
         if old is not None and old.fn is not fn and getattr(old.fn, "__qualname__", None) != fn.__qualname__:
             raise ValueError(f"{kind} {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
-        task_type = meta.pop("task_type", None)
+        rest = dict(meta)
+        task_type = rest.pop("task_type", None)
         registry[name] = CreatorSpec(
             name=name,
             fn=fn,
             task_type=None if task_type is None else TaskType(task_type),
-            class_names=tuple(meta.pop("class_names", ())),
-            keywords=tuple(meta.pop("keywords", ())),
-            **meta,
+            class_names=tuple(rest.pop("class_names", ())),
+            keywords=tuple(rest.pop("keywords", ())),
+            **rest,
         )
         return fn
 
@@ -186,8 +187,16 @@ def create_task(
     (e.g. ``num_samples=200, image_size=32``). A per-task file lock serialises concurrent creators.
     """
     validate_task_name(name)
-    spec = _resolve_creator(name, creator)
     target = task_path(data_dir, name)
+    if (target / TASK_FILE).is_file() and not force:
+        log.info("task %s exists at %s; skipping (force=True recreates it)", name, target)
+        return target
+    if creator is None and name not in TASK_CREATORS and (target / TASK_FILE).is_file():
+        # a task imported earlier (e.g. by import_folder): rebuild it the way task.json records
+        recorded = (read_task_json(target).get("creation") or {})
+        creator = recorded.get("creator")
+        kwargs = {**(recorded.get("kwargs") or {}), **kwargs}
+    spec = _resolve_creator(name, creator)
     root = tasks_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f".{name}.lock"))

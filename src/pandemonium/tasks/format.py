@@ -263,6 +263,8 @@ class TaskWriter:
         ``boxes``: Nx4 xyxy pixels with ``labels`` (N). ``extra``: further JSON entries (plugin modalities).
         """
         sid = sample_id if sample_id is not None else f"{len(self.samples):06d}"
+        if not isinstance(sid, str) or not TASK_NAME_PATTERN.match(sid):  # ids become file names
+            raise TaskCreationError(f"task {self.name!r}: sample id {sid!r} must match {TASK_NAME_PATTERN.pattern}")
         image = _as_uint8_image(image, f"task {self.name!r} sample {sid} image")
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
