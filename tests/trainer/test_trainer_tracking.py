@@ -119,3 +119,14 @@ def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path, tracked_fit):
     path = client.download_artifacts(run.info.run_id, "params_not_logged.yaml", str(tmp_path))
     dumped = yaml.safe_load(open(path))
     assert dumped["params"]["nested.long"] == "x" * 7000 and dumped["params"]["bad key!"] == 3
+
+
+def test_resumed_fit_continues_its_mlflow_run(tmp_path, tracked_fit):
+    uri = tracked_fit[0].mlflow_uri
+    first = make_trainer(tmp_path, mlflow=uri, eval_every=2).fit(4)
+    resumed = make_trainer(tmp_path, mlflow=uri, eval_every=2).fit(6, resume_from=first.checkpoint_path)
+    assert resumed.run_id == first.run_id
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    steps = sorted(m.step for m in client.get_metric_history(first.run_id, "train/target"))
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert client.get_run(first.run_id).info.status == "FINISHED"
