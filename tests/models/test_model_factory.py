@@ -220,3 +220,10 @@ def test_summary_roundtrip():
     struct = make_struct("detection", num_classes=2)
     info = StructSummary.from_struct(struct)
     assert StructSummary.from_struct(info.to_dict()) == info
+
+
+def test_public_names_resolve():
+    import pandemonium.models as models
+
+    for name in models.__all__:
+        assert getattr(models, name) is not None

@@ -1,1 +1,58 @@
-"""pandemonium.models"""
+"""pandemonium.models: backbones, one head per task type, a small detector, training and storage.
+
+>>> from pandemonium.models import build_model, load_task_model  # doctest: +SKIP
+>>> model = build_model(struct, cfg.model)                         # doctest: +SKIP
+>>> model, meta = load_task_model(struct)   # the artifact at struct.paths["models"]  # doctest: +SKIP
+
+Names load lazily so that importing the package does not pull in Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SmallCNN": "pandemonium.models.backbones",
+    "Normalize": "pandemonium.models.backbones",
+    "BACKBONE_PRESETS": "pandemonium.models.backbones",
+    "ClassificationHead": "pandemonium.models.heads",
+    "MultilabelHead": "pandemonium.models.heads",
+    "SegmentationHead": "pandemonium.models.heads",
+    "RegressionHead": "pandemonium.models.heads",
+    "CenterDetector": "pandemonium.models.detector",
+    "decode": "pandemonium.models.detector",
+    "nms": "pandemonium.models.detector",
+    "TaskModel": "pandemonium.models.factory",
+    "task_model": "pandemonium.models.factory",
+    "build_model": "pandemonium.models.factory",
+    "check_model_output": "pandemonium.models.factory",
+    "ModelBuildError": "pandemonium.models.factory",
+    "StructSummary": "pandemonium.models.factory",
+    "CONFIGS_ROUTES": "pandemonium.models.lightning_module",
+    "TaskLightningModule": "pandemonium.models.lightning_module",
+    "DetectionMAP": "pandemonium.models.metrics",
+    "bootstrap_metrics": "pandemonium.models.metrics",
+    "metric_inputs": "pandemonium.models.metrics",
+    "save_model_artifact": "pandemonium.models.storage",
+    "load_model_artifact": "pandemonium.models.storage",
+    "load_task_model": "pandemonium.models.storage",
+    "ModelArtifactError": "pandemonium.models.storage",
+    "fit": "pandemonium.models.training",
+    "run_model": "pandemonium.models.training",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pandemonium.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -144,13 +144,16 @@ def decode(
     nms_iou: float = 0.5,
     max_detections: int = 100,
     image_size: tuple[int, int] | None = None,
+    score_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Dense detector outputs -> per-image ``{"boxes": (K, 4), "scores": (K,), "labels": (K,)}``.
 
     The score of a cell is ``objectness * max(class_scores)``; cells under ``score_thr`` are dropped,
     the rest go through class-aware NMS and the best ``max_detections`` are kept. With ``image_size``
-    (H, W) boxes are clipped to the image.
+    (H, W) boxes are clipped to the image. ``score_threshold`` is an alias of ``score_thr``.
     """
+    if score_threshold is not None:
+        score_thr = score_threshold
     missing = [k for k in DETECTION_KEYS if k not in outputs]
     if missing:
         raise KeyError(f"decode: detector outputs lack {missing}; expected keys {list(DETECTION_KEYS)}")
