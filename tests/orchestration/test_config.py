@@ -69,6 +69,17 @@ def test_seed_mode_config_overrides_groups_from_the_mode(pandemonium_roots):
     assert compose_config(["mode=buzz", "sampling.sample_num=5"], user_dirs=[buzz_dir]).sampling.sample_num == 5
 
 
+def test_a_mode_config_may_set_globals(pandemonium_roots):
+    user = pandemonium_roots.out_dir.parent / "user_conf"
+    (user / "mode").mkdir(parents=True)
+    (user / "mode" / "globals.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /tasks: builtin\nmode:\n  id: globals\n"
+        "  scheduler: {_target_: x.Y}\nseed: 7\nfold: 2\n")
+    cfg = compose_config(["mode=globals"], user_dirs=[user])
+    assert (cfg.seed, cfg.fold, len(cfg.task_list)) == (7, 2, 4)
+    assert compose_config(["mode=globals", "seed=3"], user_dirs=[user]).seed == 3  # the command line still wins
+
+
 def test_user_folder_comes_first(pandemonium_roots):
     user = pandemonium_roots.out_dir.parent / "user_conf"
     (user / "tasks").mkdir(parents=True)
