@@ -75,6 +75,7 @@ def test_tensorboard_events_beside_the_database(tracked_fit):
     tags = acc.Tags()
     assert {"train/target", "train/lr", "eval/total_patch"} <= set(tags["scalars"])
     assert "patch" in tags["images"] and "eval/before_after" in tags["images"]
+    assert "ToyBrightness/input_vs_control" in tags["images"]  # the stage's own log_vizualizations
     assert "eval_hist/target_delta" in tags["histograms"]
 
 

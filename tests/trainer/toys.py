@@ -65,6 +65,9 @@ class ToyBrightness(PipelineBase):
     def apply(self, x, params, control=False, evaluate=False, **kwargs):
         return (x + params["shift"].view(-1, 1, 1, 1)).clamp(0, 1)
 
+    def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow=False):
+        writer.add_images("ToyBrightness/input_vs_control", torch.cat([x[:2], x_control[:2]]), global_step=step)
+
 
 def toy_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

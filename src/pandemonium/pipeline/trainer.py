@@ -40,9 +40,10 @@ from pandemonium.pipeline.checkpoint import (
     set_rng_state,
 )
 from pandemonium.pipeline.evaluation import EvalResult, FixedEvaluation, save_table
-from pandemonium.pipeline.losses import check_terms, weighted_total
+from pandemonium.pipeline.losses import weighted_total
 from pandemonium.pipeline.optimizers import build_optimizer
 from pandemonium.pipeline.schedules import build_schedule, is_plateau
+from pandemonium.testing import check_loss
 
 __all__ = ["FitResult", "NonFiniteLossError", "PatchTrainer", "TensorPatch"]
 
@@ -277,8 +278,7 @@ class PatchTrainer:
         with isolated_rng(self.pipeline, self.patch), torch.no_grad():
             x = _expand(_patch_value(self.patch), self.batch_size)
             y, kwargs = self.pipeline(x)
-            terms = self.loss(y, **kwargs)
-        check_terms(getattr(self.loss, "name", type(self.loss).__name__), terms, self.batch_size)
+            terms = check_loss(self.loss, y, kwargs, batch_size=self.batch_size)
         unknown = sorted(set(self.weights) - set(terms))
         if unknown:
             raise ValueError(
