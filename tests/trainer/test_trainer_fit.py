@@ -44,7 +44,11 @@ def test_fit_lowers_the_loss_and_keeps_the_best_patch(tmp_path):
 def test_fixed_evaluation_is_identical_twice_and_leaves_training_rng_alone(tmp_path):
     trainer = make_trainer(tmp_path)
     before = get_rng_state(trainer.pipeline)
+    grad_modes = []
+    hook = trainer.pipeline.stages[-1].register_forward_hook(lambda *a: grad_modes.append(torch.is_grad_enabled()))
     first = trainer.evaluate(step=0)
+    hook.remove()
+    assert grad_modes and not any(grad_modes)  # evaluation runs under torch.no_grad()
     second = trainer.evaluate(step=0)
     pd.testing.assert_frame_equal(first.table, second.table)
     assert first.summary == second.summary
@@ -129,3 +133,20 @@ def test_sharpness_aware_step_replays_the_same_conditions(tmp_path):
         assert all(np.array_equal(replay[k], drawn[k]) for k in drawn)
     assert train_calls[0][2]["0_ToyImplant/image"].tolist() != train_calls[1][2]["0_ToyImplant/image"].tolist() or \
         train_calls[0][2]["0_ToyImplant/offset_0"].tolist() != train_calls[1][2]["0_ToyImplant/offset_0"].tolist()
+
+
+def test_several_patches_train_evaluate_and_rerender(tmp_path):
+    from pandemonium.pipeline.evaluation import load_table, render_row
+    from pandemonium.pipeline.pipeline import Pipeline
+
+    from .toys import ToyBrightness, ToyImplant, ToyMerge, toy_model
+
+    pipe = Pipeline(ToyMerge(), ToyImplant(), ToyBrightness(), toy_model(), seed=0)
+    trainer = make_trainer(tmp_path, pipeline=pipe, patch={"a": (3, PATCH, PATCH), "b": torch.rand(3, PATCH, PATCH)})
+    result = trainer.fit(4)
+    assert set(result.patch) == {"a", "b"} and set(result.best_patch) == {"a", "b"}
+    assert not torch.equal(result.patch["a"], torch.full((3, PATCH, PATCH), 0.5))
+    assert (tmp_path / "fit" / "patch_last_a.png").is_file()
+    row = load_table(result.eval_table_path).iloc[3]
+    image = render_row(pipe, {k: v for k, v in result.patch.items()}, row)
+    assert image.shape == (1, 3, 16, 16)

@@ -109,3 +109,17 @@ class NaNAfter:
         if self.calls > self.after:
             terms["target"] = terms["target"] * float("nan")
         return terms
+
+
+class ToyMerge(PipelineBase):
+    """Deterministic: averages a dict of patches into one (to run the trainer with several patches)."""
+
+    name = "ToyMerge"
+    handles_dicts = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params = {}
+
+    def apply(self, x, params, control=False, evaluate=False, **kwargs):
+        return torch.stack([x[k] for k in sorted(x)]).mean(0)

@@ -45,7 +45,7 @@ from pandemonium.pipeline.optimizers import build_optimizer
 from pandemonium.pipeline.schedules import build_schedule, is_plateau
 from pandemonium.testing import check_loss
 
-__all__ = ["FitResult", "NonFiniteLossError", "PatchTrainer", "TensorPatch"]
+__all__ = ["FitResult", "NonFiniteLossError", "PatchDict", "PatchTrainer", "TensorPatch"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,18 @@ class TensorPatch(nn.Module):
         self.patch.clamp_(0.0, 1.0)
 
 
+class PatchDict(nn.ModuleDict):
+    """Several named patches; ``forward()`` returns ``{name: (C, h, w)}``."""
+
+    def forward(self) -> dict[str, Tensor]:
+        return {k: m() for k, m in self.items()}
+
+
 def _as_patch_module(patch: Any) -> nn.Module:
     if isinstance(patch, nn.Module):
         return patch
     if isinstance(patch, Mapping):
-        return nn.ModuleDict({str(k): _as_patch_module(v) for k, v in patch.items()})
+        return PatchDict({str(k): _as_patch_module(v) for k, v in patch.items()})
     if isinstance(patch, Tensor):
         if patch.ndim != 3:
             raise ValueError(f"PatchTrainer: a patch tensor must be (C, h, w), got shape {tuple(patch.shape)}")
@@ -90,8 +97,6 @@ def _as_patch_module(patch: Any) -> nn.Module:
 
 
 def _patch_value(module: nn.Module) -> Any:
-    if isinstance(module, nn.ModuleDict):
-        return {k: m() for k, m in module.items()}
     return module()
 
 
