@@ -15,6 +15,11 @@ CPU: peak RSS above the level before the mode, sampled every 2 ms).
     .venv/bin/python benchmarks/pipeline_step.py            # full
     .venv/bin/python benchmarks/pipeline_step.py --quick    # fewer repeats
     .venv/bin/python benchmarks/pipeline_step.py --device cuda
+    .venv/bin/python benchmarks/pipeline_step.py --threads 1   # steadier on a shared, loaded CPU
+
+On an oversubscribed CPU (more busy processes than cores) multi-threaded runs are dominated by
+thread-synchronisation stalls, which hit the pipelines' many small ops harder than the model's few big
+convolutions; ``--threads 1`` then measures the work rather than the contention.
 """
 
 from __future__ import annotations

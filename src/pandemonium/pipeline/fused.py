@@ -34,6 +34,7 @@ from pandemonium.pipeline.base import StageError
 from pandemonium.pipeline.geometry import (
     apply_homography_to_points,
     box_to_quad,
+    box_to_source_homography,
     crop_windows,
     homography_from_quads,
     paste_windows,
@@ -233,9 +234,14 @@ class FusedImplantAugment(ImplanterBase):
             values["angle"], values["zoom"], values["shear"], centre,
             torch.stack([values["shift_x"], values["shift_y"]], -1) * size,
         )
-        quad = apply_homography_to_points(affine, quad)
-        source = unit_quad(h, w, quad.shape[0], quad.device, quad.dtype)
-        return homography_from_quads(quad, source), quad_to_box(quad)
+        # image -> patch = (patch -> corner-jittered box)^-1 composed with the jitter's inverse; without
+        # corner jitter the first factor is closed-form, which skips the 8x8 DLT solve per sample
+        if self.perspective > 0:
+            to_patch = homography_from_quads(quad, unit_quad(h, w, quad.shape[0], quad.device, quad.dtype))
+        else:
+            to_patch = box_to_source_homography(box, patch_hw)
+        h_img2patch = to_patch @ torch.linalg.inv(affine)
+        return h_img2patch, quad_to_box(apply_homography_to_points(affine, quad))
 
     # ------------------------------------------------------------ photometrics
     def _window_margin(self) -> int:
