@@ -130,7 +130,11 @@ def _error(message: str, code: int = 2) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point. Returns (and exits with) the exit code."""
-    code = _main(list(sys.argv[1:] if argv is None else argv))
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `pandemonium --help | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if argv is None:
         sys.exit(code)
     return code
