@@ -158,7 +158,7 @@ def _main(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(format_help(discover_modes(dirs), registry.describe()))
         return 0
-    if args[0] in ("-V", "--version"):
+    if args[0] == "-V" or "--version" in args:
         print(f"{PROG} {__version__}")
         print("plugins:" + (" none" if not registry.loaded and not registry.failed else ""))
         for line in registry.describe():
