@@ -86,6 +86,25 @@ class PoisonableLoss(ToyLoss):
         return terms
 
 
+class Recorder:
+    """Lightning-named hooks; records what was called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, trainer):
+        self.calls.append("fit_start")
+
+    def on_train_batch_end(self, trainer, step, logs):
+        self.calls.append(f"step{step}")
+
+    def on_validation_end(self, trainer, step, result):
+        self.calls.append(f"eval{step}")
+
+    def on_exception(self, trainer, error):
+        self.calls.append(type(error).__name__)
+
+
 def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
     loss = PoisonableLoss()
 
@@ -93,9 +112,12 @@ def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
         if step == 6:
             loss.poison = True
 
-    trainer = make_trainer(tmp_path, loss=loss, on_step=poison_at_6)
-    with pytest.raises(NonFiniteLossError, match=r"loss term 'untargeted' became infinite at step 6"):
+    recorder = Recorder()
+    trainer = make_trainer(tmp_path, loss=loss, on_step=poison_at_6, callbacks=[recorder])
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'untargeted' became infinite at step 7"):
         trainer.fit(12)
+    assert recorder.calls == ["fit_start", "eval0", "step1", "step2", "step3", "step4", "eval4", "step5", "step6",
+                              "NonFiniteLossError"]
     ckpt = load_checkpoint(trainer.checkpoint_path)
     assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["patch"].values())

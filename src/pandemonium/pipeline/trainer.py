@@ -9,9 +9,11 @@ MLflow/TensorBoard tracking, checkpoints and bit-exact resume.
 >>> result = trainer.fit(500)                                                    # doctest: +SKIP
 >>> result.best_patch.shape, result.best_metric                                   # doctest: +SKIP
 
-Hook names follow Lightning: ``on_train_batch_end``-style callables are passed as ``on_step(trainer,
-step, logs)`` (after every optimiser step) and ``on_eval(trainer, step, eval_result)`` (after every
-evaluation and its checkpoint).
+Hooks: ``on_step(trainer, step, logs)`` (after every optimiser step) and ``on_eval(trainer, step,
+eval_result)`` (after every evaluation and its checkpoint) as plain callables, or ``callbacks=[obj]``
+whose methods carry Lightning's names: ``on_fit_start(trainer)``, ``on_train_batch_end(trainer, step,
+logs)``, ``on_validation_end(trainer, step, eval_result)``, ``on_fit_end(trainer, result)`` and
+``on_exception(trainer, error)`` (each optional).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,7 @@ class PatchTrainer:
         tensorboard: write TensorBoard events to ``<out_dir>/tensorboard/<run_name>``.
         target_class: target class for the targeted success rate (classification).
         on_step, on_eval: callbacks ``on_step(trainer, step, logs)``, ``on_eval(trainer, step, result)``.
+        callbacks: objects with any of the Lightning-named hooks listed in the module docstring.
         progress: show a tqdm progress bar with the current loss terms.
     """
 
@@ -193,6 +196,7 @@ class PatchTrainer:
         target_class: int | None = None,
         on_step: Callable[[PatchTrainer, int, dict[str, float]], None] | None = None,
         on_eval: Callable[[PatchTrainer, int, EvalResult], None] | None = None,
+        callbacks: Sequence[Any] = (),
         progress: bool = True,
         log_images: int = 4,
     ) -> None:
@@ -235,6 +239,7 @@ class PatchTrainer:
         self.tensorboard = bool(tensorboard)
         self.on_step = on_step
         self.on_eval = on_eval
+        self.callbacks = list(callbacks)
         self.progress = progress
         self.log_images = int(log_images)
         self.mlflow_experiment = mlflow_experiment
@@ -342,6 +347,7 @@ class PatchTrainer:
         return total, terms, None
 
     def _train_step(self, step: int) -> dict[str, float]:
+        """One optimiser step; ``step`` (1-based, as logged) only names the step in errors."""
         opt = self.optimizer
         assert opt is not None
         if hasattr(opt, "train"):  # NI-FGSM: move to the Nesterov look-ahead point
@@ -519,10 +525,11 @@ class PatchTrainer:
             if bar is not None:
                 stack.callback(bar.close)
             try:
+                self._hook("on_fit_start")
                 if resume_from is None:
                     eval_seconds += self._evaluate_and_checkpoint(tracker)
                 while self.step < steps and not self.stopped_early:
-                    logs = self._train_step(self.step)
+                    logs = self._train_step(self.step + 1)  # 1-based, as in the logged metrics
                     self.step += 1
                     logs["step"] = self.step
                     self.history.append(logs)
@@ -532,22 +539,29 @@ class PatchTrainer:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "step"}, refresh=False)
                     if self.on_step is not None:
                         self.on_step(self, self.step, logs)
+                    self._hook("on_train_batch_end", self.step, logs)
                     if self.step % self.eval_every == 0 or self.step == steps:
                         eval_seconds += self._evaluate_and_checkpoint(tracker)
             except NonFiniteLossError as err:
                 log.error("%s", err)
                 tracker.mark_failed(str(err))
+                self._hook("on_exception", err)
+                raise
+            except Exception as err:
+                self._hook("on_exception", err)
                 raise
             tracker.finish(self)
         patch = _detached(_patch_value(self.patch))
         best_patch = self._best_patch_value()
-        return FitResult(
+        result = FitResult(
             patch=patch, best_patch=best_patch, best_step=self.best_step, best_metric=self.best_value,
             metric=self.best_metric_name, steps_run=self.step, stopped_early=self.stopped_early,
             history=self.history, evals=self.evals, checkpoint_path=self.last_checkpoint,
             eval_table_path=self.last_table, out_dir=self.out_dir, run_id=self.run_id,
             seconds=time.perf_counter() - start, eval_seconds=eval_seconds,
         )
+        self._hook("on_fit_end", result)
+        return result
 
     def _best_patch_value(self) -> Any:
         if self.best_state is None:
@@ -575,7 +589,14 @@ class PatchTrainer:
         self.save_checkpoint()
         if self.on_eval is not None:
             self.on_eval(self, self.step, result)
+        self._hook("on_validation_end", self.step, result)
         return time.perf_counter() - t0
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, name, None)
+            if method is not None:
+                method(self, *args)
 
     def _progress_bar(self, steps: int) -> Any:
         if not self.progress:
