@@ -124,9 +124,12 @@ def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_early_stopping_and_unknown_metric(tmp_path):
-    trainer = make_trainer(tmp_path, early_stopping={"metric": "total_patch", "mode": "max", "patience": 1})
+    trainer = make_trainer(tmp_path, early_stopping={"metric": "total_patch", "mode": "max", "patience": 1},
+                           schedule="plateau", schedule_kwargs={"mode": "max", "patience": 0, "factor": 0.5})
     result = trainer.fit(40)
     assert result.stopped_early and result.steps_run == 8
+    # the plateau schedule watches the same (non-improving) metric: halved after the evaluation at step 4
+    assert [h["lr"] for h in result.history] == [0.2] * 4 + [0.1] * 4
     bad = make_trainer(tmp_path, early_stopping={"metric": "success", "mode": "max"})
     with pytest.raises(KeyError, match="'success' is not produced by the evaluation; available metrics: .*untargeted_success"):
         bad.fit(4)
