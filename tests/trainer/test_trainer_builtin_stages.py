@@ -54,3 +54,26 @@ def test_builtin_pipeline_fit_and_exact_rerender(kind, bank, tmp_path):
             batch = final_stage_input(pipe, patch.expand(n, *patch.shape), evaluate=True,
                                       params=trainer.evaluation.conditions[b])
         assert torch.equal(render_row(pipe, patch, row)[0], batch[j]), f"row {i}"
+
+
+@pytest.mark.parametrize("kind", ["fused", "kornia"])
+def test_builtin_pipeline_resumes_bit_for_bit(kind, bank, tmp_path):
+    import shutil
+
+    def make(out):
+        pipe = Pipeline(*_stages(kind, bank), toy_model(), seed=5)
+        return PatchTrainer(pipe, CompositeLoss([ClassificationUntargeted(), TotalVariation()]),
+                            {"untargeted": 1.0, "tv": 0.1}, patch=SigmoidPatch((3, 8, 8)), batch_size=4,
+                            num_eval=4, out_dir=out, mlflow=False, tensorboard=False, progress=False,
+                            eval_every=2, optimizer="mifgsm", optimizer_kwargs={"lr": 0.05})
+
+    def keep_step_2(trainer, step, result):
+        if step == 2:
+            shutil.copy(trainer.checkpoint_path, tmp_path / "step2.pt")
+
+    straight_trainer = make(tmp_path / "a")
+    straight_trainer.on_eval = keep_step_2
+    straight = straight_trainer.fit(5)
+    resumed = make(tmp_path / "b").fit(5, resume_from=tmp_path / "step2.pt")
+    assert torch.equal(resumed.patch, straight.patch)
+    assert [h["total"] for h in resumed.history] == [h["total"] for h in straight.history]

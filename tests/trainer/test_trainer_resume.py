@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pandemonium.pipeline.checkpoint import load_checkpoint
@@ -28,6 +29,7 @@ def make_resume_trainer(out_dir: Path, **overrides) -> PatchTrainer:
     return PatchTrainer(**kwargs)
 
 
+@pytest.mark.slow  # spawns a Python process (imports torch) and kills it
 def test_killed_fit_resumes_bit_for_bit(tmp_path):
     killed_dir = tmp_path / "killed"
     proc = subprocess.run(
