@@ -68,6 +68,13 @@ def test_unknown_weight_lists_the_available_terms(tmp_path):
         make_trainer(tmp_path, weights={"target": 1.0, "nps": 0.1})
 
 
+def test_bad_optimizer_or_schedule_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw'; known optimizers"):
+        make_trainer(tmp_path, optimizer="adamw")
+    with pytest.raises(ValueError, match="schedule 'exponential' got unknown settings \\['T_max'\\]"):
+        make_trainer(tmp_path, schedule="exponential", schedule_kwargs={"T_max": 3})
+
+
 def test_loss_returning_a_scalar_is_rejected(tmp_path):
     def scalar_loss(logits, **kwargs):
         return {"target": logits.sum()}

@@ -250,10 +250,12 @@ class PatchTrainer:
             self.pipeline, self.loss, self.weights, num_eval=self.num_eval,
             batch_size=self.eval_batch_size, seed=self.seed, target_class=target_class,
         )
-        # built by fit() (cosine needs the number of steps)
+        # rebuilt by fit() (cosine needs the number of steps); built here so a bad optimiser or
+        # schedule name or setting fails at construction, not after the first evaluation
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self._built_for_steps: int | None = None
+        self._build(max(1, self.eval_every))
         self._reset_state()
 
     # ------------------------------------------------------------------------------ set-up checks
