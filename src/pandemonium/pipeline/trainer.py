@@ -330,16 +330,16 @@ class PatchTrainer:
 
     # ------------------------------------------------------------------------------ training step
     def _terms_or_raise(self, terms: Mapping[str, Tensor], step: int) -> Tensor:
-        """One sync for all terms: stacked sums are finite iff every term is finite."""
-        sums = torch.stack([t.detach().float().sum() for t in terms.values()])
-        if not bool(torch.isfinite(sums).all()):
-            bad = [k for k, t in terms.items() if not bool(torch.isfinite(t.detach()).all())]
-            kind = "NaN" if any(bool(torch.isnan(terms[k]).any()) for k in bad) else "infinite"
+        """Per-term batch means; raises naming the first non-finite term (one device sync)."""
+        finite = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
+        if not bool(finite.all()):
+            bad = [k for k, ok in zip(terms, finite.tolist()) if not ok]
+            kind = "NaN" if bool(torch.isnan(terms[bad[0]].detach()).any()) else "infinite"
             raise NonFiniteLossError(
                 f"loss term {bad[0]!r} became {kind} at step {step} (non-finite terms: {bad}); the fit stopped. "
                 f"Last good checkpoint: {self.last_checkpoint}"
             )
-        return sums / next(iter(terms.values())).shape[0]
+        return torch.stack([t.detach().float().mean() for t in terms.values()])
 
     def _forward_loss(self, params: Mapping[str, Any] | None = None) -> tuple[Tensor, Mapping[str, Tensor], Any]:
         x = _expand(_patch_value(self.patch), self.batch_size)
@@ -357,16 +357,21 @@ class PatchTrainer:
         opt.zero_grad(set_to_none=True)
         samples: list[Mapping[str, Any]] = []
         means = None
-        for _ in range(self.grad_accumulation):
-            total, terms, _ = self._forward_loss()
-            term_means = self._terms_or_raise(terms, step)
-            means = term_means if means is None else means + term_means
-            total.backward()
+        try:
+            for _ in range(self.grad_accumulation):
+                total, terms, _ = self._forward_loss()
+                term_means = self._terms_or_raise(terms, step)
+                means = term_means if means is None else means + term_means
+                total.backward()
+                if self.sharpness_aware:
+                    samples.append(self.pipeline.get_last_sample_as_dict())
             if self.sharpness_aware:
-                samples.append(self.pipeline.get_last_sample_as_dict())
-        if self.sharpness_aware:
-            self._sharpness_aware_grad(samples, step)
-        self._check_grads(step)
+                self._sharpness_aware_grad(samples, step)
+            self._check_grads(step)
+        except BaseException:
+            if hasattr(opt, "eval"):  # leave the patch at its iterate, not the look-ahead point
+                opt.eval()
+            raise
         opt.step()
         if hasattr(opt, "eval"):
             opt.eval()
@@ -374,7 +379,7 @@ class PatchTrainer:
         if not is_plateau(self.scheduler):
             self.scheduler.step()
         values = (means / self.grad_accumulation).tolist()
-        logs = dict(zip(self.term_names, values))
+        logs = dict(zip(terms, values))
         logs["total"] = float(sum(self.weights[k] * logs[k] for k in self.weights))
         logs["lr"] = float(opt.param_groups[0]["lr"])
         return logs
