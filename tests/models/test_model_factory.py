@@ -227,3 +227,23 @@ def test_public_names_resolve():
 
     for name in models.__all__:
         assert getattr(models, name) is not None
+
+
+@pytest.mark.parametrize("task_type", [t.value for t in TaskType])
+def test_routed_metrics_accept_the_model_outputs(task_type):
+    from pandemonium.models.metrics import metric_inputs
+
+    struct = make_struct(task_type, num_classes=3)
+    model = build_model(struct, TINY).eval()
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(4, 3, 32, 32, generator=gen), "class": torch.tensor([0, 1, 2, 0]),
+             "classes": torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 1, 0]]),
+             "mask": torch.randint(0, 3, (4, 32, 32), generator=gen), "value": torch.rand(4, generator=gen),
+             "boxes": [torch.tensor([[2.0, 2, 12, 12]])] * 4, "labels": [torch.tensor([1])] * 4}
+    metrics = build_metrics(task_type, 3)
+    with torch.no_grad():
+        metrics.update(*metric_inputs(task_type, model(batch["image"]), batch))
+    values = metrics.compute()
+    assert values and all(torch.isfinite(torch.as_tensor(v)).all() for v in values.values())
+    loss = build_loss(task_type)(model(batch["image"]), batch)["loss"]
+    assert torch.isfinite(loss)

@@ -100,6 +100,12 @@ def test_train_test_predict_modes_share_the_stored_model(tiny_data_dir, tmp_path
     table = pd.read_csv(tester.get_struct("shapes_seg").paths["test_metrics"].with_suffix(".csv"))
     assert sorted(table["metric"]) == ["dice", "iou", "pixel_accuracy"]
 
+    # another project finds the model through reuse.models=<project>
+    reusing, _ = run_mode("test", roots, "shapes_seg", "p_reuse", ["mode.bootstrap.n=5", "reuse.models=p1"])
+    reused = json.loads(reusing.get_struct("shapes_seg").paths["test_metrics"].read_text())
+    assert reused["model"] == str(model_path)
+    assert reused["metrics"]["iou"]["value"] == pytest.approx(iou["value"])
+
     # the test metric equals a direct evaluation of the stored model
     datamodule = TaskDataModule(struct, batch_size=16)
     outputs = run_model(model, datamodule.eval_dataloader("test"), struct.task_type)
@@ -140,7 +146,8 @@ def test_cli_train_then_test(tiny_data_dir, tmp_path):
     common = ["task_list=[shapes_cls]", f"data_dir={tiny_data_dir}", f"out_dir={out_dir}", "proj=cli",
               "model=tiny", "trainer=fast", "mode.bootstrap.n=20"]
     for mode in ("train", "test"):
-        args = [mode, *common] if mode == "test" else [mode, *common[:-1]]
+        # MLflow + TensorBoard stay on for train; test skips them to keep this slow test shorter
+        args = [mode, *common, "logging=none"] if mode == "test" else [mode, *common[:-1]]
         proc = subprocess.run([str(Path(sys.executable).parent / "pandemonium"), *args], capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

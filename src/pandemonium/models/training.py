@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def fit(
     loggers: list[Any] | None = None,
     device: str | None = "auto",
     seed: int = 0,
+    log_every_n_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``datamodule`` with a Lightning Trainer; the best checkpoint's weights end up
     in ``model``. Returns ``{"metrics": val metrics of the best weights, "seconds", "epochs",
@@ -202,11 +204,16 @@ def fit(
     trainer_kwargs = dict(settings.get("lightning") or {})
     trainer_kwargs.update({k: v for k, v in lightning_device_kwargs(device, trainer_kwargs).items()
                            if k not in (plain(trainer_cfg) or {}).get("lightning", {})})
+    if log_every_n_steps:
+        trainer_kwargs.setdefault("log_every_n_steps", int(log_every_n_steps))
     if trainer_kwargs.get("deterministic") is True and resolve_device(device).type == "cuda":
         log.info("deterministic=True would fail on CUDA for bilinear upsampling backward; using 'warn'")
         trainer_kwargs["deterministic"] = "warn"
     start = time.perf_counter()
-    with restore_deterministic_flag(), torch_threads(settings.get("num_threads")):
+    with restore_deterministic_flag(), torch_threads(settings.get("num_threads")), warnings.catch_warnings():
+        # Lightning warns that the module's on_after_batch_transfer wins over the datamodule's: that is
+        # exactly the intent (Kornia augmentation lives in the module), so the warning is noise here
+        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
         trainer = L.Trainer(
             default_root_dir=str(root_dir),
             callbacks=callbacks,

@@ -61,6 +61,7 @@ class TrainScheduler(AbstractBaseScheduler):
             loggers=loggers,
             device=str(OmegaConf.select(self.cfg, "device", default="auto")),
             seed=int(self.step_seed if self.step_seed is not None else self.cfg.seed),
+            log_every_n_steps=OmegaConf.select(self.cfg, "logging.log_every_n_steps", default=None),
         )
         path = save_model_artifact(
             model,
