@@ -230,3 +230,28 @@ def test_windowed_compositing_equals_whole_image(bank_path, index):
     reference, kw_ref = stage(patch, params=sample)
     assert torch.allclose(fast, reference, atol=1e-6)
     assert torch.allclose(kw["targets"]["patch_mask"], kw_ref["targets"]["patch_mask"], atol=1e-6)
+
+
+def test_visualisations_and_description(bank_path):
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_images(self, tag, images, global_step=None):
+            self.calls.append((tag, tuple(images.shape), global_step))
+
+    stage = RectangleImplanter(bank_path)
+    stage.set_seed(0, 0)
+    y, _ = stage(torch.rand(3, 3, 8, 8))
+    y_control, _ = stage(torch.rand(3, 3, 8, 8), control=True)
+    writer = Writer()
+    stage.log_vizualizations(y, y_control, writer, 7, logging_to_mlflow=False)
+    assert writer.calls == [("RectangleImplanter/implanted_vs_control", (6, 3, 32, 32), 7)]
+    assert "scenes.pt" in stage.get_description() and "6 train / 2 eval" in stage.get_description()
+
+
+def test_public_names_reachable_from_package():
+    import pandemonium.pipeline as pipeline
+
+    assert pipeline.RectangleImplanter is RectangleImplanter
+    assert pipeline.ImageBank.__name__ == "ImageBank"

@@ -56,6 +56,8 @@ from pandemonium.pipeline.registry import register_stage
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ImageBank",
+    "BankError",
     "ImplanterBase",
     "RectangleImplanter",
     "FixedRatioImplanter",
