@@ -133,3 +133,17 @@ def test_task_bank_feeds_scale_to_box_implanter(tmp_path):
 def test_unknown_task_is_named(tmp_path):
     with pytest.raises(BankError, match="image bank task=.no_such_task.*no_such_task"):
         ImageBank.from_spec({"task": "no_such_task", "data_dir": str(tmp_path)})
+
+
+def test_uint8_storage_is_smaller_and_gathers_the_same_values(tmp_path):
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    torch.save({"images": pixels}, tmp_path / "u8.pt")
+    small = ImageBank.from_spec({"pt": str(tmp_path / "u8.pt"), "storage": "uint8"})
+    full = ImageBank.from_spec({"pt": str(tmp_path / "u8.pt")})
+    assert small.images.dtype == torch.uint8 and full.images.dtype == torch.float32
+    like = torch.zeros(1)
+    index = torch.tensor([3, 0])
+    assert torch.allclose(small.gather(index, like), full.gather(index, like), atol=1e-7)
+    assert small.gather(index, like.double()).dtype == torch.float64
+    with pytest.raises(BankError, match="storage='half'"):
+        ImageBank.from_spec({"pt": str(tmp_path / "u8.pt"), "storage": "half"})

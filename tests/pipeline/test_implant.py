@@ -255,3 +255,11 @@ def test_public_names_reachable_from_package():
 
     assert pipeline.RectangleImplanter is RectangleImplanter
     assert pipeline.ImageBank.__name__ == "ImageBank"
+
+
+def test_uint8_bank_implanter_passes_check_stage(bank_path):
+    from pandemonium.testing.stages import check_stage
+
+    stage = RectangleImplanter({"pt": bank_path, "storage": "uint8"}, scale=[0.5, 1.5])
+    stage.set_seed(0, 1)
+    check_stage(stage, torch.rand(4, 3, 8, 8))

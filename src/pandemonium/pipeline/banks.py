@@ -19,7 +19,8 @@ Source specs (a ``dict``, or a ``str`` path as shorthand for ``{"path": ...}``):
   ``labels``/``quads`` fields.
 
 Common keys: ``max_images`` (keep the first N), ``eval_fraction`` (default 0.25, used when the
-source gives no split) and ``split_seed`` (default 0) for that held-out split.
+source gives no split) and ``split_seed`` (default 0) for that held-out split, ``storage``
+(``"float32"``, default, or ``"uint8"``: 4x less memory, converted per batch).
 
 Example:
     >>> torch.save({"images": torch.rand(4, 3, 32, 32)}, "bank.pt")  # doctest: +SKIP
@@ -108,23 +109,31 @@ class ImageBank(nn.Module):
         eval_fraction: float = 0.25,
         split_seed: int = 0,
         source: str = "tensors",
+        storage: str = "float32",
     ) -> None:
         super().__init__()
         self.source = source
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise BankError(f"image bank {source}: 'images' must be an (N, C, H, W) tensor, got {shape}")
-        if images.dtype == torch.uint8:
+        if storage not in ("float32", "uint8"):
+            raise BankError(f"image bank {source}: storage={storage!r} must be 'float32' or 'uint8'")
+        if images.dtype != torch.uint8:
+            images = images.float()
+            if images.numel() and (images.min() < 0 or images.max() > 1):
+                raise BankError(
+                    f"image bank {source}: images must be in [0, 1] (or uint8), got range "
+                    f"[{float(images.min()):.3g}, {float(images.max()):.3g}]"
+                )
+        if storage == "uint8" and images.dtype != torch.uint8:
+            images = (images * 255.0).round().to(torch.uint8)
+        elif storage == "float32" and images.dtype == torch.uint8:
             images = images.float() / 255.0
-        images = images.float()
-        if images.numel() and (images.min() < 0 or images.max() > 1):
-            raise BankError(
-                f"image bank {source}: images must be in [0, 1] (or uint8), got range "
-                f"[{float(images.min()):.3g}, {float(images.max()):.3g}]"
-            )
+        self.storage = storage
         n, _, height, width = images.shape
         if n == 0:
             raise BankError(f"image bank {source}: no images")
+        # uint8 storage keeps big banks 4x smaller (on the GPU too); gather() converts per batch
         self.register_buffer("images", images.contiguous(), persistent=False)
 
         if classes is None:
@@ -261,6 +270,7 @@ class ImageBank(nn.Module):
             eval_fraction=float(spec.get("eval_fraction", 0.25)),
             split_seed=int(spec.get("split_seed", 0)),
             source=source,
+            storage=str(spec.get("storage", "float32")),
         )
 
     @staticmethod
@@ -362,6 +372,13 @@ class ImageBank(nn.Module):
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def gather(self, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Images ``index`` as floats in [0, 1] on the device / dtype of ``like``."""
+        images = self.images[index.to(self.images.device)]
+        if images.dtype == torch.uint8:
+            return images.to(device=like.device, dtype=like.dtype) / 255.0
+        return images.to(device=like.device, dtype=like.dtype)
 
     def pool(self, evaluate: bool, require: str | None = None) -> torch.Tensor:
         """Indices of the split (eval when ``evaluate``), restricted to images that have at least one

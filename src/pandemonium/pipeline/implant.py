@@ -249,7 +249,7 @@ class ImplanterBase(PipelineBase):
             self._check_patch(key, patch)
         index = params["image_index"].to(self.bank.images.device)
         first = next(iter(patches.values()))
-        images = self.bank.images[index].to(device=first.device, dtype=first.dtype)
+        images = self.bank.gather(index, first)
         return patches, index, images, self.bank.targets(index)
 
     def _window_margin(self) -> int:
