@@ -182,3 +182,14 @@ def test_several_patches_train_evaluate_and_rerender(tmp_path):
     row = load_table(result.eval_table_path).iloc[3]
     image = render_row(pipe, {k: v for k, v in result.patch.items()}, row)
     assert image.shape == (1, 3, 16, 16)
+
+
+def test_a_fit_depends_on_the_seed_not_on_earlier_use_of_the_pipeline(tmp_path):
+    used = toy_pipeline(seed=3)
+    for _ in range(3):  # advances every stage's generator
+        used(torch.rand(8, 3, PATCH, PATCH))
+    a = make_trainer(tmp_path / "a", pipeline=used).fit(3)
+    b = make_trainer(tmp_path / "b", pipeline=toy_pipeline(seed=3)).fit(3)
+    c = make_trainer(tmp_path / "c", pipeline=toy_pipeline(seed=3), seed=2).fit(3)
+    assert torch.equal(a.patch, b.patch)
+    assert not torch.equal(a.patch, c.patch)

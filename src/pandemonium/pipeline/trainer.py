@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import hashlib
 import logging
 import math
 import sys
@@ -98,6 +99,12 @@ def _as_patch_module(patch: Any) -> nn.Module:
     )
 
 
+def _derived_seed(purpose: str, seed: int) -> int:
+    # a hash, not seed + k: neighbouring run seeds must not share evaluation conditions
+    digest = hashlib.sha256(f"pandemonium-trainer:{purpose}:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def _patch_value(module: nn.Module) -> Any:
     return module()
 
@@ -157,7 +164,10 @@ class PatchTrainer:
         best_metric: metric that picks the best patch (default: the early-stopping metric, else
             ``total_patch``, mode min); ``best_mode`` its direction.
         eval_every: steps between evaluations (and checkpoints).
-        seed: seed of the evaluation conditions (the pipeline's own seed drives training draws).
+        seed: the run seed. The pipeline's stages are re-seeded from it at construction
+            (``pipeline.set_seed(seed)``), so a fit depends on the seed alone and not on how the
+            pipeline object was used before; the evaluation conditions use a seed derived from it.
+            ``None`` keeps the pipeline's current streams.
         out_dir: results folder (checkpoints, tables, patches, ``mlflow.db``, ``tensorboard/``).
         mlflow: ``True`` (SQLite in ``out_dir``), a tracking URI, or ``False``/``None`` (off).
         tensorboard: write TensorBoard events to ``<out_dir>/tensorboard/<run_name>``.
@@ -186,7 +196,7 @@ class PatchTrainer:
         best_metric: str | None = None,
         best_mode: str = "min",
         eval_every: int = 50,
-        seed: int = 0,
+        seed: int | None = 0,
         out_dir: str | Path | None = None,
         mlflow: bool | str | None = True,
         mlflow_experiment: str | None = None,
@@ -231,7 +241,13 @@ class PatchTrainer:
             raise ValueError(f"PatchTrainer: best_mode must be 'min' or 'max', got {best_mode!r}")
         self.best_mode = best_mode
         self.eval_every = int(eval_every)
-        self.seed = int(seed)
+        if seed is not None and hasattr(self.pipeline, "set_seed"):
+            if hasattr(self.pipeline, "stages"):
+                self.pipeline.set_seed(int(seed))
+            else:  # a single stage: position 0
+                self.pipeline.set_seed(int(seed), 0)
+        self.seed = int(seed if seed is not None else getattr(self.pipeline, "seed", 0))
+        self.eval_seed = _derived_seed("evaluation", self.seed)
         self.run_name = run_name
         self.out_dir = Path(out_dir) if out_dir is not None else (
             Path("results") / "fits" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -248,7 +264,7 @@ class PatchTrainer:
         self.term_names = self._check_loss_on_test_batch()
         self.evaluation = FixedEvaluation(
             self.pipeline, self.loss, self.weights, num_eval=self.num_eval,
-            batch_size=self.eval_batch_size, seed=self.seed, target_class=target_class,
+            batch_size=self.eval_batch_size, seed=self.eval_seed, target_class=target_class,
         )
         # rebuilt by fit() (cosine needs the number of steps); built here so a bad optimiser or
         # schedule name or setting fails at construction, not after the first evaluation
