@@ -38,6 +38,26 @@ def test_render_row_gives_the_identical_image(tmp_path):
         assert not torch.equal(control, image)  # the patch is really in the patched rendering
 
 
+def test_csv_fallback_also_rerenders_exactly(tmp_path, monkeypatch):
+    from pandemonium.pipeline.evaluation import save_table
+
+    trainer = make_trainer(tmp_path, num_eval=6, eval_batch_size=6)
+    result = trainer.evaluate(step=0)
+
+    def no_parquet(*args, **kwargs):
+        raise ImportError("pyarrow missing (simulated)")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_parquet)
+    saved = save_table(result.table, tmp_path / "table")
+    assert saved.suffix == ".csv"
+    table = load_table(saved)
+    patch = trainer.patch().detach()
+    with torch.no_grad():
+        batch = final_stage_input(trainer.pipeline, patch.expand(6, *patch.shape), evaluate=True,
+                                  params=trainer.evaluation.conditions[0])
+    assert torch.equal(render_row(trainer.pipeline, patch, table.iloc[4])[0], batch[4])
+
+
 def test_param_importance_finds_the_driving_param(tmp_path):
     rng = np.random.default_rng(0)
     n = 120

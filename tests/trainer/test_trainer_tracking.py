@@ -61,6 +61,7 @@ def test_mlflow_run_has_description_params_metrics_and_artifacts(tracked_fit):
     artifacts |= {a.path for folder in ("patch", "eval") for a in client.list_artifacts(result.run_id, folder)}
     assert {"pipeline.yaml", "patch/patch_last.png", "patch/patch_best.png"} <= artifacts
     assert any(a.startswith("eval/") and a.endswith(".parquet") for a in artifacts)
+    assert {"plots/loss.png", "plots/eval_metric.png"} <= {a.path for a in client.list_artifacts(result.run_id, "plots")}
     # artifacts live beside the database, not in ./mlruns of the current directory
     assert (trainer.out_dir / "mlartifacts").is_dir()
 
