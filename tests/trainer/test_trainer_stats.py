@@ -16,6 +16,7 @@ from pandemonium.pipeline.evaluation import (
     segmentation_metrics,
     standard_error,
     summarize,
+    task_metrics,
 )
 
 
@@ -86,3 +87,15 @@ def test_detection_disappearance_and_segmentation_flip():
     seg = segmentation_metrics(logits_p, logits_c, torch.zeros(2, 4, 4, dtype=torch.long))
     assert seg["pixel_flip"].tolist() == [0.5, 0.0]
     assert seg["pixel_accuracy_control"].tolist() == [1.0, 1.0]
+
+
+def test_task_metrics_dispatch_on_the_output_layout():
+    logits = torch.eye(3)[[0, 1]] * 4
+    flipped = torch.eye(3)[[1, 1]] * 4
+    targets = {"class": torch.tensor([0, 1])}
+    single = task_metrics(flipped, logits, targets)
+    assert single["untargeted_success"].tolist() == [1.0, 0.0]
+    ensemble = task_metrics({"a": flipped, "b": logits}, {"a": logits, "b": logits}, targets)
+    assert ensemble["a.untargeted_success"].tolist() == [1.0, 0.0]
+    assert ensemble["b.prediction_changed"].tolist() == [0.0, 0.0]
+    assert "pixel_flip" in task_metrics(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), {})

@@ -55,6 +55,7 @@ __all__ = [
     "segmentation_metrics",
     "standard_error",
     "summarize",
+    "task_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,14 @@ def task_metrics(
         return classification_metrics(y_patch, y_control, targets.get("class"), target_class)
     if isinstance(y_patch, torch.Tensor) and y_patch.ndim == 4:
         return segmentation_metrics(y_patch, y_control, targets.get("mask"))
+    if isinstance(y_patch, Mapping) and isinstance(y_control, Mapping):
+        # an ensemble returning {model_name: output}: metrics per model, prefixed with its name
+        out: dict[str, torch.Tensor] = {}
+        for name, value in y_patch.items():
+            if name in y_control:
+                sub = task_metrics(value, y_control[name], targets, target_class, conf_threshold, iou_threshold)
+                out.update({f"{name}.{k}": v for k, v in sub.items()})
+        return out
     return {}
 
 
