@@ -267,8 +267,11 @@ class ImplanterBase(PipelineBase):
         placed: dict[str | None, tuple[Tensor, Tensor]] = {}
         bleed = 0.0
         for key, patch in patches.items():
-            h_img2patch, box = self._placement(self._placement_values(params, key), index, (patch.shape[-2], patch.shape[-1]))
-            placed[key] = (h_img2patch.to(patch.device), box)
+            # Placement math is a few dozen tiny (B,)-sized ops: on the CPU they cost microseconds, on
+            # a GPU each would be a kernel launch, so only the finished (B, 3, 3) matrices move there.
+            values = {k: v.detach().cpu() for k, v in self._placement_values(params, key).items()}
+            h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
+            placed[key] = (h_img2patch.to(patch.device), box.cpu())
             size = (box[:, 2:] - box[:, :2]).detach()
             bleed = max(bleed, float((size / size.new_tensor([patch.shape[-1], patch.shape[-2]])).max()))
         if self.use_windows:
@@ -297,7 +300,7 @@ class ImplanterBase(PipelineBase):
                 lo, hi = self.brightness_range
                 gain = (region_mean(scene_lum, coverage.detach()) / self.brightness_reference).clamp(lo, hi)
             out = composite(out, premultiplied, coverage, gain)
-        return out, origin, size, coverage_total, {k: b for k, (_, b) in placed.items()}
+        return out, origin, size, coverage_total, {k: b.to(images.device) for k, (_, b) in placed.items()}
 
     def _attach_targets(self, targets, origin, coverage, boxes, images) -> dict[str, Any]:
         targets["patch_boxes"] = boxes[None] if None in boxes else boxes
