@@ -248,6 +248,9 @@ def test_visualisations_and_description(bank_path):
     stage.log_vizualizations(y, y_control, writer, 7, logging_to_mlflow=False)
     assert writer.calls == [("RectangleImplanter/implanted_vs_control", (6, 3, 32, 32), 7)]
     assert "scenes.pt" in stage.get_description() and "6 train / 2 eval" in stage.get_description()
+    from pandemonium.pipeline.fused import FusedImplantAugment
+
+    assert "degrees" in FusedImplantAugment(bank_path, degrees=5).get_description()
 
 
 def test_public_names_reachable_from_package():

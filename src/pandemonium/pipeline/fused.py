@@ -173,6 +173,14 @@ class FusedImplantAugment(ImplanterBase):
             "p_color": self.p_color,
         }
 
+    def get_description(self) -> str:
+        geometry = {k: self.params[k] for k in ("scale", "degrees", "translate", "shear", "jitter_scale", "perspective")}
+        photometry = {k: self.params[k] for k in ("brightness", "contrast", "saturation", "noise", "blur_sigma")}
+        return (
+            f"**{self.name}**: implant into scenes from `{self.bank.source}` with pose jitter `{geometry}` in one "
+            f"resampling, then per-sample RGB ops `{photometry}`"
+        )
+
     # ------------------------------------------------------------ sampling
     @staticmethod
     def _gate(values: Tensor, identity: float, gate: Tensor) -> Tensor:
