@@ -266,3 +266,19 @@ def test_uint8_bank_implanter_passes_check_stage(bank_path):
     stage = RectangleImplanter({"pt": bank_path, "storage": "uint8"}, scale=[0.5, 1.5])
     stage.set_seed(0, 1)
     check_stage(stage, torch.rand(4, 3, 8, 8))
+
+
+def test_eval_split_without_boxes_is_named(tmp_path):
+    torch.save(
+        {
+            "images": torch.rand(2, 3, 16, 16),
+            "boxes": [torch.tensor([[1.0, 1.0, 8.0, 8.0]]), torch.zeros(0, 4)],
+            "split": ["train", "eval"],
+        },
+        tmp_path / "b.pt",
+    )
+    stage = ScaleToBoxImplanter(str(tmp_path / "b.pt"))
+    stage.set_seed(0, 0)
+    stage(torch.rand(2, 3, 4, 4))
+    with pytest.raises(StageError, match="ScaleToBoxImplanter.*no image in the eval split has any boxes"):
+        stage(torch.rand(2, 3, 4, 4), evaluate=True)

@@ -8,7 +8,8 @@ Source specs (a ``dict``, or a ``str`` path as shorthand for ``{"path": ...}``):
 
 - ``{"pt": "bank.pt"}`` / ``"bank.pt"``: a file written with ``torch.save({"images": ..., ...})``.
   Keys: ``images`` ``(N, C, H, W)`` float in [0, 1] or uint8; optional ``class`` ``(N,)``, ``mask``
-  ``(N, H, W)``, ``boxes`` (list of ``(n_i, 4)`` xyxy pixels, or an ``(N, n, 4)`` tensor), ``labels``
+  ``(N, H, W)``, ``boxes`` (list of ``(n_i, 4)`` xyxy pixels, or an ``(N, n, 4)`` tensor whose rows
+  are all real boxes), ``labels``
   (list of ``(n_i,)``), ``quads`` (list of ``(q_i, 4, 2)`` TL, TR, BR, BL corners), ``split`` (list of
   ``"train"``/``"eval"``). Plural spellings ``classes``/``masks`` are accepted.
 - ``{"folder": "dir"}`` / ``"dir"``: every image file below ``dir`` (sorted); images in sub-folders get

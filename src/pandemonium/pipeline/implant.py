@@ -211,7 +211,10 @@ class ImplanterBase(PipelineBase):
     # ------------------------------------------------------------ Kornia-style split
     def sample_params(self, batch_shape, device, evaluate: bool = False) -> dict[str, Tensor]:
         batch = int(batch_shape[0])
-        pool = self.bank.pool(evaluate, self._require)
+        try:
+            pool = self.bank.pool(evaluate, self._require)
+        except BankError as err:
+            raise StageError(f"stage {self.name!r}: {err}") from err
         pick = self.randint(0, int(pool.numel()), (batch,))
         params = {"image_index": pool.to(pick.device)[pick].to(device)}
         for key in self._param_keys():
