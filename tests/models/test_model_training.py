@@ -156,3 +156,16 @@ def test_cli_train_then_test(tiny_data_dir, tmp_path):
     assert list((out_dir / "cli").rglob("events.out.tfevents.*"))
     report = json.loads(next((out_dir / "cli" / "TEST_METRICS" / "shapes_cls").glob("*.json")).read_text())
     assert 0.0 <= report["metrics"]["accuracy"]["value"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_bad_model_is_one_line_naming_the_task(tiny_data_dir, tmp_path):
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "pandemonium"), "train", "task_list=[shapes_cls]",
+         f"data_dir={tiny_data_dir}", f"out_dir={tmp_path}", "logging=none", "model._target_=no.such.Net"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert any("'shapes_cls'" in line and "no.such.Net" in line for line in error_lines), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
