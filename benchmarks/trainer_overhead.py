@@ -8,10 +8,14 @@ the same batches (the pipeline is re-seeded before each), with the same patch, l
 * ``fit`` : ``PatchTrainer.fit`` with MLflow (a temporary SQLite file) and TensorBoard on, a progress
   bar, per-step loss terms logged and the NaN check.
 
-Reported: the training-loop ratio (median step time inside ``fit``, measured between ``on_step``
-calls, over the median bare step; target <= 1.1), the whole-fit ratio including set-up (MLflow
-database creation), the evaluations and the final artifacts, and the evaluation's peak memory
-(runs under ``torch.no_grad()``; CUDA: max allocated; CPU: peak RSS increase, sampled every 2 ms).
+The two are interleaved in one run: after every fit step, inside ``on_step``, one bare step runs on
+an identical copy of the pipeline (same seed, so the same batch), so load from other processes hits
+both alike; the script checks that both end with the identical patch.
+
+Reported: the training-loop ratio (median fit step, measured between ``on_step`` calls, over the
+median bare step; target <= 1.1), the whole-fit ratio including set-up (MLflow database creation),
+the evaluations and the final artifacts, and the evaluation's peak memory (runs under
+``torch.no_grad()``; CUDA: max allocated; CPU: peak RSS increase, sampled every 2 ms).
 
     .venv/bin/python benchmarks/trainer_overhead.py            # 40 steps
     .venv/bin/python benchmarks/trainer_overhead.py --quick    # 15 steps
@@ -20,6 +24,7 @@ database creation), the evaluations and the final artifacts, and the evaluation'
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import threading
@@ -123,76 +128,80 @@ def main(argv: list[str] | None = None) -> int:
         fused = FusedImplantAugment(str(bank), scale=[0.75, 1.25], degrees=15, translate=0.1,
                                     jitter_scale=[0.9, 1.1], brightness=0.1, contrast=0.1, saturation=0.1)
         pipeline = Pipeline(fused, conv_net(), seed=0).to(device)
+        # the bare loop runs on an identical copy: same weights, same seed, so bare step k draws
+        # exactly the batch of fit step k, and neither consumes the other's random stream
+        bare_pipeline = copy.deepcopy(pipeline)
+        bare_pipeline.set_seed(0)
         loss = UntargetedLoss()
         weights = {"untargeted": 1.0}
         shape = (3, args.patch_size, args.patch_size)
+        bare_patch = RawPatch(shape, init="grey").to(device)
+        bare_opt = torch.optim.Adam(bare_patch.parameters(), lr=0.01)
+        fresh = copy.deepcopy((bare_patch, bare_opt))  # restored after the warm-up
 
-        def bare_block() -> list[float]:
-            """The loop fit runs, written by hand, on the same batches (pipeline re-seeded)."""
-            pipeline.set_seed(0)
-            patch = RawPatch(shape, init="grey").to(device)
-            opt = torch.optim.Adam(patch.parameters(), lr=0.01)
-            times = []
-            for _ in range(steps):
-                sync()
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                y, kw = pipeline(patch().unsqueeze(0).expand(args.batch, *shape))
-                weighted_total(loss(y, **kw), weights).backward()
-                opt.step()
-                patch.project_()
-                sync()
-                times.append(time.perf_counter() - t0)
-            return times
-
-        def fit_block(out_dir: Path) -> tuple[list[float], float, object]:
-            pipeline.set_seed(0)
-            stamps: list[float] = []
-
-            def on_step(trainer, step, logs):
-                sync()
-                stamps.append(time.perf_counter())
-
-            trainer = PatchTrainer(
-                pipeline, loss, weights, patch=RawPatch(shape, init="grey"), batch_size=args.batch,
-                eval_batch_size=args.batch, num_eval=args.num_eval, optimizer="adam",
-                optimizer_kwargs={"lr": 0.01}, eval_every=steps, out_dir=out_dir, mlflow=True,
-                tensorboard=True, device=device, on_step=on_step, progress=True,
-            )
+        def bare_step() -> float:
+            """What fit runs per step, written by hand: forward, loss, weighted total, backward,
+            step, projection."""
+            sync()
             t0 = time.perf_counter()
-            result = trainer.fit(steps)
-            total = time.perf_counter() - t0
-            return [b - a for a, b in zip(stamps[:-1], stamps[1:])], total, result
+            bare_opt.zero_grad(set_to_none=True)
+            y, kw = bare_pipeline(bare_patch().unsqueeze(0).expand(args.batch, *shape))
+            weighted_total(loss(y, **kw), weights).backward()
+            bare_opt.step()
+            bare_patch.project_()
+            sync()
+            return time.perf_counter() - t0
 
-        bare_block()  # warm-up (allocator, kernels, lazy imports)
-        bare_a = bare_block()
-        fit_steps, fit_total, result = fit_block(tmp / "fit")
-        bare_b = bare_block()
-        # eval peak memory: one more fixed evaluation of the trained patch
-        trainer_eval = result  # keep the object alive for the report below
-        bare = bare_a + bare_b
-        pipeline.set_seed(0)
-        t = PatchTrainer(pipeline, loss, weights, patch=RawPatch(shape, init="grey"), batch_size=args.batch,
-                         eval_batch_size=args.batch, num_eval=args.num_eval, mlflow=False, tensorboard=False,
-                         out_dir=tmp / "eval", device=device, progress=False)
-        t.evaluate(step=0)  # draws the fixed conditions
+        # Interleaved in one run: after each fit step (inside on_step) one bare step runs, so load
+        # from other processes hits both alike. A fit step is the time from the end of the previous
+        # on_step to the start of this one: the training step plus all of fit's logging.
+        fit_steps: list[float] = []
+        bare: list[float] = []
+        last_end: list[float | None] = [None]
+
+        def on_step(trainer, step, logs):
+            sync()
+            now = time.perf_counter()
+            if last_end[0] is not None:  # the first interval also holds the step-0 evaluation
+                fit_steps.append(now - last_end[0])
+            bare.append(bare_step())
+            last_end[0] = time.perf_counter()
+
+        for _ in range(2):  # warm-up of the bare path (allocator, kernels)
+            bare_step()
+        bare_pipeline.set_seed(0)
+        bare_patch.load_state_dict(fresh[0].state_dict())
+        bare_opt.load_state_dict(fresh[1].state_dict())
+        trainer = PatchTrainer(
+            pipeline, loss, weights, patch=RawPatch(shape, init="grey"), batch_size=args.batch,
+            eval_batch_size=args.batch, num_eval=args.num_eval, optimizer="adam", optimizer_kwargs={"lr": 0.01},
+            eval_every=steps, seed=0, out_dir=tmp / "fit", mlflow=True, tensorboard=True, device=device,
+            on_step=on_step, progress=True,
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit(steps)
+        fit_total = time.perf_counter() - t0 - sum(bare)
+        same_batches = torch.equal(result.patch, bare_patch().detach().cpu())
+
+        # evaluation peak memory: one more fixed evaluation of the trained patch (conditions drawn)
         with PeakMemory(device) as peak:
             t0 = time.perf_counter()
-            t.evaluate(step=0)
+            trainer.evaluate(step=steps)
             eval_time = time.perf_counter() - t0
 
     bare_med = statistics.median(bare)
     fit_med = statistics.median(fit_steps)
     loop_ratio = fit_med / bare_med
     whole_ratio = fit_total / (bare_med * steps)
-    train_only = fit_total - trainer_eval.eval_seconds
+    train_only = fit_total - result.eval_seconds
     print(f"trainer overhead benchmark: device={device}, threads={torch.get_num_threads()}, batch={args.batch}, "
           f"images={args.image_size}px, patch={args.patch_size}px, steps={steps}, num_eval={args.num_eval}")
+    print(f"same batches on both sides (identical final patch): {same_batches}")
     print(f"bare pipeline step (median of {len(bare)}): {bare_med * 1e3:.1f} ms")
     print(f"fit step, logging on (median of {len(fit_steps)}): {fit_med * 1e3:.1f} ms")
     print(f"training-loop ratio fit/bare: {loop_ratio:.3f}  (target <= {TARGET}: {'ok' if loop_ratio <= TARGET else 'OVER'})")
     print(f"whole fit: {fit_total:.2f} s = {whole_ratio:.2f}x the bare steps; of which evaluations "
-          f"{trainer_eval.eval_seconds:.2f} s (2 x {args.num_eval} samples, patched + control); "
+          f"{result.eval_seconds:.2f} s (2 evaluations x {args.num_eval} samples, patched + control); "
           f"without them {train_only / (bare_med * steps):.2f}x (includes MLflow DB creation and artifacts)")
     mem_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
     print(f"evaluation ({args.num_eval} samples, no_grad): {eval_time:.2f} s, peak memory "

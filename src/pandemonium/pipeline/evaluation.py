@@ -292,7 +292,7 @@ def rows_to_params(rows: pd.DataFrame | pd.Series, spec: Mapping[str, Any] | Non
             continue
         key = str(col)[len(PARAM_PREFIX):]
         values = list(rows[col])
-        if key in spec and spec[key]["kind"] == "list" and values and isinstance(values[0], str):
+        if values and isinstance(values[0], str):  # CSV fallback stores per-sample lists as JSON
             values = [_maybe_json(v) for v in values]
         out[key] = _rebuild_param(values, spec.get(key, {"kind": "list"}), device)
     return out
