@@ -193,3 +193,26 @@ def test_a_fit_depends_on_the_seed_not_on_earlier_use_of_the_pipeline(tmp_path):
     c = make_trainer(tmp_path / "c", pipeline=toy_pipeline(seed=3), seed=2).fit(3)
     assert torch.equal(a.patch, b.patch)
     assert not torch.equal(a.patch, c.patch)
+
+
+def test_fit_steps_are_exactly_the_hand_written_loop(tmp_path):
+    """No hidden randomness or extra arithmetic: fit == forward, weighted loss, backward, Adam, clamp."""
+    import copy
+
+    from pandemonium.pipeline.losses import weighted_total
+    from pandemonium.pipeline.trainer import TensorPatch
+
+    pipe = toy_pipeline(seed=4)
+    bare_pipe = copy.deepcopy(pipe)
+    result = make_trainer(tmp_path, pipeline=pipe, seed=4, weights={"target": 1.0, "logit0": 0.5}).fit(5)
+
+    bare_pipe.set_seed(4)
+    patch = TensorPatch(torch.full((3, PATCH, PATCH), 0.5))
+    opt = torch.optim.Adam(patch.parameters(), lr=0.2)
+    for _ in range(5):
+        opt.zero_grad()
+        y, kw = bare_pipe(patch().unsqueeze(0).expand(8, -1, -1, -1))
+        weighted_total(ToyLoss()(y, **kw), {"target": 1.0, "logit0": 0.5}).backward()
+        opt.step()
+        patch.project_()
+    assert torch.equal(result.patch, patch().detach())
