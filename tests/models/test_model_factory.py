@@ -247,3 +247,16 @@ def test_routed_metrics_accept_the_model_outputs(task_type):
     assert values and all(torch.isfinite(torch.as_tensor(v)).all() for v in values.values())
     loss = build_loss(task_type)(model(batch["image"]), batch)["loss"]
     assert torch.isfinite(loss)
+
+
+def test_trainer_settings_apply_task_type_overrides():
+    from pandemonium.cli.main import compose_config
+    from pandemonium.models.training import trainer_settings
+
+    cfg = compose_config(["mode=train"])
+    epochs = {t: trainer_settings(cfg.trainer, t)["lightning"]["max_epochs"] for t in ("classification", "detection")}
+    assert epochs == {"classification": 15, "detection": 10}
+    fast = compose_config(["mode=train", "trainer=fast", "trainer.task_type_overrides.detection.lightning.max_epochs=1"])
+    assert trainer_settings(fast.trainer, "detection")["lightning"]["max_epochs"] == 1
+    assert trainer_settings(fast.trainer, "semantic_segmentation")["lightning"]["max_epochs"] == 2
+    assert trainer_settings(fast.trainer, "classification")["early_stopping"]["enabled"] is False

@@ -123,7 +123,7 @@ def test_train_test_predict_modes_share_the_stored_model(tiny_data_dir, tmp_path
 
 def test_predict_detection_writes_boxes(tiny_data_dir, tmp_path):
     roots = (tiny_data_dir, tmp_path / "results")
-    run_mode("train", roots, "shapes_det", "p2", ["trainer.lightning.max_epochs=1"])
+    run_mode("train", roots, "shapes_det", "p2", ["trainer.task_type_overrides.detection.lightning.max_epochs=1"])
     _, written = run_mode("predict", roots, "shapes_det", "p2", ["mode.splits=[test]"])
     payload = json.loads(open(written["test"]).read())
     assert payload["class_names"] == ["circle", "square", "triangle", "star", "cross"]

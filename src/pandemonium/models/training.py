@@ -169,6 +169,8 @@ def fit(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     settings = trainer_settings(trainer_cfg, struct.task_type)
+    log.info("task %s: training with %s", getattr(struct, "name", "?"),
+             {k: v for k, v in settings.items() if k != "task_type_overrides"})
     module = TaskLightningModule(
         model,
         task_type=struct.task_type,
