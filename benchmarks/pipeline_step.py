@@ -8,7 +8,8 @@ colour jitter (brightness/contrast/saturation) + random affine (rotation/transla
 * ``kornia`` : RectangleImplanter -> KorniaAugment({"ColorJiggle", "RandomAffine"}) -> model
 * ``bare``   : the model's forward + backward (to its input) on an already-patched batch of the same size
 
-Modes are interleaved round by round (so load from other processes hits them alike) and the median
+Modes are interleaved round by round, in a rotating order (so load from other processes and the
+state left by the previous step hit them alike), and the median
 per-step time is reported, with ratios to ``bare`` and peak memory per mode (CUDA: max allocated;
 CPU: peak RSS above the level before the mode, sampled every 2 ms).
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             loss = -loss_fn(model(x), labels)
             loss.backward()
 
-        runs = {"fused": lambda: step(pipelines["fused"]), "kornia": lambda: step(pipelines["kornia"]), "bare": bare}
+        runs = {"bare": bare, "fused": lambda: step(pipelines["fused"]), "kornia": lambda: step(pipelines["kornia"])}
 
         def timed(fn) -> float:
             if device.type == "cuda":
@@ -193,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             iterator = tqdm(range(rounds), desc="rounds", file=sys.stderr, leave=False)
         except ImportError:  # progress bar is a nicety
             iterator = range(rounds)
-        for _ in iterator:
-            for name, fn in runs.items():
-                times[name].append(timed(fn))
+        names = list(runs)
+        for r in iterator:
+            # rotate the order every round so no mode always follows the same one (allocator and
+            # cache state left by the previous step would otherwise bias one mode)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name].append(timed(runs[name]))
 
     median = {name: statistics.median(t) for name, t in times.items()}
     print(
