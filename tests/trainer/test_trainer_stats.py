@@ -46,6 +46,16 @@ def test_bootstrap_ci_is_seeded_and_sensible():
     assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
 
 
+def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    x = np.random.default_rng(3).exponential(size=40)
+    ref = bootstrap((x,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(9))
+    lo, hi = bootstrap_ci(x, seed=9, n_resamples=2000)
+    assert lo == pytest.approx(ref.confidence_interval.low, rel=1e-9)
+    assert hi == pytest.approx(ref.confidence_interval.high, rel=1e-9)
+
+
 def test_summarize_reports_mean_se_ci_and_n():
     table = pd.DataFrame({"a": [0.0, 1.0, np.nan, 1.0, 1.0]})
     out = summarize(table, ["a"], seed=0)

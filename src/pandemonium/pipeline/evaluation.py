@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,33 +87,24 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Seeded percentile-bootstrap confidence interval of ``statistic`` over the non-NaN values.
 
-    Uses ``scipy.stats.bootstrap`` (``method="percentile"``); (NaN, NaN) for fewer than 2 values.
+    ``statistic`` must accept ``axis=`` (``np.mean``, ``np.median``, …). (NaN, NaN) for fewer than 2
+    values. Written with numpy rather than ``scipy.stats.bootstrap`` because scipy's version costs
+    ~60 ms per column and an evaluation summarises dozens of columns at every evaluation; the
+    percentile method is the same (``np.quantile`` of the resampled statistics).
 
     >>> lo, hi = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
     >>> 0.0 <= lo <= 0.6 <= hi <= 1.0
     True
     """
-    from scipy.stats import bootstrap
-
     arr = _finite(values)
     if arr.size < 2:
         return (math.nan, math.nan)
-    if np.all(arr == arr[0]):
-        # every resample is identical; scipy warns about degenerate data, the interval is a point
-        v = float(statistic(arr))
-        return (v, v)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = bootstrap(
-            (arr,),
-            statistic,
-            n_resamples=n_resamples,
-            confidence_level=confidence_level,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-            vectorized=True,
-        )
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+    rng = np.random.default_rng(seed)
+    resampled = arr[rng.integers(0, arr.size, size=(n_resamples, arr.size))]
+    stats = np.asarray(statistic(resampled, axis=1), dtype=np.float64)
+    alpha = (1.0 - confidence_level) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
 
 
 def summarize(table: pd.DataFrame, columns: list[str], seed: int = 0) -> dict[str, float]:
