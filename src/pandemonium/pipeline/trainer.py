@@ -9,6 +9,14 @@ MLflow/TensorBoard tracking, checkpoints and bit-exact resume.
 >>> result = trainer.fit(500)                                                    # doctest: +SKIP
 >>> result.best_patch.shape, result.best_metric                                   # doctest: +SKIP
 
+Results folder (``out_dir``)::
+
+    mlflow.db, mlartifacts/          default MLflow tracking (SQLite) and its artifacts
+    tensorboard/<run>/               TensorBoard events
+    checkpoints/last.pt              written atomically at every evaluation; fit(resume_from=...)
+    eval/eval_step<k>.parquet        per-sample evaluation table (+ .params.json: param types)
+    patch_last.{pt,png}, patch_best.{pt,png}, pipeline.yaml, plots/
+
 Hooks: ``on_step(trainer, step, logs)`` (after every optimiser step) and ``on_eval(trainer, step,
 eval_result)`` (after every evaluation and its checkpoint) as plain callables, or ``callbacks=[obj]``
 whose methods carry Lightning's names: ``on_fit_start(trainer)``, ``on_train_batch_end(trainer, step,
