@@ -12,6 +12,7 @@ import yaml
 from pandemonium.tracking.mlflow_utils import (
     MlflowUnreachableError,
     check_tracking_uri,
+    ensure_experiment,
     flatten_config,
     log_flat_params,
     resolve_tracking_uri,
@@ -82,7 +83,10 @@ def test_tensorboard_events_beside_the_database(tracked_fit):
 
 def test_child_run_inside_an_active_parent(tmp_path, tracked_fit):
     uri = tracked_fit[0].mlflow_uri  # reuse the module's database: creating one costs seconds
-    with use_tracking_uri(uri), mlflow.start_run(run_name="mode") as parent:
+    with use_tracking_uri(uri):
+        # the parent's experiment keeps artifacts in tmp_path (MLflow's Default one uses ./mlruns)
+        experiment = ensure_experiment("mode-parent", tmp_path / "parent-artifacts")
+    with use_tracking_uri(uri), mlflow.start_run(run_name="mode", experiment_id=experiment) as parent:
         trainer = make_trainer(tmp_path, mlflow=True, out_dir=tmp_path)
         result = trainer.fit(1)
         child = mlflow.MlflowClient().get_run(result.run_id)
@@ -90,6 +94,7 @@ def test_child_run_inside_an_active_parent(tmp_path, tracked_fit):
         assert mlflow.active_run().info.run_id == parent.info.run_id
     # the child went to the parent's store although its own default would be tmp_path/mlflow.db
     assert not (tmp_path / "mlflow.db").exists()
+    assert (tmp_path / "parent-artifacts").is_dir()
 
 
 def test_unreachable_uri_fails_at_start(tmp_path):
