@@ -110,6 +110,9 @@ def test_unreachable_uri_fails_at_start(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(MlflowUnreachableError, match="cannot open SQLite file"):
         check_tracking_uri(f"sqlite:///{blocker}/mlflow.db")
+    with pytest.raises(MlflowUnreachableError, match="not writable"):
+        check_tracking_uri(f"file://{blocker}/runs")
+    assert check_tracking_uri(f"file://{tmp_path}/runs") == f"file://{tmp_path}/runs"
 
 
 def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path, tracked_fit):
