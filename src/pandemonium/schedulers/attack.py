@@ -427,7 +427,9 @@ class AttackScheduler(AbstractBaseScheduler):
         patch_path = self.fm.construct_saving_path(obj=payload, key="patches", task_name=owner,
                                                    file_name="patch.pt")
         torch.save(payload, patch_path)
-        png = patch_path.with_suffix(".png")
+        # the PNG goes under `plots`, not beside the patch: `reuse.patches` takes the newest file there
+        png = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner,
+                                            file_name=f"{patch_path.stem}.png")
         from PIL import Image
 
         Image.fromarray((image_to_hwc(patch) * 255).round().astype("uint8")).save(png)
@@ -441,6 +443,7 @@ class AttackScheduler(AbstractBaseScheduler):
             struct.paths["patches"] = patch_path
             struct.paths["pipelines"] = pipe_path
             struct.paths[CURVES_KEY] = curves_path
+            struct.paths["plots"] = png
             if result.checkpoint is not None:
                 struct.paths["patch_checkpoints"] = Path(result.checkpoint)
         if self._tracking is not None:
@@ -494,7 +497,7 @@ class AttackScheduler(AbstractBaseScheduler):
             path = struct.paths.get(EVAL_SUMMARY_KEY)
             if path and Path(path).is_file():
                 summary = json.loads(Path(path).read_text())
-                out[f"{task}/{summary['metric']}"] = float(summary["rate"])
+                out[f"{task}/{summary['metric']}"] = as_float(summary.get("rate"))
         return out
 
     def finish(self) -> Any:
@@ -517,6 +520,11 @@ def _lightning_progress_off(cfg: DictConfig) -> Any:
     finally:
         with open_dict(node):
             node["enable_progress_bar"] = old
+
+
+def as_float(value: Any) -> float:
+    """A stored number as float; JSON ``null`` (an undefined rate, e.g. nothing to attack) is NaN."""
+    return float("nan") if value is None else float(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -638,6 +646,13 @@ class MultiTaskPipeline(torch.nn.Module):
                 sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             outputs[name], per_task[name] = pipe(x, control=control, evaluate=evaluate, params=sub)
         return outputs, {"per_task": per_task}
+
+    def get_description(self) -> str:
+        parts = [f"**{name}**:\n{pipe.get_description()}" for name, pipe in self.pipes.items()]
+        return "Universal patch, one pipeline per task:\n\n" + "\n\n".join(parts)
+
+    def to_config(self) -> dict[str, Any]:
+        return {name: pipe.to_config() for name, pipe in self.pipes.items()}
 
     def get_last_sample_as_dict(self) -> dict[str, Any]:
         merged = {}

@@ -11,13 +11,14 @@ scheduler plan, so an interrupted demo finishes with ``pandemonium demo continue
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pandemonium.schedulers.attack import EVAL_SUMMARY_KEY, AttackScheduler
+from pandemonium.schedulers.attack import EVAL_SUMMARY_KEY, AttackScheduler, as_float
 from pandemonium.schedulers.evaluate import EvaluateSteps, read_summary
 from pandemonium.schedulers.report import REPORT_KEY, ReportSteps
 
@@ -88,9 +89,9 @@ class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
             if not summary:
                 continue
             target = targets.get(task) or {}
-            rows.append({"task": task, "metric": summary["metric"], "rate": summary["rate"],
-                         "ci_low": summary.get("rate_ci_low"), "ci_high": summary.get("rate_ci_high"),
-                         "area": summary.get("patch_area_fraction"), "min": target.get("min")})
+            rows.append({"task": task, "metric": summary["metric"], "rate": as_float(summary.get("rate")),
+                         "ci_low": as_float(summary.get("rate_ci_low")), "ci_high": as_float(summary.get("rate_ci_high")),
+                         "area": as_float(summary.get("patch_area_fraction")), "min": target.get("min")})
         return rows
 
     def finish(self) -> Any:
@@ -107,8 +108,7 @@ class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
         lines += [f"TensorBoard : tensorboard --logdir {self.proj_path}", f"run folder  : {self.run_dir}", "",
                   "headline figures (held-out evaluation images, patched vs control, 95% CI):"]
         for row in rows:
-            area = f", patch = {100 * row['area']:.1f}% of the image" if row.get("area") == row.get("area") and \
-                row.get("area") is not None else ""
+            area = f", patch = {100 * row['area']:.1f}% of the image" if math.isfinite(row["area"]) else ""
             bar = ""
             if row.get("min") is not None:
                 bar = f"  [{'PASS' if row['rate'] >= row['min'] else 'BELOW'} target >= {row['min']}]"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,22 @@ __all__ = ["EvaluateScheduler", "EvaluateSteps", "TRANSFER_KEY", "read_summary",
 TRANSFER_KEY = "transfer"
 
 
-def _override(conditions: list[dict[str, Any]], suffix: str, fn: Any) -> list[dict[str, Any]]:
-    """A copy of recorded conditions with every param whose name ends in ``suffix`` replaced."""
+def _override(conditions: list[dict[str, Any]], stage: int, name: str, fn: Any) -> list[dict[str, Any]]:
+    """A copy of recorded conditions with the param ``name`` of the stage at position ``stage`` (for
+    every patch key: ``"<pos>_<Stage>/<name>"`` or ``"<pos>_<Stage>/<key>.<name>"``) replaced by ``fn(old)``."""
+    pattern = re.compile(rf"^{int(stage)}_[^/]+/(?:.+\.)?{re.escape(name)}$")
     out = []
     for batch in conditions:
         new = dict(batch)
         hit = False
         for key, value in batch.items():
-            if key.endswith(suffix):
+            if pattern.match(key):
                 arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
                 replaced = np.asarray(fn(arr), dtype=arr.dtype)
                 new[key] = torch.as_tensor(replaced, device=value.device) if isinstance(value, torch.Tensor) else replaced
                 hit = True
         if not hit:
-            raise KeyError(suffix)
+            raise KeyError(f"{stage}_*/{name}")
         out.append(new)
     return out
 
@@ -101,6 +104,7 @@ class EvaluateSteps:
     def check_evaluation_inputs(self) -> None:
         if not self.task_list:
             raise AttackConfigError(f"mode {self.cfg.mode.id!r}: task_list is empty")
+        self.check_evaluation_settings()
         self._check_reuse(list(self.task_list))
         missing_models = [t for t in self.task_list if self.model_path(self.get_struct(t)) is None]
         if missing_models and "train" not in self.subroutines:
@@ -113,7 +117,6 @@ class EvaluateSteps:
                 f"no stored patch for task(s) {', '.join(self.task_list)} in project {self.cfg.proj!r}: run "
                 "`pandemonium attack` first, or reuse.patches=<project>"
             )
-        self.check_evaluation_settings()
 
     def check_evaluation_settings(self) -> None:
         settings = self.evaluation_settings()
@@ -222,15 +225,16 @@ class EvaluateSteps:
                     base = evaluation.draw(patch)
                     for value in values:
                         try:
-                            if condition == "scale":
-                                conditions = _override(base, "/scale", lambda a, v=value: a * v)
-                            else:
-                                conditions = _override(base, "/tilt", lambda a, v=value: np.full_like(a, v))
-                                conditions = _override(conditions, "/axis_angle", lambda a: np.full_like(a, 90.0))
+                            if condition == "scale":  # the implanter is stage 0
+                                conditions = _override(base, 0, "scale", lambda a, v=value: a * v)
+                            else:  # the tilt stage right after it
+                                conditions = _override(base, 1, "tilt", lambda a, v=value: np.full_like(a, v))
+                                conditions = _override(conditions, 1, "axis_angle", lambda a: np.full_like(a, 90.0))
                         except KeyError as err:
                             raise AttackConfigError(
                                 f"robustness over {condition}: the evaluation pipeline of task {model_task!r} samples "
-                                f"no parameter ending in {err.args[0]!r} (preset {self.preset_for(struct).get('name')!r})"
+                                f"no parameter {err.args[0]!r} (preset {self.preset_for(struct).get('name')!r}; the "
+                                "first stage must be an implanter with a sampled scale)"
                             ) from None
                         evaluation.conditions = conditions
                         try:

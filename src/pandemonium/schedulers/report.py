@@ -25,6 +25,7 @@ from pandemonium.schedulers.attack import (
     AttackConfigError,
     AttackScheduler,
     artifact_id,
+    as_float,
     command_line,
     load_patch,
 )
@@ -50,10 +51,11 @@ def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
     """``quantity, mean, ci_low, ci_high, n`` for every summarised column of an evaluation summary."""
     rows = []
     for key, value in summary.items():
-        if f"{key}_ci_low" not in summary or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if f"{key}_ci_low" not in summary or isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
             continue
-        rows.append({"quantity": key, "mean": value, "ci_low": summary.get(f"{key}_ci_low"),
-                     "ci_high": summary.get(f"{key}_ci_high"), "n": summary.get(f"{key}_n")})
+        # JSON null is a mean over no samples (e.g. no detections to hide): shown as nan
+        rows.append({"quantity": key, "mean": as_float(value), "ci_low": as_float(summary.get(f"{key}_ci_low")),
+                     "ci_high": as_float(summary.get(f"{key}_ci_high")), "n": as_float(summary.get(f"{key}_n"))})
     return pd.DataFrame(rows, columns=["quantity", "mean", "ci_low", "ci_high", "n"])
 
 
@@ -115,7 +117,8 @@ class ReportSteps:
             metrics = {metric: summary.get("rate"), f"{metric} CI low": summary.get("rate_ci_low"),
                        f"{metric} CI high": summary.get("rate_ci_high"),
                        "patch area / image area": summary.get("patch_area_fraction")}
-            metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+            # an undefined rate (nothing to attack, e.g. a detector that finds nothing) shows as nan
+            metrics = {k: as_float(v) for k, v in metrics.items()}
         patch_note = f"patch of run {payload['run_dir']}" if payload.get("run_dir") else ""
         if payload.get("command"):
             patch_note += f", made by `{payload['command']}`"
