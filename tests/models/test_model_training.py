@@ -97,6 +97,7 @@ def test_train_test_predict_modes_share_the_stored_model(tiny_data_dir, tmp_path
     assert set(report["metrics"]) == {"iou", "dice", "pixel_accuracy"}
     iou = report["metrics"]["iou"]
     assert iou["low"] <= iou["value"] <= iou["high"] and iou["value"] == pytest.approx(mean_iou)
+    assert Path(report["plot"]).stat().st_size > 0
     table = pd.read_csv(tester.get_struct("shapes_seg").paths["test_metrics"].with_suffix(".csv"))
     assert sorted(table["metric"]) == ["dice", "iou", "pixel_accuracy"]
 

@@ -82,6 +82,11 @@ class TestScheduler(AbstractBaseScheduler):
             "monitor": monitor,
             "metrics": summary,
         }
+        plot_path = self.fm.construct_saving_path(obj=None, key="plots", task_name=task_name,
+                                                  file_name=f"{split}_metrics.png")
+        plot_metrics(summary, f"{task_name}: {split} split, {len(outputs['sample_ids'])} samples, "
+                     f"{int(confidence * 100)}% bootstrap CI", plot_path)
+        report["plot"] = str(plot_path)
         json_path = self.fm.construct_saving_path(obj=report, key=TEST_METRICS_KEY, task_name=task_name,
                                                   file_name=f"{split}_metrics.json")
         Path(json_path).write_text(json.dumps(report, indent=1))
@@ -108,3 +113,25 @@ class TestScheduler(AbstractBaseScheduler):
         """Mean of each task's monitored metric (a single number a sweep can optimise)."""
         values = [r[r["monitor"]] for r in self.results.values()]
         return float(np.mean(values)) if values else self.last_result
+
+
+def plot_metrics(summary: dict[str, dict[str, float]], title: str, path: str | Path) -> None:
+    """Horizontal bars of the metric values with their bootstrap intervals as whiskers (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    values = [summary[n]["value"] for n in names]
+    lower = [max(summary[n]["value"] - summary[n]["low"], 0.0) for n in names]
+    upper = [max(summary[n]["high"] - summary[n]["value"], 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.6 * len(names) + 1.2))
+    ax.barh(names, values, xerr=[lower, upper], color="#4c72b0", capsize=4)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3f}", va="center", ha="left", fontsize=9)
+    ax.set_xlim(0, max(1.0, max(values, default=1.0) * 1.15))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
