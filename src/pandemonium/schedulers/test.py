@@ -128,8 +128,8 @@ def plot_metrics(summary: dict[str, dict[str, float]], title: str, path: str | P
     upper = [max(summary[n]["high"] - summary[n]["value"], 0.0) for n in names]
     fig, ax = plt.subplots(figsize=(6, 0.6 * len(names) + 1.2))
     ax.barh(names, values, xerr=[lower, upper], color="#4c72b0", capsize=4)
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3f}", va="center", ha="left", fontsize=9)
+    for i, (v, up) in enumerate(zip(values, upper)):
+        ax.text(v + up, i, f"  {v:.3f}", va="center", ha="left", fontsize=9)
     ax.set_xlim(0, max(1.0, max(values, default=1.0) * 1.15))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
