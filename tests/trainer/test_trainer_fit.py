@@ -137,7 +137,7 @@ def test_early_stopping_and_unknown_metric(tmp_path):
     assert result.stopped_early and result.steps_run == 8
     # the plateau schedule watches the same (non-improving) metric: halved after the evaluation at step 4
     assert [h["lr"] for h in result.history] == [0.2] * 4 + [0.1] * 4
-    bad = make_trainer(tmp_path, early_stopping={"metric": "success", "mode": "max"})
+    bad = make_trainer(tmp_path, out_dir=tmp_path / "bad", early_stopping={"metric": "success", "mode": "max"})
     with pytest.raises(KeyError, match="'success' is not produced by the evaluation; available metrics: .*untargeted_success"):
         bad.fit(4)
 
@@ -216,3 +216,15 @@ def test_fit_steps_are_exactly_the_hand_written_loop(tmp_path):
         opt.step()
         patch.project_()
     assert torch.equal(result.patch, patch().detach())
+
+
+def test_finished_fit_is_not_overwritten_and_auto_resume_continues_it(tmp_path):
+    first = make_trainer(tmp_path, eval_every=2).fit(2)
+    with pytest.raises(FileExistsError, match="already holds a fit \\(last.pt at step 2\\); pass resume_from='auto'"):
+        make_trainer(tmp_path, eval_every=2).fit(4)
+    assert load_checkpoint(first.checkpoint_path)["step"] == 2  # untouched by the refused fit
+    continued = make_trainer(tmp_path, eval_every=2).fit(4, resume_from="auto")
+    assert continued.steps_run == 4 and len(continued.history) == 4
+    assert continued.history[:2] == first.history
+    fresh = make_trainer(tmp_path, eval_every=2).fit(2, overwrite=True)
+    assert fresh.history == first.history

@@ -530,14 +530,29 @@ class PatchTrainer:
         set_rng_state(state["rng"], self.pipeline, self.patch)
 
     # ------------------------------------------------------------------------------ fit
-    def fit(self, steps: int, resume_from: str | Path | None = None) -> FitResult:
+    def fit(self, steps: int, resume_from: str | Path | None = None, overwrite: bool = False) -> FitResult:
         """Train for ``steps`` optimiser steps in total (a resumed fit continues to the same total).
 
         Evaluates (and checkpoints) at step 0, every ``eval_every`` steps and at the end. A loss term
         that becomes NaN/inf raises :class:`NonFiniteLossError`; the last checkpoint stays on disk.
+
+        Args:
+            steps: total number of optimiser steps.
+            resume_from: a checkpoint to continue from, or ``"auto"``: this ``out_dir``'s checkpoint
+                if there is one (a fresh fit otherwise) -- what a re-run of an interrupted step wants.
+            overwrite: start afresh even though ``out_dir`` already holds a fit's checkpoint (by
+                default that is an error, so finished results are never overwritten by accident).
         """
         if steps < 1:
             raise ValueError(f"PatchTrainer.fit: steps must be >= 1, got {steps}")
+        if isinstance(resume_from, str) and resume_from == "auto":
+            resume_from = self.checkpoint_path if self.checkpoint_path.is_file() else None
+        if resume_from is None and not overwrite and self.checkpoint_path.is_file():
+            raise FileExistsError(
+                f"PatchTrainer.fit: {str(self.out_dir)!r} already holds a fit ({self.checkpoint_path.name} at "
+                f"step {load_checkpoint(self.checkpoint_path)['step']}); pass resume_from='auto' to continue it, "
+                "overwrite=True to start afresh, or another out_dir"
+            )
         start = time.perf_counter()
         self._reset_state()
         self._build(steps)
