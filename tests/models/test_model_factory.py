@@ -260,3 +260,14 @@ def test_trainer_settings_apply_task_type_overrides():
     assert trainer_settings(fast.trainer, "detection")["lightning"]["max_epochs"] == 1
     assert trainer_settings(fast.trainer, "semantic_segmentation")["lightning"]["max_epochs"] == 2
     assert trainer_settings(fast.trainer, "classification")["early_stopping"]["enabled"] is False
+
+
+def test_unreachable_mlflow_server_fails_before_training(tmp_path):
+    from pandemonium.models.training import make_loggers
+    from pandemonium.schedulers.errors import ConfigError
+
+    cfg = {"mlflow": {"enabled": True, "tracking_uri": "http://127.0.0.1:9"}, "tensorboard": {"enabled": False}}
+    with pytest.raises(ConfigError, match="127.0.0.1:9"):
+        make_loggers(cfg, tmp_path, tmp_path, "run")
+    ok = make_loggers({"mlflow": {"enabled": False}, "tensorboard": {"enabled": True}}, tmp_path, tmp_path, "run")
+    assert [type(x).__name__ for x in ok] == ["TensorBoardLogger"]

@@ -126,8 +126,18 @@ def make_loggers(logging_cfg: Any, out_dir: Path, save_dir: Path, run_name: str)
         loggers.append(TensorBoardLogger(save_dir=str(save_dir), name="tensorboard", version=run_name))
     mlflow_cfg = cfg.get("mlflow") or {}
     if mlflow_cfg.get("enabled", False):
+        from pandemonium.schedulers.errors import ConfigError
+        from pandemonium.tracking.mlflow_utils import (
+            MlflowUnreachableError,
+            check_tracking_uri,
+            resolve_tracking_uri,
+        )
+
         out_dir.mkdir(parents=True, exist_ok=True)
-        uri = mlflow_cfg.get("tracking_uri") or f"sqlite:///{(out_dir / 'mlflow.db').absolute()}"
+        try:  # fail before training, not after minutes of it, when the server is down
+            uri = check_tracking_uri(resolve_tracking_uri(mlflow_cfg.get("tracking_uri"), out_dir))
+        except MlflowUnreachableError as err:
+            raise ConfigError(f"logging.mlflow.tracking_uri: {err}") from None
         loggers.append(
             MLFlowLogger(
                 experiment_name=str(mlflow_cfg.get("experiment_name") or "pandemonium"),
