@@ -70,10 +70,11 @@ class ToyBrightness(PipelineBase):
 
 
 def toy_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, CLASSES)
-    )
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG state
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, CLASSES)
+        )
     return model.eval()
 
 

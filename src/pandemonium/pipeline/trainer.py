@@ -557,7 +557,8 @@ class PatchTrainer:
         self._reset_state()
         self._build(steps)
         if resume_from is not None:
-            state = load_checkpoint(resume_from, map_location=self.device)
+            # on CPU: RNG states must be CPU byte tensors; load_state_dict moves the rest to the patch
+            state = load_checkpoint(resume_from, map_location="cpu")
             self._restore(state)
             log.info("resumed from %s at step %d", resume_from, self.step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
