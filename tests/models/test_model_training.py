@@ -170,3 +170,22 @@ def test_cli_bad_model_is_one_line_naming_the_task(tiny_data_dir, tmp_path):
     error_lines = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert any("'shapes_cls'" in line and "no.such.Net" in line for line in error_lines), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_torchscript_model_imported_with_zero_epochs_then_tested(tiny_data_dir, tiny_structs, tmp_path):
+    """A pretrained TorchScript detector enters a project through `train` with 0 epochs."""
+    struct = tiny_structs["shapes_det"]
+    traced = torch.jit.trace(build_model(struct, TINY).eval(), torch.rand(1, 3, 32, 32), strict=False)
+    script_file = tmp_path / "detector.pt"
+    traced.save(str(script_file))
+    roots = (tiny_data_dir, tmp_path / "results")
+    extra = [f"model.torchscript={script_file}"]
+    trained, _ = run_mode("train", roots, "shapes_det", "ts",
+                          [*extra, "trainer.task_type_overrides.detection.lightning.max_epochs=0"])
+    model, meta = load_task_model(trained.get_struct("shapes_det"))
+    assert isinstance(model, torch.jit.ScriptModule) and meta["model_config"]["torchscript"]
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(x)["objectness"], traced(x)["objectness"])
+    tester, _ = run_mode("test", roots, "shapes_det", "ts", ["mode.bootstrap.n=5"])
+    report = json.loads(tester.get_struct("shapes_det").paths["test_metrics"].read_text())
+    assert set(report["metrics"]) == {"map50", "map"}
