@@ -171,3 +171,23 @@ def test_augment_stages_pass_check_stage(make):
     stage = make()
     stage.set_seed(0, 2)
     check_stage(stage, torch.rand(4, 3, 16, 16))
+
+
+def test_augment_visualisations_rerender_last_sample():
+    from pandemonium.pipeline.pipeline import Pipeline
+
+    class Writer:
+        def __init__(self):
+            self.images = {}
+
+        def add_images(self, tag, images, global_step=None):
+            self.images[tag] = images
+
+    pipe = Pipeline(KorniaAugment(SPEC), ViewingAngleTilt(max_tilt=30), seed=1)
+    x = torch.rand(3, 3, 16, 16)
+    writer = Writer()
+    result = pipe.evaluate(x, writer=writer, step=2, strict_visualizations=True)
+    assert set(writer.images) == {"KorniaAugment/before_after", "ViewingAngleTilt/before_after"}
+    grid = writer.images["ViewingAngleTilt/before_after"]
+    assert grid.shape == (6, 3, 16, 16)
+    assert torch.allclose(grid[3:], result["output"].clamp(0, 1))

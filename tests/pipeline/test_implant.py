@@ -240,13 +240,16 @@ def test_visualisations_and_description(bank_path):
         def add_images(self, tag, images, global_step=None):
             self.calls.append((tag, tuple(images.shape), global_step))
 
+    from pandemonium.pipeline.pipeline import Pipeline
+
     stage = RectangleImplanter(bank_path)
-    stage.set_seed(0, 0)
-    y, _ = stage(torch.rand(3, 3, 8, 8))
-    y_control, _ = stage(torch.rand(3, 3, 8, 8), control=True)
     writer = Writer()
-    stage.log_vizualizations(y, y_control, writer, 7, logging_to_mlflow=False)
+    stage.log_vizualizations(torch.rand(3, 3, 8, 8), None, writer, 0)  # nothing drawn yet: nothing logged
+    assert writer.calls == []
+    pipe = Pipeline(stage, seed=0)
+    result = pipe.evaluate(torch.rand(3, 3, 8, 8), writer=writer, step=7, strict_visualizations=True)
     assert writer.calls == [("RectangleImplanter/implanted_vs_control", (6, 3, 32, 32), 7)]
+    assert torch.equal(result["control_output"], stage.bank.images[result["kwargs"]["targets"]["image_index"]])
     assert "scenes.pt" in stage.get_description() and "6 train / 2 eval" in stage.get_description()
     from pandemonium.pipeline.fused import FusedImplantAugment
 

@@ -46,13 +46,24 @@ from pandemonium.pipeline.geometry import (
 )
 from pandemonium.pipeline.registry import register_stage
 
-__all__ = ["KorniaAugment", "ViewingAngleTilt", "seeded_global_rng", "build_kornia_augmentation"]
+__all__ = ["KorniaAugment", "ViewingAngleTilt", "seeded_global_rng", "build_kornia_augmentation", "log_before_after"]
 
 # A sampled Kornia parameter with more values than this per sample (e.g. RandomGaussianNoise's whole
 # noise image) is not stored value by value: the augmentation's 1-D sample is then its RNG seed, and
 # replay re-draws the identical tensor from it.
 MAX_EXPLICIT_VALUES = 16
 SEED_HIGH = 2**62
+
+
+def log_before_after(stage: PipelineBase, x: Any, writer: Any, step: int) -> None:
+    """Log up to 4 inputs of ``stage`` above the same inputs re-rendered with its last sample."""
+    last = stage._last_params
+    if writer is None or not last or not isinstance(x, Tensor) or x.ndim != 4:
+        return  # dict inputs: the per-key samples are prefixed; the pipeline logs the images downstream
+    with torch.no_grad():
+        after = stage.apply(x, last)
+    grid = torch.cat([x[:4], after[:4]], dim=0).detach().clamp(0, 1).float().cpu()
+    writer.add_images(f"{stage.name}/before_after", grid, global_step=step)
 
 
 @contextlib.contextmanager
@@ -218,6 +229,9 @@ class KorniaAugment(PipelineBase):
         for attr in set(vars(aug)) - self._fresh_attributes[i]:
             delattr(aug, attr)
 
+    def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow: bool = False) -> None:
+        log_before_after(self, x, writer, step)
+
     def get_description(self) -> str:
         augs = ", ".join(f"`{k}`" for k in self.aug_keys)
         return f"**{self.name}**: Kornia augmentations {augs} (exact replay)\n\nparams: `{self.params}`"
@@ -286,4 +300,7 @@ class ViewingAngleTilt(PipelineBase):
         warped = warp_homography(x, h_out2src, (height, width), padding_mode=self.padding_mode)
         applied = (params["tilt"] != 0).view(-1, 1, 1, 1)
         return torch.where(applied, warped, x)
+
+    def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow: bool = False) -> None:
+        log_before_after(self, x, writer, step)
 

@@ -324,9 +324,18 @@ class ImplanterBase(PipelineBase):
         )
 
     def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow: bool = False) -> None:
-        if isinstance(x, Tensor) and x.ndim == 4 and writer is not None:
-            grid = torch.cat([x[:4], x_control[:4]], dim=0) if isinstance(x_control, Tensor) else x[:8]
-            writer.add_images(f"{self.name}/implanted_vs_control", grid.detach().clamp(0, 1).cpu(), global_step=step)
+        """Up to 4 implanted scenes of the last batch above their control scenes (no patch).
+
+        ``x`` is this stage's input (the patches); the scenes are re-rendered from the last sample,
+        so nothing is drawn from the random stream.
+        """
+        if writer is None or not self._last_params or not isinstance(x, (Tensor, Mapping)):
+            return
+        with torch.no_grad():
+            implanted, _ = self.apply(x, self._last_params)
+            control, _ = self.apply(x, self._last_params, control=True)
+        grid = torch.cat([implanted[:4], control[:4]], dim=0).detach().clamp(0, 1).float().cpu()
+        writer.add_images(f"{self.name}/implanted_vs_control", grid, global_step=step)
 
     def validate(self, x) -> bool:
         ok = super().validate(x)
