@@ -271,3 +271,15 @@ def test_unreachable_mlflow_server_fails_before_training(tmp_path):
         make_loggers(cfg, tmp_path, tmp_path, "run")
     ok = make_loggers({"mlflow": {"enabled": False}, "tensorboard": {"enabled": True}}, tmp_path, tmp_path, "run")
     assert [type(x).__name__ for x in ok] == ["TensorBoardLogger"]
+
+
+def test_routes_can_be_set_in_code_and_reset():
+    before = CONFIGS_ROUTES[TaskType.CLASSIFICATION]
+    CONFIGS_ROUTES[TaskType.CLASSIFICATION] = {"loss": "binary_cross_entropy", "metrics": "classification"}
+    try:
+        assert type(build_loss("classification")).__name__ == "MultilabelLoss"
+    finally:
+        del CONFIGS_ROUTES[TaskType.CLASSIFICATION]
+    assert CONFIGS_ROUTES[TaskType.CLASSIFICATION] == before
+    with pytest.raises(Exception, match="exactly the keys"):
+        CONFIGS_ROUTES[TaskType.CLASSIFICATION] = {"loss": "cross_entropy"}

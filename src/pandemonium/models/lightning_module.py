@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,25 @@ def load_group_config(group: str, name: str) -> dict[str, Any]:
     raise ConfigError(f"no config {group}/{name}.yaml in {[str(p) for p in config_search_path()]}")
 
 
-class _Routes(Mapping):
-    """Read-through view on the two ``defaults.yaml`` files (so task types registered later are found)."""
+class _Routes(MutableMapping):
+    """Task type -> ``{"loss", "metrics"}`` config names.
+
+    Entries set in code (``CONFIGS_ROUTES[my_type] = {...}``, e.g. by a plugin that registers a task
+    type) win; everything else is read through from ``configs/{loss,metrics}/defaults.yaml`` (user
+    config folder first), so editing those files needs no code.
+    """
+
+    def __init__(self) -> None:
+        self._registered: dict[Any, dict[str, str]] = {}
+
+    @staticmethod
+    def _key(task_type: Any) -> TaskType:
+        return TaskType(getattr(task_type, "value", task_type))
 
     def __getitem__(self, task_type: Any) -> dict[str, str]:
-        task_type = TaskType(getattr(task_type, "value", task_type))
+        task_type = self._key(task_type)
+        if task_type in self._registered:
+            return dict(self._registered[task_type])
         loss = load_group_config("loss", "defaults")
         metrics = load_group_config("metrics", "defaults")
         if task_type.value not in loss or task_type.value not in metrics:
@@ -68,15 +82,24 @@ class _Routes(Mapping):
             )
         return {"loss": str(loss[task_type.value]), "metrics": str(metrics[task_type.value])}
 
+    def __setitem__(self, task_type: Any, route: Mapping[str, str]) -> None:
+        if set(route) != {"loss", "metrics"}:
+            raise ConfigError(f"CONFIGS_ROUTES entry must have exactly the keys 'loss' and 'metrics', got {dict(route)}")
+        self._registered[self._key(task_type)] = {"loss": str(route["loss"]), "metrics": str(route["metrics"])}
+
+    def __delitem__(self, task_type: Any) -> None:
+        del self._registered[self._key(task_type)]
+
     def __iter__(self):
-        return iter([t for t in TaskType if t.value in load_group_config("loss", "defaults")])
+        listed = load_group_config("loss", "defaults")
+        return iter([t for t in TaskType if t in self._registered or t.value in listed])
 
     def __len__(self) -> int:
         return len(list(iter(self)))
 
 
 #: TaskType -> {"loss": <name in configs/loss>, "metrics": <name in configs/metrics>}
-CONFIGS_ROUTES: Mapping[Any, dict[str, str]] = _Routes()
+CONFIGS_ROUTES: MutableMapping[Any, dict[str, str]] = _Routes()
 
 
 def _import(target: str) -> Any:
