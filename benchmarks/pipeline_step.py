@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--modes", default="fused,kornia", help="comma-separated pipelines to time against bare")
+    parser.add_argument("--plot", default=None, help="write a PNG of the per-step times (all rounds) here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -228,7 +229,34 @@ def main(argv: list[str] | None = None) -> int:
             f"{memory[name] / 2**20:11.1f}  {flag}"
         )
     print("ratios: " + ", ".join(f"{m}/bare={median[m] / median['bare']:.2f}" for m in modes))
+    if args.plot:
+        plot_times(times, median, Path(args.plot), f"{device}, {torch.get_num_threads()} threads")
+        print(f"plot: {args.plot}")
     return 0 if ok else 1
+
+
+def plot_times(times: dict[str, list[float]], median: dict[str, float], path: Path, where: str) -> None:
+    """Every round's step time per mode, with the median and the target line (``bare`` x target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(times)
+    for i, name in enumerate(names):
+        ms = [t * 1e3 for t in times[name]]
+        ax.scatter([i] * len(ms), ms, alpha=0.5, s=12)
+        ax.hlines(median[name] * 1e3, i - 0.3, i + 0.3, color="black")
+        if name in TARGETS:
+            ax.hlines(median["bare"] * TARGETS[name] * 1e3, i - 0.3, i + 0.3, color="red", linestyles="dashed")
+    ax.set_xticks(range(len(names)), [f"{n}\n{median[n] / median['bare']:.2f}x" for n in names])
+    ax.set_ylabel("ms per step")
+    ax.set_title(f"pipeline step vs bare model ({where}); red: target")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
