@@ -283,3 +283,12 @@ def test_routes_can_be_set_in_code_and_reset():
     assert CONFIGS_ROUTES[TaskType.CLASSIFICATION] == before
     with pytest.raises(Exception, match="exactly the keys"):
         CONFIGS_ROUTES[TaskType.CLASSIFICATION] = {"loss": "cross_entropy"}
+
+
+def test_root_device_setting_reaches_the_trainer():
+    from pandemonium.models.training import lightning_device_kwargs, resolve_device
+
+    assert lightning_device_kwargs("auto", {}) == {}
+    assert lightning_device_kwargs("cpu", {}) == {"accelerator": "cpu", "devices": 1}
+    assert lightning_device_kwargs("cuda:1", {}) == {"accelerator": "gpu", "devices": [1]}
+    assert resolve_device("cpu").type == "cpu"

@@ -214,8 +214,8 @@ def fit(
             )
         )
     trainer_kwargs = dict(settings.get("lightning") or {})
-    trainer_kwargs.update({k: v for k, v in lightning_device_kwargs(device, trainer_kwargs).items()
-                           if k not in (plain(trainer_cfg) or {}).get("lightning", {})})
+    if trainer_kwargs.get("accelerator", "auto") == "auto":  # an explicit trainer accelerator wins over `device`
+        trainer_kwargs.update(lightning_device_kwargs(device, trainer_kwargs))
     if log_every_n_steps:
         trainer_kwargs.setdefault("log_every_n_steps", int(log_every_n_steps))
     if trainer_kwargs.get("deterministic") is True and resolve_device(device).type == "cuda":
