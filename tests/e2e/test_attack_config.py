@@ -192,3 +192,19 @@ def test_robustness_override_touches_only_the_named_stage_param():
     assert conditions[0]["0_FusedImplantAugment/scale"].tolist() == [1.0, 2.0]  # recorded conditions untouched
     with pytest.raises(KeyError, match="1_\\*/tilt"):
         _override(conditions, 1, "tilt", lambda a: a)
+
+
+def test_target_class_outside_the_task_is_refused(roots):
+    cfg = compose("attack", roots, "task_list=[fake_cls]", "attack.presets.classification.target_class=5")
+    with pytest.raises(AttackConfigError, match=r"target_class 5 does not exist in task 'fake_cls', which has 2 classes \(dark, bright\)"):
+        AttackScheduler(cfg).run()
+    assert _no_work_done(roots)
+
+
+def test_demo_config_targets_star_with_a_patch_under_a_tenth_of_the_image(roots):
+    cfg = compose("demo", roots)
+    preset = select_preset(cfg.attack, "shapes_cls", "classification")
+    assert preset["target_class"] == 3 and preset["loss"]["losses"][0]["target_class"] == 3
+    c, h, w = patch_shape_for(preset, (64, 64), 3, "shapes_cls")
+    assert h * w / (64 * 64) <= 0.1 and preset["steps"] == 150
+    assert list(cfg.task_list) == ["shapes_cls", "shapes_det"]

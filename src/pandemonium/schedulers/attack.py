@@ -287,6 +287,12 @@ class AttackScheduler(AbstractBaseScheduler):
             for struct in structs:
                 preset = self.preset_for(struct)
                 patch_shape_for(preset, struct.image_size, struct.channels, struct.name)
+                target = preset.get("target_class")
+                if target is not None and struct.num_classes and not 0 <= int(target) < struct.num_classes:
+                    raise AttackConfigError(
+                        f"attack preset {preset.get('name')!r}: target_class {target} does not exist in task "
+                        f"{struct.name!r}, which has {struct.num_classes} classes ({', '.join(struct.class_names)})"
+                    )
         if self.universal:
             channels = {s.channels for s in structs}
             if len(channels) != 1:
