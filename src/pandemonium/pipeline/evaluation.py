@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,8 +493,6 @@ class FixedEvaluation:
         last stage) in ``EvalResult.images``; with a TensorBoard ``writer`` the first batch runs
         through ``pipeline.evaluate(..., writer=...)`` so each stage logs its visualisations.
         """
-        import time
-
         start = time.perf_counter()
         conditions = self.draw(patch)
         frames = []
@@ -564,7 +563,8 @@ class FixedEvaluation:
     @staticmethod
     def value_columns(table: pd.DataFrame) -> list[str]:
         """The columns that get means and CIs: loss terms and task metrics (not ids, preds or params)."""
-        skip = {"step", "eval_index", "eval_batch", "row_in_batch", "pred_patch", "pred_control"}
+        skip = {"step", "eval_index", "eval_batch", "row_in_batch"}
         return [c for c in table.columns
                 if c not in skip and not str(c).startswith(PARAM_PREFIX)
+                and not str(c).endswith(("pred_patch", "pred_control"))  # class ids, also "<model>.pred_*"
                 and pd.api.types.is_numeric_dtype(table[c])]
