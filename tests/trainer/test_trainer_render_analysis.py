@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pandemonium.pipeline.analysis import param_importance, plot_metric_vs_param
+from pandemonium.pipeline.analysis import failure_report, param_importance, plot_metric_vs_param
 from pandemonium.pipeline.evaluation import final_stage_input, load_table, render_row
 
 from .test_trainer_fit import make_trainer
@@ -75,3 +75,14 @@ def test_param_importance_finds_the_driving_param(tmp_path):
 
     out = plot_metric_vs_param(table, "scale", "total_delta", tmp_path / "plots" / "scale.png", bins=4)
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_failure_report_on_a_real_evaluation_table(tmp_path):
+    trainer = make_trainer(tmp_path, num_eval=24, eval_batch_size=12)
+    table = trainer.evaluate(step=0).table
+    paths = failure_report(table, tmp_path / "report", metric="target_patch", top=2)
+    importance = pd.read_csv(paths["importance"], index_col="param")
+    assert set(importance.index) == {"0_ToyImplant/image", "0_ToyImplant/offset_0", "0_ToyImplant/offset_1",
+                                     "1_ToyBrightness/shift"}
+    plots = [p for k, p in paths.items() if k != "importance"]
+    assert len(plots) == 2 and all(p.is_file() for p in plots)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pandemonium.pipeline.evaluation import PARAM_PREFIX, bootstrap_ci
 
-__all__ = ["numeric_params", "param_importance", "plot_metric_vs_param"]
+__all__ = ["failure_report", "numeric_params", "param_importance", "plot_metric_vs_param"]
 
 
 def _column(table: pd.DataFrame, name: str) -> str:
@@ -132,3 +132,22 @@ def plot_metric_vs_param(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def failure_report(
+    table: pd.DataFrame, out_dir: str | Path, metric: str = "total_delta", top: int = 3, seed: int = 0
+) -> dict[str, Path]:
+    """Permutation importance of the sampled params for ``metric`` (``importance.csv``) and a
+    metric-vs-param plot for each of the ``top`` most important params, written to ``out_dir``.
+
+    Returns ``{"importance": csv path, <param>: plot path, ...}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    importance = param_importance(table, metric, seed=seed)
+    paths: dict[str, Path] = {"importance": out_dir / "importance.csv"}
+    importance.to_csv(paths["importance"], index_label="param")
+    for param in list(importance.index[:top]):
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in param)
+        paths[param] = plot_metric_vs_param(table, param, metric, out_dir / f"{metric}_vs_{safe}.png", seed=seed)
+    return paths
