@@ -8,6 +8,7 @@ from pandemonium.pipeline.geometry import (
     focal_from_fov,
     homography_from_quads,
     homography_grid,
+    invert_affine,
     luminance,
     quad_to_box,
     region_mean,
@@ -74,6 +75,25 @@ def test_rotation_about_centre_keeps_centre_fixed():
     pts = apply_homography_to_points(m, torch.tensor([[[10.0, 5.0], [11.0, 5.0]]]))
     assert torch.allclose(pts[0, 0], centre[0], atol=1e-5)
     assert torch.allclose(pts[0, 1], torch.tensor([10.0, 7.0]), atol=1e-5)
+
+
+def test_invert_affine_matches_linalg_and_keeps_bottom_row():
+    m = rotation_shear_scale_matrix(
+        torch.tensor([30.0, -80.0]), torch.tensor([1.5, 0.7]), torch.tensor([10.0, 0.0]),
+        torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[1.0, -2.0], [5.0, 5.0]]),
+    )
+    inv = invert_affine(m)
+    assert torch.allclose(inv, torch.linalg.inv(m), atol=1e-5)
+    assert inv[:, 2].tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+
+
+def test_affine_and_projective_grids_agree_on_affine_input():
+    m = rotation_shear_scale_matrix(torch.tensor([20.0]), torch.tensor([1.2]), None, torch.tensor([[8.0, 8.0]]))
+    fast = homography_grid(m, (6, 7), (16, 16))
+    nudged = m.clone()
+    nudged[:, 2, 2] = 1.0 + 1e-6  # forces the general (dividing) path
+    slow = homography_grid(nudged, (6, 7), (16, 16))
+    assert torch.allclose(fast, slow, atol=1e-4)
 
 
 def test_tilt_quad_zero_is_identity_and_tilt_foreshortens():

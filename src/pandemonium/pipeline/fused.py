@@ -37,6 +37,7 @@ from pandemonium.pipeline.geometry import (
     box_to_source_homography,
     crop_windows,
     homography_from_quads,
+    invert_affine,
     paste_windows,
     quad_to_box,
     rotation_shear_scale_matrix,
@@ -248,7 +249,7 @@ class FusedImplantAugment(ImplanterBase):
             to_patch = homography_from_quads(quad, unit_quad(h, w, quad.shape[0], quad.device, quad.dtype))
         else:
             to_patch = box_to_source_homography(box, patch_hw)
-        h_img2patch = to_patch @ torch.linalg.inv(affine)
+        h_img2patch = to_patch @ invert_affine(affine)
         return h_img2patch, quad_to_box(apply_homography_to_points(affine, quad))
 
     # ------------------------------------------------------------ photometrics

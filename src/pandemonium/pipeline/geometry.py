@@ -46,6 +46,7 @@ __all__ = [
     "paste_windows",
     "translate_homography",
     "rotation_shear_scale_matrix",
+    "invert_affine",
     "apply_homography_to_points",
     "tilt_quad",
     "luminance",
@@ -129,19 +130,17 @@ def homography_grid(h_out2src: torch.Tensor, out_hw: tuple[int, int], source_hw:
     m = _normalise_source(h_out2src, source_hw)
     ys = torch.arange(height, device=device, dtype=dtype) + 0.5
     xs = torch.arange(width, device=device, dtype=dtype) + 0.5
-    # grid_y/grid_x as broadcast planes: x' = m00 x + m01 y + m02 etc. without building a (HW, 3) tensor
-    gx = xs.view(1, 1, width)
-    gy = ys.view(1, height, 1)
-    m = m.view(-1, 9, 1, 1)
-    num_x = m[:, 0] * gx + m[:, 1] * gy + m[:, 2]
-    num_y = m[:, 3] * gx + m[:, 4] * gy + m[:, 5]
-    den = m[:, 6] * gx + m[:, 7] * gy + m[:, 8]
+    pixels = torch.stack(
+        [xs.repeat(height), ys.repeat_interleave(width), torch.ones(height * width, device=device, dtype=dtype)], -1
+    )
+    # One batched matmul maps every pixel; few large ops matter more than few FLOPs here, because each
+    # large op is a parallel region (and a kernel launch on a GPU).
+    mapped = torch.matmul(pixels, m.transpose(1, 2)).view(-1, height, width, 3)
+    if bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12)):
+        return mapped[..., :2]  # affine: w == 1 everywhere
+    den = mapped[..., 2:]
     valid = den > 1e-8
-    safe = torch.where(valid, den, torch.ones_like(den))
-    outside = torch.full_like(den, 2.0)
-    grid_x = torch.where(valid, num_x / safe, outside)
-    grid_y = torch.where(valid, num_y / safe, outside)
-    return torch.stack([grid_x, grid_y], dim=-1)
+    return torch.where(valid, mapped[..., :2] / den.clamp_min(1e-8), torch.full_like(den, 2.0))
 
 
 def warp_homography(
@@ -167,10 +166,10 @@ def warp_patch(
     """
     b, c, h, w = patch.shape
     if alpha is None:
-        alpha_b = patch.new_ones(b, 1, h, w)
+        source = torch.cat([patch, patch.new_ones(b, 1, h, w)], dim=1)
     else:
         alpha_b = alpha.reshape(-1, 1, h, w).to(patch.dtype).expand(b, 1, h, w)
-    source = torch.cat([patch * alpha_b, alpha_b], dim=1)
+        source = torch.cat([patch * alpha_b, alpha_b], dim=1)
     warped = warp_homography(source, h_img2patch.to(patch.dtype), out_hw)
     return warped[:, :c], warped[:, c:]
 
@@ -181,7 +180,7 @@ def composite(
     """``images`` under a premultiplied layer; ``gain`` ``(B,)`` scales the layer's colour (lighting)."""
     if gain is not None:
         premultiplied = premultiplied * gain.view(-1, 1, 1, 1)
-    return images * (1.0 - coverage) + premultiplied
+    return torch.addcmul(premultiplied, images, 1.0 - coverage)
 
 
 def warp_composite(
@@ -289,6 +288,24 @@ def rotation_shear_scale_matrix(
         ty = ty + translation[:, 1]
     return torch.stack(
         [torch.stack([m00, m01, tx], -1), torch.stack([m10, m11, ty], -1), torch.stack([zero, zero, one], -1)], -2
+    )
+
+
+def invert_affine(m: Tensor) -> Tensor:
+    """Closed-form inverse of ``(B, 3, 3)`` affine matrices; the bottom row stays exactly (0, 0, 1),
+    which keeps :func:`homography_grid` on its cheaper affine path."""
+    a, b, tx = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    c, d, ty = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack(
+        [
+            torch.stack([ia, ib, -(ia * tx + ib * ty)], -1),
+            torch.stack([ic, id_, -(ic * tx + id_ * ty)], -1),
+            torch.stack([zero, zero, one], -1),
+        ],
+        -2,
     )
 
 

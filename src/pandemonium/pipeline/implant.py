@@ -288,14 +288,14 @@ class ImplanterBase(PipelineBase):
             size = (height, width)
         scene = crop_windows(images, origin, size)
         out = scene
-        coverage_total = torch.zeros_like(scene[:, :1])
+        coverage_total = torch.zeros_like(scene[:, :1]) if len(patches) > 1 else None
         scene_lum = luminance(scene) if self.match_brightness and not control else None
         for key, patch in patches.items():
             h_img2patch, _ = placed[key]
             premultiplied, coverage = warp_patch(
                 patch, self._alpha_for(patch), translate_homography(h_img2patch, origin), size
             )
-            coverage_total = torch.maximum(coverage_total, coverage.detach())
+            coverage_total = coverage.detach() if len(patches) == 1 else torch.maximum(coverage_total, coverage.detach())
             if control:
                 continue
             gain = None
