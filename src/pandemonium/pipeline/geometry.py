@@ -171,7 +171,9 @@ def warp_patch(
         alpha_b = alpha.reshape(-1, 1, h, w).to(patch.dtype).expand(b, 1, h, w)
         source = torch.cat([patch * alpha_b, alpha_b], dim=1)
     warped = warp_homography(source, h_img2patch.to(patch.dtype), out_hw)
-    return warped[:, :c], warped[:, c:]
+    # coverage depends only on alpha and the pose, never on patch pixels: detached, autograd skips a
+    # whole backward branch through it
+    return warped[:, :c], warped[:, c:].detach()
 
 
 def composite(
