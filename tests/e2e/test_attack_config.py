@@ -206,5 +206,16 @@ def test_demo_config_targets_star_with_a_patch_under_a_tenth_of_the_image(roots)
     preset = select_preset(cfg.attack, "shapes_cls", "classification")
     assert preset["target_class"] == 3 and preset["loss"]["losses"][0]["target_class"] == 3
     c, h, w = patch_shape_for(preset, (64, 64), 3, "shapes_cls")
-    assert h * w / (64 * 64) <= 0.1 and preset["steps"] == 150
+    assert h * w / (64 * 64) <= 0.1 and preset["steps"] == 100
     assert list(cfg.task_list) == ["shapes_cls", "shapes_det"]
+
+
+def test_stored_patch_is_judged_by_its_own_target_class(roots):
+    from pandemonium.schedulers.attack import with_patch_target
+
+    cfg = compose("attack", roots)
+    preset = select_preset(cfg.attack, "shapes_cls", "classification")
+    aimed = with_patch_target(preset, {"presets": {"shapes_cls": {"target_class": 3}}}, "shapes_cls")
+    assert aimed["target_class"] == 3 and aimed["loss"]["losses"][0]["target_class"] == 3
+    assert preset["target_class"] == 0  # the configured preset is not modified
+    assert with_patch_target(preset, {"presets": {"other": {"target_class": 3}}}, "shapes_cls")["target_class"] == 0

@@ -151,10 +151,36 @@ def test_mlflow_has_one_parent_run_with_tagged_children(demo, cli):
     by_name = {r.info.run_name: r for r in children}
     for task in ("shapes_cls", "shapes_det"):
         summary = json.loads(Path(structs[task]["eval_summaries"]).read_text())
+        assert by_name[f"train_{task}_fold0"].data.tags["model_id"] == summary["model_id"]  # adopted
         for name in (f"attack/{task}", f"evaluate/{task}"):
             tags = by_name[name].data.tags
             assert tags["task"] == task, name
             assert tags["model_id"] == summary["model_id"] and tags["patch_id"] == summary["patch_id"], name
+
+
+def test_evaluate_and_report_modes_reproduce_the_demo_figures(demo, cli):
+    """The standalone modes on the demo's project: same seed, same fixed conditions, same numbers."""
+    _, run_dir = demo
+    demo_transfer = pd.read_csv(_structs(run_dir)["shapes_cls"]["transfer"])
+    # the demo's settings: its fixed conditions and its classification target ("star")
+    sweeps = [o for o in TINY_EVAL if not o.startswith("mode.num_examples")]
+    proc = cli("evaluate", "proj=e2e", "logging.mlflow.enabled=false", "attack.presets.classification.target_class=3",
+               *sweeps)
+    check(proc, "evaluate mode")
+    eval_run = cli.runs("e2e")[-1]
+    structs = _structs(eval_run)
+    transfer = pd.read_csv(structs["shapes_cls"]["transfer"])
+    assert structs["shapes_cls"]["transfer"] != _structs(run_dir)["shapes_cls"]["transfer"]  # a new file
+    pd.testing.assert_frame_equal(transfer, demo_transfer)
+
+    proc = cli("report", "proj=e2e", "logging.mlflow.enabled=false")
+    check(proc, "report mode")
+    report = Path(_structs(cli.runs("e2e")[-1])["shapes_cls"]["reports"])
+    assert report.name == "report_0001.html" and f"report: {report}" in proc.stdout
+    tables, _ = extract_numbers(dump_dom(report))
+    for row in transfer.itertuples():
+        assert _same(tables["transfer"][f"{row.patch_id}/{row.model_id}"]["rate"], row.rate)
+    assert "pandemonium report" in report.read_text() and "proj=e2e" in report.read_text()
 
 
 def _wait_for(predicate, timeout: float, proc) -> bool:

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pandemonium.schedulers.base import AbstractBaseScheduler
-from pandemonium.schedulers.errors import ConfigError, PandemoniumError
+from pandemonium.schedulers.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,27 @@ def _fill_target_class(spec: Any, target_class: int) -> Any:
     if isinstance(spec, list):
         return [_fill_target_class(v, target_class) for v in spec]
     return spec
+
+
+def _set_target_class(spec: Any, target_class: int) -> Any:
+    """Every ``target_class`` entry of a loss spec set to ``target_class``."""
+    if isinstance(spec, Mapping):
+        return {k: (target_class if k == "target_class" else _set_target_class(v, target_class)) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_set_target_class(v, target_class) for v in spec]
+    return spec
+
+
+def with_patch_target(preset: Mapping[str, Any], patch_payload: Mapping[str, Any], task_name: str) -> dict[str, Any]:
+    """The preset a stored patch is evaluated with on ``task_name``: the configured one, but aiming at
+    the target class the patch was fitted for on that task (a patch is judged by its own goal)."""
+    stored = (patch_payload.get("presets") or {}).get(task_name) or {}
+    preset = dict(preset)
+    if stored.get("target_class") is not None and preset.get("target_class") is not None:
+        target = int(stored["target_class"])
+        preset["target_class"] = target
+        preset["loss"] = _set_target_class(preset.get("loss"), target)
+    return preset
 
 
 def _loss_targets(spec: Any) -> list[str]:
@@ -387,6 +408,10 @@ class AttackScheduler(AbstractBaseScheduler):
             result = TrainScheduler.train_task(self, task_name)
         struct.paths["models"] = Path(result["path"])
         self.results.pop(task_name, None)
+        if self._tracking is not None:
+            fold = int(OmegaConf.select(self.cfg, "fold", default=0) or 0)
+            self._tracking.adopt(f"train_{task_name}_fold{fold}", task=task_name,
+                                 model_id=artifact_id(result["path"]))
         return {"model": result["path"], "trained": True,
                 **{k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
@@ -557,9 +582,6 @@ def command_line() -> str:
         args[0] = "pandemonium"
     return " ".join(args)
 
-
-def user_error(message: str) -> PandemoniumError:
-    return AttackConfigError(message)
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -822,11 +844,6 @@ def load_patch(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def eval_stage_configs(patch_payload: Mapping[str, Any], struct: Any, preset: Mapping[str, Any], data_dir: str,
-                       fold: int = 0) -> list[dict[str, Any]]:
-    """The stages a patch is evaluated with on ``struct``: the preset's stages for that task."""
-    return stage_configs(preset, struct, data_dir, fold)
-
 
 def predictions_for_report(outputs: Any, task_type: str, class_names: Sequence[str],
                            threshold: float = 0.5) -> list[dict[str, Any]]:
@@ -875,6 +892,7 @@ def evaluate_stored_patch(scheduler: AttackScheduler, struct: Any, model: Any, p
 
     cfg = scheduler.cfg
     payload = load_patch(patch_path)
+    preset = with_patch_target(preset, payload, struct.name)
     patch = payload["patch"].float()
     if patch.shape[0] != struct.channels:
         raise AttackConfigError(
@@ -1020,6 +1038,29 @@ class ModeTracking:
         client.set_tag(run_id, "task", ",".join(tasks))
         client.set_tag(run_id, "model_id", ",".join(models))
         client.set_tag(run_id, "patch_id", patch)
+
+    def adopt(self, run_name: str, **tags: str) -> None:
+        """Make the runs named ``run_name`` that started during this mode run (e.g. the Lightning
+        logger's training run, which opens its own top-level run) children of the parent run."""
+        if not self.enabled or not self.run_id:
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        try:
+            parent = client.get_run(self.run_id)
+            found = client.search_runs(
+                [parent.info.experiment_id],
+                filter_string=f"attributes.run_name = '{run_name}' and attributes.start_time >= {parent.info.start_time}",
+            )
+            for run in found:
+                if run.info.run_id == self.run_id or "mlflow.parentRunId" in run.data.tags:
+                    continue
+                client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
+                for key, value in tags.items():
+                    client.set_tag(run.info.run_id, key, str(value))
+        except Exception as err:  # noqa: BLE001 - tidying the run tree must never fail a finished step
+            log.warning("MLflow: could not attach run %s to the mode's parent run: %s", run_name, err)
 
     def log_evaluation(self, task: str, summary: Mapping[str, Any]) -> None:
         """A child run ``evaluate/<task>`` with the headline rate, its CI and the ids as tags."""

@@ -38,6 +38,7 @@ from pandemonium.schedulers.attack import (
     load_patch,
     stage_configs,
     success_metric,
+    with_patch_target,
 )
 from pandemonium.tracking.transfer import (
     robustness_curve,
@@ -151,6 +152,11 @@ class EvaluateSteps:
                                      target_class=preset.get("target_class"))
         return evaluation, struct, success_metric(preset, struct.task_type.value)
 
+    def _aim(self, evaluation: Any, path: Path, struct: Any) -> None:
+        """Targeted success counts hits on the class the patch was fitted for on this task, if any."""
+        preset = with_patch_target(self.preset_for(struct), load_patch(path), struct.name)
+        evaluation.target_class = preset.get("target_class")
+
     def _patch_tensor(self, path: Path, struct: Any) -> torch.Tensor | None:
         patch = load_patch(path)["patch"].float()
         if patch.shape[0] != struct.channels:
@@ -184,6 +190,7 @@ class EvaluateSteps:
                 patch = self._patch_tensor(path, struct)
                 if patch is None:
                     continue
+                self._aim(evaluation, path, struct)
                 result = evaluation.run(patch, step=0)
                 frames.append(self._records(result.table, metric, patch_id=patch_id, model_id=model_id,
                                             patch_task=path.parent.name, model_task=model_task, metric=metric))
@@ -222,6 +229,7 @@ class EvaluateSteps:
                     patch = self._patch_tensor(path, struct)
                     if patch is None:
                         continue
+                    self._aim(evaluation, path, struct)
                     base = evaluation.draw(patch)
                     for value in values:
                         try:
