@@ -950,11 +950,11 @@ def collect_examples(pipeline: Any, patch: Any, params: Mapping[str, Any], struc
 
     targets = kw_p.get("targets") or {}
     truth: list[str] = []
-    if "class" in targets:
+    if task_type == "detection" and "boxes" in targets:
+        truth = [f"{len(b)} object(s)" for b in list(targets["boxes"])[:n]]
+    elif task_type == "classification" and "class" in targets:
         truth = [struct.class_names[int(c)] if int(c) < len(struct.class_names) else str(int(c))
                  for c in torch.as_tensor(targets["class"])[:n].tolist()]
-    elif "boxes" in targets:
-        truth = [f"{len(b)} object(s)" for b in list(targets["boxes"])[:n]]
     # the share of the image the patch covers, from the implanter's coverage mask (exact under rotation
     # and perspective, unlike the bounding box)
     patch_mask = targets.get("patch_mask")
