@@ -130,6 +130,10 @@ def _error(message: str, code: int = 2) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point. Returns (and exits with) the exit code."""
+    # OpenMP threads that spin while waiting slow a shared or oversubscribed CPU down several-fold
+    # (data workers, other jobs); passive waiting costs little on an idle machine. libgomp reads this
+    # when torch is first imported, which happens later (lazily), so setting it here takes effect.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         code = _main(list(sys.argv[1:] if argv is None else argv))
     except BrokenPipeError:  # `pandemonium --help | head`: the reader left, nothing to report

@@ -235,8 +235,12 @@ class Pipeline(nn.Module):
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- configs
-    def to_config(self) -> dict[str, Any]:
-        """Plain-data config ``{"seed": ..., "stages": [{"_target_": ..., **params}, ...]}``."""
+    def to_config(self, model_stored_separately: bool = False) -> dict[str, Any]:
+        """Plain-data config ``{"seed": ..., "stages": [{"_target_": ..., **params}, ...]}``.
+
+        ``model_stored_separately=True`` says the caller keeps the model elsewhere (a model artifact)
+        and will pass it to :meth:`from_config`, so the placeholder is expected and not warned about.
+        """
         stages = []
         for prefix, stage in zip(self.prefixes, self.stages):
             if hasattr(stage, "to_config"):
@@ -248,7 +252,7 @@ class Pipeline(nn.Module):
                     f"stage {prefix} holds an in-memory model that cannot be serialised; its config has the "
                     f"placeholder {MISSING!r}: pass Pipeline.from_config(cfg, model=...) to fill it"
                 )
-                logger.warning(message)
+                logger.log(logging.DEBUG if model_stored_separately else logging.WARNING, message)
             stages.append(cfg)
         return {"seed": self.seed, "stages": stages}
 

@@ -133,7 +133,11 @@ class _Progress:
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            try:
+                self._bar.stop()
+            except Exception:  # noqa: BLE001 - a nested rich display (e.g. Lightning's bar) already tore down the live console
+                pass
+            self._bar = None
 
 
 def _progress(total: int, name: str) -> _Progress:
