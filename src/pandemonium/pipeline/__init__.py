@@ -1,7 +1,8 @@
-"""pandemonium.pipeline: stages, ``Pipeline``, patch parameterisations and losses.
+"""pandemonium.pipeline: stages, ``Pipeline``, patch parameterisations, losses and ``PatchTrainer``.
 
-Heavy optional pieces are imported lazily: ``from pandemonium.pipeline import RandomScroll`` loads
-only what it needs.
+Names load lazily from the module that defines them (listed in its ``__all__``), so
+``from pandemonium.pipeline import RandomScroll`` imports only what it needs, and a stage added to one
+of these modules is exported without an edit here.
 """
 
 from __future__ import annotations
@@ -9,66 +10,43 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> defining module (core pipeline, owned by the pipeline-core engineer)
-_EXPORTS: dict[str, str] = {
-    "PipelineBase": "pandemonium.pipeline.base",
-    "StageError": "pandemonium.pipeline.base",
-    "derive_seed": "pandemonium.pipeline.base",
-    "Pipeline": "pandemonium.pipeline.pipeline",
-    "register_stage": "pandemonium.pipeline.registry",
-    "resolve_stage_class": "pandemonium.pipeline.registry",
-    "STAGE_REGISTRY": "pandemonium.pipeline.registry",
-    "ModelStage": "pandemonium.pipeline.model",
-    "DetectorOutputAdapter": "pandemonium.pipeline.model",
-    "RawPatch": "pandemonium.pipeline.patches",
-    "SigmoidPatch": "pandemonium.pipeline.patches",
-    "TanhPatch": "pandemonium.pipeline.patches",
-    "LowResPatch": "pandemonium.pipeline.patches",
-    "Resize": "pandemonium.pipeline.create",
-    "ChannelStack": "pandemonium.pipeline.create",
-    "Tile": "pandemonium.pipeline.create",
-    "RandomScroll": "pandemonium.pipeline.create",
-    "ReflectPadTranslate": "pandemonium.pipeline.create",
-    "HighPassFilter": "pandemonium.pipeline.create",
-    "LowPassFilter": "pandemonium.pipeline.create",
-    "SpectrumNoise": "pandemonium.pipeline.create",
-    "SoftProof": "pandemonium.pipeline.create",
-    "PatchLoss": "pandemonium.pipeline.losses",
-    "CompositeLoss": "pandemonium.pipeline.losses",
-    "weighted_total": "pandemonium.pipeline.losses",
-}
-
-# --- implant/augment/fused (owned by the implant engineer) ---
-# Their public names are found by scanning these modules' ``__all__`` on first access, so adding a
-# stage there needs no edit here; a missing or broken module only affects its own names.
-_OPTIONAL_MODULES = (
+# searched in this order; cheap modules first so common names do not import kornia or mlflow
+_MODULES = (
+    "pandemonium.pipeline.base",
+    "pandemonium.pipeline.pipeline",
+    "pandemonium.pipeline.registry",
+    "pandemonium.pipeline.model",
+    "pandemonium.pipeline.patches",
+    "pandemonium.pipeline.create",
+    "pandemonium.pipeline.losses",
+    "pandemonium.pipeline.banks",
     "pandemonium.pipeline.implant",
-    "pandemonium.pipeline.augment",
     "pandemonium.pipeline.fused",
+    "pandemonium.pipeline.augment",
+    "pandemonium.pipeline.optimizers",
+    "pandemonium.pipeline.schedules",
+    "pandemonium.pipeline.evaluation",
+    "pandemonium.pipeline.trainer",
+    "pandemonium.pipeline.analysis",
 )
-
-__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-    for optional in _OPTIONAL_MODULES:
-        try:
-            mod = importlib.import_module(optional)
-        except ModuleNotFoundError as err:
-            if err.name == optional:
-                continue
-            raise
-        if name in getattr(mod, "__all__", ()):
-            value = getattr(mod, name)
+    if name == "__all__":  # computed on demand: listing every name imports every module
+        return __dir__()
+    if name.startswith("__"):
+        raise AttributeError(name)
+    for module_name in _MODULES:
+        module = importlib.import_module(module_name)
+        if name in getattr(module, "__all__", ()):
+            value = getattr(module, name)
             globals()[name] = value
             return value
     raise AttributeError(f"module 'pandemonium.pipeline' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    names: set[str] = set()
+    for module_name in _MODULES:
+        names.update(getattr(importlib.import_module(module_name), "__all__", ()))
+    return sorted(names)
