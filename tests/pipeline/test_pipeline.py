@@ -159,7 +159,7 @@ def test_short_names_in_config(patch_batch):
 
 def test_in_memory_model_gets_a_placeholder(classifier, patch_batch, caplog):
     pipe = RandomScroll() + classifier
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         cfg = pipe.to_config()
     assert cfg["stages"][1]["model"] == "???"
     assert "cannot be serialised" in caplog.text

@@ -26,6 +26,22 @@ from pandemonium.tasks.attributes import Modality, TaskType
 
 log = logging.getLogger(__name__)
 
+
+@contextlib.contextmanager
+def _lightning_info_silenced():
+    """Lightning's INFO lines (GPU/TPU availability, tips) reach the console twice under Hydra's root
+    handler and say nothing our own per-epoch log lines do not; warnings still come through."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
 DEFAULT_TRAINER: dict[str, Any] = {
     "lightning": {"max_epochs": 30, "accelerator": "auto", "devices": 1, "deterministic": True},
     "optimizer": {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4},
@@ -222,10 +238,17 @@ def fit(
         log.info("deterministic=True would fail on CUDA for bilinear upsampling backward; using 'warn'")
         trainer_kwargs["deterministic"] = "warn"
     start = time.perf_counter()
-    with restore_deterministic_flag(), torch_threads(settings.get("num_threads")), warnings.catch_warnings():
+    with (
+        restore_deterministic_flag(),
+        torch_threads(settings.get("num_threads")),
+        warnings.catch_warnings(),
+        _lightning_info_silenced(),
+    ):
         # Lightning warns that the module's on_after_batch_transfer wins over the datamodule's: that is
         # exactly the intent (Kornia augmentation lives in the module), so the warning is noise here
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+        # raised inside Lightning's own pytree helper on newer torch; nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer = L.Trainer(
             default_root_dir=str(root_dir),
             callbacks=callbacks,

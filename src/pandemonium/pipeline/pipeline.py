@@ -235,11 +235,12 @@ class Pipeline(nn.Module):
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- configs
-    def to_config(self, model_stored_separately: bool = False) -> dict[str, Any]:
+    def to_config(self) -> dict[str, Any]:
         """Plain-data config ``{"seed": ..., "stages": [{"_target_": ..., **params}, ...]}``.
 
-        ``model_stored_separately=True`` says the caller keeps the model elsewhere (a model artifact)
-        and will pass it to :meth:`from_config`, so the placeholder is expected and not warned about.
+        An in-memory model becomes the placeholder ``"???"`` (logged at INFO, not as a warning: callers
+        such as the attack mode store the model as its own artifact, and :meth:`from_config` raises a
+        clear error if the placeholder is not filled).
         """
         stages = []
         for prefix, stage in zip(self.prefixes, self.stages):
@@ -252,7 +253,7 @@ class Pipeline(nn.Module):
                     f"stage {prefix} holds an in-memory model that cannot be serialised; its config has the "
                     f"placeholder {MISSING!r}: pass Pipeline.from_config(cfg, model=...) to fill it"
                 )
-                logger.log(logging.DEBUG if model_stored_separately else logging.WARNING, message)
+                logger.info(message)
             stages.append(cfg)
         return {"seed": self.seed, "stages": stages}
 

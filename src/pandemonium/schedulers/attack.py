@@ -680,7 +680,7 @@ class MultiTaskPipeline(torch.nn.Module):
         return "Universal patch, one pipeline per task:\n\n" + "\n\n".join(parts)
 
     def to_config(self) -> dict[str, Any]:
-        return {name: pipe.to_config(model_stored_separately=True) for name, pipe in self.pipes.items()}
+        return {name: pipe.to_config() for name, pipe in self.pipes.items()}
 
     def get_last_sample_as_dict(self) -> dict[str, Any]:
         merged = {}
@@ -809,7 +809,7 @@ def fit_patch(scheduler: AttackScheduler, members: list[tuple[Any, Any, dict, di
     }
     configs = {}
     for task, pipe in pipelines.items():
-        conf = pipe.to_config(model_stored_separately=True)
+        conf = pipe.to_config()
         conf["stages"][-1]["model"] = {"artifact": str(members[[m[0].name for m in members].index(task)][0].paths.get("models"))}
         configs[task] = conf
     return FitOutcome(patch, _jsonable(summary), _curves_frame(result.history, result.evals), configs, presets,
