@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pandemonium.models.detector import CenterDetector, box_iou, decode, nms
+from pandemonium.boxes import box_iou
+from pandemonium.models.detector import CenterDetector, decode, nms
 from pandemonium.models.factory import ModelBuildError, StructSummary, build_model, check_model_output
 from pandemonium.models.lightning_module import CONFIGS_ROUTES, apply_kornia, build_loss, build_metrics
 from pandemonium.models.metrics import DetectionMAP, bootstrap_metrics

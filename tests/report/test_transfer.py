@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from pandemonium.boxes import box_iou
 from pandemonium.tracking.transfer import (
-    box_iou,
     classification_success,
     detection_disappearance,
     matrix_pivot,

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pandemonium.boxes import box_iou
 from pandemonium.pipeline.checkpoint import isolated_rng
 
 __all__ = [
@@ -150,16 +151,6 @@ def classification_metrics(
     return out
 
 
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of (B, N, 4) against (B, M, 4) xyxy boxes -> (B, N, M)."""
-    lt = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])
-    rb = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])
-    inter = (rb - lt).clamp_min(0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp_min(0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp_min(0).prod(-1)
-    return inter / (area_a[:, :, None] + area_b[:, None, :] - inter).clamp_min(1e-12)
-
-
 def detection_metrics(
     out_patch: Mapping[str, torch.Tensor],
     out_control: Mapping[str, torch.Tensor],
@@ -169,7 +160,7 @@ def detection_metrics(
     """Per-sample disappearance: control detections with no patched detection overlapping them."""
     det_c = out_control["objectness"] >= conf_threshold
     det_p = out_patch["objectness"] >= conf_threshold
-    iou = _box_iou(out_control["boxes"].float(), out_patch["boxes"].float())
+    iou = box_iou(out_control["boxes"].float(), out_patch["boxes"].float())
     matched = ((iou >= iou_threshold) & det_p[:, None, :]).any(dim=2)
     disappeared = (det_c & ~matched).sum(1).float()
     n_control = det_c.sum(1).float()

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pandemonium.boxes import box_iou
+
 __all__ = [
     "RateSummary",
     "summarise_rate",
@@ -39,7 +41,6 @@ __all__ = [
     "classification_success",
     "detection_disappearance",
     "segmentation_flip",
-    "box_iou",
     "transfer_matrix",
     "matrix_pivot",
     "robustness_curve",
@@ -154,16 +155,6 @@ def classification_success(
         weight = (y != int(target_class)).float()
         success = (yp == int(target_class)).float()
     return (success * weight).numpy(), weight.numpy()
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU matrix of two xyxy box sets ``(N, 4)`` × ``(M, 4)`` → ``(N, M)``."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
 def _found(pred_boxes: torch.Tensor, scores: torch.Tensor, gt: torch.Tensor, score_thr: float,
