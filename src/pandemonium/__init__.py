@@ -7,13 +7,12 @@ Heavy submodules (torch, kornia, mlflow) load lazily, so ``pandemonium --help`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pandemonium._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
-_EXPORTS: dict[str, str] = {
+_EXPORTS = {
     "PipelineBase": "pandemonium.pipeline.base",
     "Pipeline": "pandemonium.pipeline.pipeline",
     "PatchTrainer": "pandemonium.pipeline.trainer",
@@ -26,17 +25,4 @@ _EXPORTS: dict[str, str] = {
     "register_dsetcreator": "pandemonium.tasks.creators",
 }
 
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pandemonium' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,10 +9,9 @@ Names load lazily so that importing the package does not pull in Lightning.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pandemonium._lazy import lazy_exports
 
-_EXPORTS: dict[str, str] = {
+_EXPORTS = {
     "SmallCNN": "pandemonium.models.backbones",
     "Normalize": "pandemonium.models.backbones",
     "BACKBONE_PRESETS": "pandemonium.models.backbones",
@@ -42,17 +41,4 @@ _EXPORTS: dict[str, str] = {
     "run_model": "pandemonium.models.training",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pandemonium.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

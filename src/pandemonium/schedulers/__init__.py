@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pandemonium._lazy import lazy_exports
 
 _EXPORTS = {
     "AbstractBaseScheduler": "pandemonium.schedulers.base",
@@ -15,11 +14,4 @@ _EXPORTS = {
     "PandemoniumError": "pandemonium.schedulers.errors",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pandemonium.schedulers' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,11 +12,11 @@ command-line paths that only list or create tasks stay fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pandemonium._lazy import lazy_exports
 
 # public name -> module that defines it
-_EXPORTS: dict[str, str] = {
+
+_EXPORTS = {
     "BOX_LABELS_KEY": "pandemonium.tasks.attributes",
     "DEFAULT_LOADERS": "pandemonium.tasks.loaders",
     "DSET_CREATORS": "pandemonium.tasks.creators",
@@ -59,17 +59,4 @@ _EXPORTS: dict[str, str] = {
     "verify_task": "pandemonium.tasks.verifiers",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pandemonium.tasks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

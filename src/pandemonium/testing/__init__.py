@@ -7,19 +7,11 @@ entry point when pandemonium is installed.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pandemonium._lazy import lazy_exports
 
 _EXPORTS = {
     "check_stage": "pandemonium.testing.stages",
     "check_loss": "pandemonium.testing.stages",
 }
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pandemonium.testing' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
