@@ -43,7 +43,7 @@ from pandemonium.pipeline.geometry import (
     rotation_shear_scale_matrix,
     unit_quad,
 )
-from pandemonium.pipeline.implant import ImplanterBase, MaskSpec, _range, _size_and_offset
+from pandemonium.pipeline.implant import MaskSpec, RectangleImplanter, _range
 from pandemonium.pipeline.registry import register_stage
 
 __all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix"]
@@ -98,7 +98,7 @@ def adjust_photometric(
 
 
 @register_stage
-class FusedImplantAugment(ImplanterBase):
+class FusedImplantAugment(RectangleImplanter):
     """Rectangle implant + affine/perspective jitter of the patch in one resampling, then cheap RGB ops.
 
     Geometry: ``scale`` (x the patch's pixel size) and a uniform position as :class:`RectangleImplanter`;
@@ -136,9 +136,10 @@ class FusedImplantAugment(ImplanterBase):
         brightness_reference: float = 0.5,
         brightness_range: Sequence[float] = (0.5, 1.5),
     ) -> None:
-        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+        # placement (scale, offset, fit check, box) is the rectangle implanter's; this class adds the
+        # pose jitter composed into the same resampling and the RGB-space colour ops
+        super().__init__(bank, scale, keys, mask, match_brightness, brightness_reference, brightness_range)
         n = self.name
-        self.scale = _range(n, "scale", scale, 1e-6, math.inf)
         self.degrees = _range(n, "degrees", degrees, 0.0, 180.0)[1]
         self.translate = _range(n, "translate", translate, 0.0, 10.0)[1]
         self.shear = _range(n, "shear", shear, 0.0, 80.0)[1]
@@ -220,22 +221,9 @@ class FusedImplantAugment(ImplanterBase):
         }
 
     # ------------------------------------------------------------ geometry
-    def _check_fits(self, h, w):
-        height, width = self.bank.image_size
-        s = self.scale[1]
-        if s * w > width or s * h > height:
-            raise StageError(
-                f"stage {self.name!r}: patch {h}x{w} at scale up to {s} ({s * h:.1f}x{s * w:.1f} px) is larger "
-                f"than the {height}x{width} scenes"
-            )
-
     def _placement(self, values, image_index, patch_hw):
         h, w = patch_hw
-        self._check_fits(h, w)
-        scale = values["scale"]
-        box = _size_and_offset(
-            self.name, scale * w, scale * h, values["offset_x"], values["offset_y"], self.bank.image_size, "scaled patch"
-        )
+        box = self._scaled_box(values, patch_hw)
         size = torch.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)
         centre = 0.5 * (box[:, :2] + box[:, 2:])
         quad = box_to_quad(box) + values["corners"] * size.unsqueeze(1)

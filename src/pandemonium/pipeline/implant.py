@@ -405,13 +405,17 @@ class RectangleImplanter(ImplanterBase):
                 f"than the {height}x{width} scenes"
             )
 
-    def _placement(self, values, image_index, patch_hw):
+    def _scaled_box(self, values, patch_hw) -> Tensor:
+        """Per-sample xyxy box of the patch at its sampled scale and offset (shared with the fused path)."""
         h, w = patch_hw
         self._check_fits(h, w)
-        box = _size_and_offset(
+        return _size_and_offset(
             self.name, values["scale"] * w, values["scale"] * h, values["offset_x"], values["offset_y"],
             self.bank.image_size, "scaled patch",
         )
+
+    def _placement(self, values, image_index, patch_hw):
+        box = self._scaled_box(values, patch_hw)
         return box_to_source_homography(box, patch_hw), box
 
 
