@@ -27,13 +27,11 @@ import argparse
 import copy
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pandemonium.pipeline.fused import FusedImplantAugment
 from pandemonium.pipeline.losses import weighted_total
@@ -41,17 +39,9 @@ from pandemonium.pipeline.patches import RawPatch
 from pandemonium.pipeline.pipeline import Pipeline
 from pandemonium.pipeline.trainer import PatchTrainer
 
+from common import PeakMemory, conv_net, make_bank
+
 TARGET = 1.1
-
-
-def conv_net(num_classes: int = 10) -> nn.Module:
-    """The victim of ``pipeline_step.py``: 4 conv layers (3->32->64->64->128), pool, linear."""
-    layers: list[nn.Module] = []
-    channels = [3, 32, 64, 64, 128]
-    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
-        layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU(inplace=True)]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes)]
-    return nn.Sequential(*layers)
 
 
 class UntargetedLoss:
@@ -62,44 +52,6 @@ class UntargetedLoss:
         top2 = logits.topk(2, dim=1).values
         return {"untargeted": -F.cross_entropy(logits, true, reduction="none"),
                 "logit_margin": top2[:, 0] - top2[:, 1]}
-
-
-class PeakMemory:
-    """CUDA max-allocated, or on CPU the peak RSS above the level at entry (sampled every 2 ms)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - self.start)
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
-        else:
-            self._stop.set()
-            self._thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        gen = torch.Generator().manual_seed(0)
-        bank = tmp / "scenes.pt"
-        torch.save({"images": torch.rand(64, 3, args.image_size, args.image_size, generator=gen),
-                    "class": torch.randint(0, 10, (64,), generator=gen)}, bank)
-        fused = FusedImplantAugment(str(bank), scale=[0.75, 1.25], degrees=15, translate=0.1,
+        bank = make_bank(tmp / "scenes.pt", args.image_size)
+        fused = FusedImplantAugment(bank, scale=[0.75, 1.25], degrees=15, translate=0.1,
                                     jitter_scale=[0.9, 1.1], brightness=0.1, contrast=0.1, saturation=0.1)
         pipeline = Pipeline(fused, conv_net(), seed=0).to(device)
         # the bare loop runs on an identical copy: same weights, same seed, so bare step k draws
