@@ -32,6 +32,7 @@ import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -703,18 +704,17 @@ class MultiTaskLoss:
         return terms
 
 
+@dataclass
 class FitOutcome:
     """What :func:`fit_patch` hands to the scheduler for storing."""
 
-    def __init__(self, patch: Any, summary: dict[str, Any], curves: Any, pipeline_configs: dict[str, Any],
-                 presets: dict[str, Any], checkpoint: Path | None, run_id: str | None) -> None:
-        self.patch = patch
-        self.summary = summary
-        self.curves = curves
-        self.pipeline_configs = pipeline_configs
-        self.presets = presets
-        self.checkpoint = checkpoint
-        self.run_id = run_id
+    patch: Any
+    summary: dict[str, Any]
+    curves: Any
+    pipeline_configs: dict[str, Any]
+    presets: dict[str, Any]
+    checkpoint: Path | None
+    run_id: str | None
 
 
 def _curves_frame(history: list[dict[str, float]], evals: list[dict[str, float]]) -> Any:
