@@ -38,7 +38,7 @@ TIME_LIMIT_S = 180.0
 
 def run(mode: str, overrides: list[str]) -> object:
     from pandemonium.cli.main import compose_config
-    from pandemonium.schedulers.base import build_scheduler
+    from pandemonium.runs.base import build_scheduler
 
     cfg = compose_config([f"mode={mode}", *overrides])
     scheduler = build_scheduler(cfg)

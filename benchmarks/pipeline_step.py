@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pandemonium.pipeline.augment import KorniaAugment
-from pandemonium.pipeline.fused import FusedImplantAugment
-from pandemonium.pipeline.implant import RectangleImplanter
-from pandemonium.pipeline.pipeline import Pipeline
+from pandemonium.attack.pipeline import Pipeline
+from pandemonium.attack.stages.augment import KorniaAugment
+from pandemonium.attack.stages.fused import FusedImplantAugment
+from pandemonium.attack.stages.implant import RectangleImplanter
 
 from common import PeakMemory, conv_net, make_bank
 

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pandemonium.pipeline.fused import FusedImplantAugment
-from pandemonium.pipeline.losses import weighted_total
-from pandemonium.pipeline.patches import RawPatch
-from pandemonium.pipeline.pipeline import Pipeline
-from pandemonium.pipeline.trainer import PatchTrainer
+from pandemonium.attack.losses import weighted_total
+from pandemonium.attack.patches import RawPatch
+from pandemonium.attack.pipeline import Pipeline
+from pandemonium.attack.stages.fused import FusedImplantAugment
+from pandemonium.attack.trainer import PatchTrainer
 
 from common import PeakMemory, conv_net, make_bank
 

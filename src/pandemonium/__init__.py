@@ -13,11 +13,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "PipelineBase": "pandemonium.pipeline.base",
-    "Pipeline": "pandemonium.pipeline.pipeline",
-    "PatchTrainer": "pandemonium.pipeline.trainer",
-    "AbstractBaseScheduler": "pandemonium.schedulers.base",
-    "FileManager": "pandemonium.tracking.file_manager",
+    "PipelineBase": "pandemonium.attack.stages.base",
+    "Pipeline": "pandemonium.attack.pipeline",
+    "PatchTrainer": "pandemonium.attack.trainer",
+    "AbstractBaseScheduler": "pandemonium.runs.base",
+    "FileManager": "pandemonium.runs.file_manager",
     "TaskStruct": "pandemonium.tasks.struct",
     "Modality": "pandemonium.tasks.attributes",
     "TaskType": "pandemonium.tasks.attributes",

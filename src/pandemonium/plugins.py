@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pandemonium.schedulers.errors import PluginError
+from pandemonium.errors import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class PluginRegistry:
 
     def add_artifact_key(self, key: str, template: str) -> None:
         """Register a FileManager key (see ``FileManager.add_assignment_path``)."""
-        from pandemonium.tracking.file_manager import FileManager
+        from pandemonium.runs.file_manager import FileManager
 
         FileManager._check_assignment(key, template)
         self.artifact_keys[key] = template
@@ -117,7 +117,7 @@ class PluginRegistry:
         """Apply modalities, task types, task creators and artifact keys (idempotent)."""
         if self.activated:
             return self
-        from pandemonium.tracking.file_manager import FileManager
+        from pandemonium.runs.file_manager import FileManager
 
         for key, template in self.artifact_keys.items():
             with self._applying(f"artifact:{key}"):

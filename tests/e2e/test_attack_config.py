@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from pandemonium.schedulers.attack import (
-    AttackConfigError,
-    AttackScheduler,
-    artifact_id,
-    patch_shape_for,
-    select_preset,
-    stage_configs,
-)
-from pandemonium.schedulers.evaluate import EvaluateScheduler
-from pandemonium.schedulers.report import ReportScheduler, summary_table
+from pandemonium.attack.presets import AttackConfigError, patch_shape_for, select_preset, stage_configs
+from pandemonium.modes.attack import AttackScheduler
+from pandemonium.modes.evaluate import EvaluateScheduler
+from pandemonium.modes.report import ReportScheduler, summary_table
+from pandemonium.runs.provenance import artifact_id
 from pandemonium.testing.fixtures import write_fake_task
 
 from .conftest import compose
@@ -101,7 +96,7 @@ def test_preset_for_another_task_type_is_refused_before_any_work(roots):
 
 def test_loss_for_another_task_type_is_refused(roots):
     cfg = compose("attack", roots, "task_list=[fake_cls]",
-                  "attack.presets.classification.loss.losses.0._target_=pandemonium.pipeline.losses.DetectionDisappearance")
+                  "attack.presets.classification.loss.losses.0._target_=pandemonium.attack.losses.DetectionDisappearance")
     with pytest.raises(AttackConfigError, match="loss DetectionDisappearance is for detection models.*'fake_cls'"):
         AttackScheduler(cfg).run()
     assert _no_work_done(roots)
@@ -154,8 +149,8 @@ def test_universal_attack_needs_one_patch_shape(roots):
 def test_evaluate_without_patches_or_with_bad_sweeps_is_refused(roots):
     from pandemonium.models.factory import build_model
     from pandemonium.models.storage import save_model_artifact
+    from pandemonium.runs.file_manager import FileManager
     from pandemonium.tasks.creators import load_task_struct
-    from pandemonium.tracking.file_manager import FileManager
 
     struct = load_task_struct("fake_cls", roots.data_dir)
     fm = FileManager(roots.out_dir / "default", roots.out_dir / "default" / "runs" / "x")
@@ -181,7 +176,7 @@ def test_mode_configs_name_importable_schedulers(roots):
 def test_robustness_override_touches_only_the_named_stage_param():
     import numpy as np
 
-    from pandemonium.schedulers.evaluate import _override
+    from pandemonium.modes.evaluate import _override
 
     conditions = [{"0_FusedImplantAugment/scale": np.array([1.0, 2.0]), "1_KorniaAugment/scale": np.array([3.0, 3.0]),
                    "0_RectangleImplanter/patch_a.scale": np.array([1.0, 1.0])}]
@@ -211,7 +206,7 @@ def test_demo_config_targets_star_with_a_patch_under_a_tenth_of_the_image(roots)
 
 
 def test_stored_patch_is_judged_by_its_own_target_class(roots):
-    from pandemonium.schedulers.attack import with_patch_target
+    from pandemonium.attack.presets import with_patch_target
 
     cfg = compose("attack", roots)
     preset = select_preset(cfg.attack, "shapes_cls", "classification")

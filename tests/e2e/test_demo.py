@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pandemonium.tracking.report import extract_numbers, format_number
+from pandemonium.report.html import extract_numbers, format_number
 from report.chromium import dump_dom  # tests/report (pytest puts tests/ on sys.path)
 
 from .conftest import TINY_ATTACK, TINY_EVAL, TINY_TASKS, TINY_TRAIN, check, overrides
@@ -30,7 +30,7 @@ ATTACK_KEYS = ("models", "patches", "pipelines", "curves", "patch_checkpoints", 
 
 
 def _structs(run_dir: Path) -> dict:
-    from pandemonium.schedulers.base import decode_paths
+    from pandemonium.runs.base import decode_paths
 
     return decode_paths(json.loads((run_dir / "structs.json").read_text()))
 
@@ -81,8 +81,8 @@ def test_demo_prints_where_everything_is(demo):
 def test_pipeline_yaml_rebuilds_the_attack_pipeline(demo):
     from omegaconf import OmegaConf
 
+    from pandemonium.attack.pipeline import Pipeline
     from pandemonium.models.storage import load_model_artifact
-    from pandemonium.pipeline.pipeline import Pipeline
 
     _, run_dir = demo
     paths = _structs(run_dir)["shapes_cls"]

@@ -264,8 +264,8 @@ def test_trainer_settings_apply_task_type_overrides():
 
 
 def test_unreachable_mlflow_server_fails_before_training(tmp_path):
+    from pandemonium.errors import ConfigError
     from pandemonium.models.training import make_loggers
-    from pandemonium.schedulers.errors import ConfigError
 
     cfg = {"mlflow": {"enabled": True, "tracking_uri": "http://127.0.0.1:9"}, "tensorboard": {"enabled": False}}
     with pytest.raises(ConfigError, match="127.0.0.1:9"):

@@ -13,8 +13,8 @@ from pandemonium.models.storage import (
     load_task_model,
     save_model_artifact,
 )
+from pandemonium.runs.file_manager import FileManager
 from pandemonium.tasks.struct import TaskStruct
-from pandemonium.tracking.file_manager import FileManager
 
 TINY = {"_target_": "pandemonium.models.factory.task_model", "preset": "tiny"}
 

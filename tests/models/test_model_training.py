@@ -74,7 +74,7 @@ def compose(overrides):
 
 
 def run_mode(mode, roots, task, proj, extra=()):
-    from pandemonium.schedulers.base import build_scheduler
+    from pandemonium.runs.base import build_scheduler
 
     cfg = compose([f"mode={mode}", f"task_list=[{task}]", f"data_dir={roots[0]}", f"out_dir={roots[1]}",
                    f"proj={proj}", "logging=none", "model=tiny", "trainer=fast", *extra])

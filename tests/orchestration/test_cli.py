@@ -15,7 +15,7 @@ import pytest
 from pandemonium import __version__
 from pandemonium.cli import copy_conf
 from pandemonium.cli.main import CONFIG_DIR, compose_config, main
-from pandemonium.schedulers.base import build_scheduler
+from pandemonium.runs.base import build_scheduler
 from pandemonium.testing.fixtures import write_fake_task
 
 SUPPORT = Path(__file__).parent / "support"

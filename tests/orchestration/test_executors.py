@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pandemonium.schedulers.base import Step, build_scheduler
-from pandemonium.schedulers.errors import ConfigError
-from pandemonium.schedulers.executors import Executor, LocalExecutor, build_executor, group_steps
+from pandemonium.errors import ConfigError
+from pandemonium.runs.base import Step, build_scheduler
+from pandemonium.runs.executors import Executor, LocalExecutor, build_executor, group_steps
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -19,7 +19,7 @@ def test_group_steps_cuts_at_command_changes():
 
 
 def test_build_executor_from_config():
-    assert isinstance(build_executor({"_target_": "pandemonium.schedulers.executors.LocalExecutor"}), LocalExecutor)
+    assert isinstance(build_executor({"_target_": "pandemonium.runs.executors.LocalExecutor"}), LocalExecutor)
     with pytest.raises(ConfigError, match="no _target_"):
         build_executor({})
     with pytest.raises(ConfigError, match="not a pandemonium Executor"):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pandemonium.schedulers.errors import ConfigError
-from pandemonium.tracking.file_manager import (
+from pandemonium.errors import ConfigError
+from pandemonium.runs.file_manager import (
     DEFAULT_ASSIGNMENTS,
     FileManager,
     allocate_run_dir,

@@ -9,8 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from pandemonium.schedulers.base import build_scheduler
-from pandemonium.schedulers.errors import UnknownTaskError
+from pandemonium.errors import UnknownTaskError
+from pandemonium.runs.base import build_scheduler
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from importlib import metadata
 import pytest
 
 from pandemonium.plugins import ENTRY_POINT_GROUP, PluginRegistry, load_plugins
-from pandemonium.schedulers.base import build_scheduler
-from pandemonium.tracking.file_manager import FileManager
+from pandemonium.runs.base import build_scheduler
+from pandemonium.runs.file_manager import FileManager
 
 
 class FakeEntryPoint:

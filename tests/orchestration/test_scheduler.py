@@ -9,14 +9,14 @@ import pytest
 from filelock import FileLock
 from orch_schedulers import RecordingScheduler
 
-from pandemonium.schedulers.base import AbstractBaseScheduler, active_run_dir, build_scheduler
-from pandemonium.schedulers.errors import (
+from pandemonium.errors import (
     ConfigError,
     ContinueError,
     RunLockedError,
     UnknownSubroutineError,
     UnknownTaskError,
 )
+from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_scheduler
 
 SUPPORT = Path(__file__).parent / "support"
 

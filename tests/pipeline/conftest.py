@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pandemonium.pipeline.base import PipelineBase
+from pandemonium.attack.stages.base import PipelineBase
 
 
 class AddLevel(PipelineBase):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from pandemonium.pipeline.augment import KorniaAugment, ViewingAngleTilt, seeded_global_rng
-from pandemonium.pipeline.base import StageError
+from pandemonium.attack.stages.augment import KorniaAugment, ViewingAngleTilt, seeded_global_rng
+from pandemonium.attack.stages.base import StageError
 
 SPEC = {
     "ColorJiggle": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "p": 0.5},
@@ -174,7 +174,7 @@ def test_augment_stages_pass_check_stage(make):
 
 
 def test_augment_visualisations_rerender_last_sample():
-    from pandemonium.pipeline.pipeline import Pipeline
+    from pandemonium.attack.pipeline import Pipeline
 
     class Writer:
         def __init__(self):

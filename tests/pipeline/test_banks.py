@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pandemonium.pipeline.banks import BankError, ImageBank, normalise_bank_spec
+from pandemonium.attack.stages.banks import BankError, ImageBank, normalise_bank_spec
 
 
 def _write_bank(path, n=6, size=32, boxes=True, quads=True, **extra):
@@ -114,7 +114,7 @@ def test_corrupt_folder_image_is_named(tmp_path):
 
 
 def test_task_bank_feeds_scale_to_box_implanter(tmp_path):
-    from pandemonium.pipeline.implant import ScaleToBoxImplanter
+    from pandemonium.attack.stages.implant import ScaleToBoxImplanter
     from pandemonium.tasks.creators import create_task
 
     create_task("shapes_det", tmp_path, num_samples=12, image_size=32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pandemonium.pipeline.base import (
+from pandemonium.attack.stages.base import (
     PipelineBase,
     StageError,
     call_log_vizualizations,

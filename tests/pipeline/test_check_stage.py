@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pandemonium.pipeline.base import PipelineBase
+from pandemonium.attack.stages.base import PipelineBase
 from pandemonium.testing import check_loss, check_stage
 from pandemonium.testing.stages import StageContractError
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import ImageCms
 
-from pandemonium.pipeline.base import StageError
-from pandemonium.pipeline.create import (
+from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.create import (
     ChannelStack,
     HighPassFilter,
     LowPassFilter,
@@ -20,7 +20,7 @@ from pandemonium.pipeline.create import (
     SpectrumNoise,
     Tile,
 )
-from pandemonium.pipeline.registry import resolve_stage_class
+from pandemonium.attack.stages.registry import resolve_stage_class
 from pandemonium.testing import check_stage
 
 STAGES = [

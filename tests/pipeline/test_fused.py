@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from pandemonium.pipeline.base import StageError
-from pandemonium.pipeline.fused import FusedImplantAugment, adjust_photometric
-from pandemonium.pipeline.implant import RectangleImplanter
+from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.fused import FusedImplantAugment, adjust_photometric
+from pandemonium.attack.stages.implant import RectangleImplanter
 
 FULL = dict(
     scale=[0.8, 1.5], degrees=20, translate=0.1, shear=5, jitter_scale=[0.9, 1.1], perspective=0.1,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pandemonium.pipeline.geometry import (
+from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
     box_to_source_homography,

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from pandemonium.pipeline.base import StageError
-from pandemonium.pipeline.implant import (
+from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.implant import (
     FixedRatioImplanter,
     PerspectiveImplanter,
     RectangleImplanter,
@@ -205,8 +205,8 @@ def test_implanters_pass_check_stage(bank_path, index, dict_input):
 
 
 def test_implanter_in_a_pipeline_round_trips_through_yaml(bank_path):
-    from pandemonium.pipeline.augment import KorniaAugment
-    from pandemonium.pipeline.pipeline import Pipeline
+    from pandemonium.attack.pipeline import Pipeline
+    from pandemonium.attack.stages.augment import KorniaAugment
 
     pipe = Pipeline(
         RectangleImplanter(bank_path, scale=[0.5, 1.5]), KorniaAugment({"RandomAffine": {"degrees": 10}}), seed=3
@@ -240,7 +240,7 @@ def test_visualisations_and_description(bank_path):
         def add_images(self, tag, images, global_step=None):
             self.calls.append((tag, tuple(images.shape), global_step))
 
-    from pandemonium.pipeline.pipeline import Pipeline
+    from pandemonium.attack.pipeline import Pipeline
 
     stage = RectangleImplanter(bank_path)
     writer = Writer()
@@ -251,13 +251,13 @@ def test_visualisations_and_description(bank_path):
     assert writer.calls == [("RectangleImplanter/implanted_vs_control", (6, 3, 32, 32), 7)]
     assert torch.equal(result["control_output"], stage.bank.images[result["kwargs"]["targets"]["image_index"]])
     assert "scenes.pt" in stage.get_description() and "6 train / 2 eval" in stage.get_description()
-    from pandemonium.pipeline.fused import FusedImplantAugment
+    from pandemonium.attack.stages.fused import FusedImplantAugment
 
     assert "degrees" in FusedImplantAugment(bank_path, degrees=5).get_description()
 
 
 def test_public_names_reachable_from_package():
-    import pandemonium.pipeline as pipeline
+    import pandemonium.attack as pipeline
 
     assert pipeline.RectangleImplanter is RectangleImplanter
     assert pipeline.ImageBank.__name__ == "ImageBank"

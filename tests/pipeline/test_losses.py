@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pandemonium.pipeline.losses import (
+from pandemonium.attack.losses import (
     ClassificationTargeted,
     ClassificationUntargeted,
     CompositeLoss,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pandemonium.pipeline import DetectorOutputAdapter, ModelStage, Pipeline, StageError
+from pandemonium.attack import DetectorOutputAdapter, ModelStage, Pipeline, StageError
 from pandemonium.testing import check_stage
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pandemonium.pipeline.patches import LowResPatch, RawPatch, SigmoidPatch, TanhPatch
+from pandemonium.attack.patches import LowResPatch, RawPatch, SigmoidPatch, TanhPatch
 
 ALL = [RawPatch, SigmoidPatch, TanhPatch, LowResPatch]
 

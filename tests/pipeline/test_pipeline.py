@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pandemonium.pipeline import ModelStage, Pipeline, RandomScroll, Resize, SpectrumNoise, StageError
-from pandemonium.pipeline.create import ReflectPadTranslate
+from pandemonium.attack import ModelStage, Pipeline, RandomScroll, Resize, SpectrumNoise, StageError
+from pandemonium.attack.stages.create import ReflectPadTranslate
 
 
 class RecordingWriter:
@@ -135,7 +135,7 @@ def test_yaml_round_trip_of_builtin_stages(tmp_path, patch_batch):
     pipe = Pipeline(Resize(6), ReflectPadTranslate(1), SpectrumNoise(0.3), seed=11)
     path = tmp_path / "pipe.yaml"
     text = pipe.to_yaml(path)
-    assert "_target_: pandemonium.pipeline.create.Resize" in text
+    assert "_target_: pandemonium.attack.stages.create.Resize" in text
     json.dumps(pipe.to_config())  # plain data
     loaded = Pipeline.from_yaml(path)
     assert loaded.to_config() == pipe.to_config()
@@ -197,7 +197,7 @@ def test_pipeline_moves_with_its_stages(toys, patch_batch, classifier):
 
 
 def test_register_stage_for_plugins(toys, patch_batch):
-    from pandemonium.pipeline.registry import STAGE_REGISTRY, register_stage
+    from pandemonium.attack.stages.registry import STAGE_REGISTRY, register_stage
 
     try:
 
@@ -227,7 +227,7 @@ def test_stage_errors_say_which_stage(toys, patch_batch):
 
 
 def test_package_exports_resolve():
-    import pandemonium.pipeline as package
+    import pandemonium.attack as package
 
     for name in package.__all__:
         assert getattr(package, name) is not None
@@ -242,13 +242,13 @@ def test_patch_optimisation_through_the_pipeline(toys, classifier):
 
     (A hand-written step rather than torch.optim: creating the first optimiser imports torch._dynamo,
     which costs seconds on the shared CI cores.)"""
-    from pandemonium.pipeline.losses import (
+    from pandemonium.attack.losses import (
         ClassificationTargeted,
         CompositeLoss,
         TotalVariation,
         weighted_total,
     )
-    from pandemonium.pipeline.patches import SigmoidPatch
+    from pandemonium.attack.patches import SigmoidPatch
 
     patch = SigmoidPatch((3, 6, 6), init="grey", seed=0)
     pipe = Pipeline(RandomScroll(), toys.ToyImplant(image_size=8), classifier, seed=0)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pandemonium import Pipeline, PipelineBase
-from pandemonium.pipeline import RandomScroll, Resize
+from pandemonium.attack import RandomScroll, Resize
 from pandemonium.testing import check_stage
 
 

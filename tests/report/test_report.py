@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pandemonium.tracking.report import (
+from pandemonium.report.html import (
     ExamplePair,
     Prediction,
     ReportData,
@@ -21,7 +21,7 @@ from pandemonium.tracking.report import (
     render_html,
     write_report,
 )
-from pandemonium.tracking.transfer import robustness_curve, transfer_matrix
+from pandemonium.report.transfer import robustness_curve, transfer_matrix
 
 from .chromium import dump_dom, screenshot
 

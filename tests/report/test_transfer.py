@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pandemonium.boxes import box_iou
-from pandemonium.tracking.transfer import (
+from pandemonium.report.transfer import (
     classification_success,
     detection_disappearance,
     matrix_pivot,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pandemonium.pipeline.augment import KorniaAugment
-from pandemonium.pipeline.evaluation import final_stage_input, load_table, render_row
-from pandemonium.pipeline.fused import FusedImplantAugment
-from pandemonium.pipeline.implant import RectangleImplanter
-from pandemonium.pipeline.losses import ClassificationUntargeted, CompositeLoss, TotalVariation
-from pandemonium.pipeline.patches import SigmoidPatch
-from pandemonium.pipeline.pipeline import Pipeline
-from pandemonium.pipeline.trainer import PatchTrainer
+from pandemonium.attack.evaluation import final_stage_input, load_table, render_row
+from pandemonium.attack.losses import ClassificationUntargeted, CompositeLoss, TotalVariation
+from pandemonium.attack.patches import SigmoidPatch
+from pandemonium.attack.pipeline import Pipeline
+from pandemonium.attack.stages.augment import KorniaAugment
+from pandemonium.attack.stages.fused import FusedImplantAugment
+from pandemonium.attack.stages.implant import RectangleImplanter
+from pandemonium.attack.trainer import PatchTrainer
 
 from .toys import toy_model
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pandemonium.pipeline.checkpoint import get_rng_state, load_checkpoint
-from pandemonium.pipeline.trainer import NonFiniteLossError, PatchTrainer
+from pandemonium.attack.checkpoint import get_rng_state, load_checkpoint
+from pandemonium.attack.trainer import NonFiniteLossError, PatchTrainer
 
 from .toys import PATCH, ToyLoss, toy_pipeline
 
@@ -168,8 +168,8 @@ def test_sharpness_aware_step_replays_the_same_conditions(tmp_path):
 
 
 def test_several_patches_train_evaluate_and_rerender(tmp_path):
-    from pandemonium.pipeline.evaluation import load_table, render_row
-    from pandemonium.pipeline.pipeline import Pipeline
+    from pandemonium.attack.evaluation import load_table, render_row
+    from pandemonium.attack.pipeline import Pipeline
 
     from .toys import ToyBrightness, ToyImplant, ToyMerge, toy_model
 
@@ -199,8 +199,8 @@ def test_fit_steps_are_exactly_the_hand_written_loop(tmp_path):
     """No hidden randomness or extra arithmetic: fit == forward, weighted loss, backward, Adam, clamp."""
     import copy
 
-    from pandemonium.pipeline.losses import weighted_total
-    from pandemonium.pipeline.trainer import TensorPatch
+    from pandemonium.attack.losses import weighted_total
+    from pandemonium.attack.trainer import TensorPatch
 
     pipe = toy_pipeline(seed=4)
     bare_pipe = copy.deepcopy(pipe)

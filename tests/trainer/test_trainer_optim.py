@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pandemonium.pipeline.optimizers import MIFGSM, NIFGSM, OPTIMIZERS, build_optimizer
-from pandemonium.pipeline.schedules import build_schedule, is_plateau
+from pandemonium.attack.optimizers import MIFGSM, NIFGSM, OPTIMIZERS, build_optimizer
+from pandemonium.attack.schedules import build_schedule, is_plateau
 
 
 def _quadratic(p: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pandemonium.pipeline.analysis import failure_report, param_importance, plot_metric_vs_param
-from pandemonium.pipeline.evaluation import final_stage_input, load_table, render_row
+from pandemonium.attack.analysis import failure_report, param_importance, plot_metric_vs_param
+from pandemonium.attack.evaluation import final_stage_input, load_table, render_row
 
 from .test_trainer_fit import make_trainer
 
@@ -18,7 +18,7 @@ def test_render_row_gives_the_identical_image(tmp_path):
         trainer.patch.patch.copy_(torch.rand(trainer.patch.patch.shape, generator=torch.Generator().manual_seed(0)))
     result = trainer.evaluate(step=0)
     path = trainer.out_dir / "table"
-    from pandemonium.pipeline.evaluation import save_table
+    from pandemonium.attack.evaluation import save_table
 
     saved = save_table(result.table, path)
     table = load_table(saved)
@@ -39,7 +39,7 @@ def test_render_row_gives_the_identical_image(tmp_path):
 
 
 def test_csv_fallback_also_rerenders_exactly(tmp_path, monkeypatch):
-    from pandemonium.pipeline.evaluation import save_table
+    from pandemonium.attack.evaluation import save_table
 
     trainer = make_trainer(tmp_path, num_eval=6, eval_batch_size=6)
     result = trainer.evaluate(step=0)

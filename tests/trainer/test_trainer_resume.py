@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pandemonium.pipeline.checkpoint import load_checkpoint
-from pandemonium.pipeline.trainer import PatchTrainer
+from pandemonium.attack.checkpoint import load_checkpoint
+from pandemonium.attack.trainer import PatchTrainer
 
 from .toys import PATCH, ToyLoss, toy_pipeline
 

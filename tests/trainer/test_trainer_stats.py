@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pandemonium.pipeline.evaluation import (
+from pandemonium.attack.evaluation import (
     bootstrap_ci,
     classification_metrics,
     detection_metrics,

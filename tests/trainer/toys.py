@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pandemonium.pipeline.base import PipelineBase
-from pandemonium.pipeline.pipeline import Pipeline
+from pandemonium.attack.pipeline import Pipeline
+from pandemonium.attack.stages.base import PipelineBase
 
 IMAGE = 16
 PATCH = 6

@@ -38,14 +38,7 @@ def check_yaml_files(dirs: Sequence[Path]) -> str | None:
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (reported as one line, exit code 2), not a bug."""
-    from pandemonium.schedulers.errors import PandemoniumError
+    """Exceptions that mean bad input or a reported failure (one line, the error's exit code), not a bug."""
+    from pandemonium.errors import PandemoniumError
 
-    types: list[type[BaseException]] = [PandemoniumError]
-    try:
-        from pandemonium.tasks.errors import TaskError
-
-        types.append(TaskError)
-    except ImportError:  # pragma: no cover - tasks layer always ships
-        pass
-    return tuple(types)
+    return (PandemoniumError,)

@@ -241,7 +241,7 @@ def _run_mode(cfg: Any) -> Any:
 
     from pandemonium.cli.checks import user_error_types
     from pandemonium.plugins import load_plugins
-    from pandemonium.schedulers.base import active_run_dir, build_scheduler
+    from pandemonium.runs.base import active_run_dir, build_scheduler
 
     log = logging.getLogger(PROG)
     try:

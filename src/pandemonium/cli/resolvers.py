@@ -11,7 +11,7 @@ _NEW_RUN_DIRS: dict[tuple[str, str, str], str] = {}
 
 
 def _runs_root(out_dir: str, proj: str) -> Path:
-    from pandemonium.tracking.file_manager import RUNS_DIR_NAME
+    from pandemonium.runs.file_manager import RUNS_DIR_NAME
 
     return Path(str(out_dir)).expanduser().absolute() / str(proj) / RUNS_DIR_NAME
 
@@ -20,7 +20,7 @@ def run_dir(out_dir: str, proj: str, cont: str | None = None) -> str:
     """``hydra.run.dir``: the run being continued (``continue=latest|DIR``) or a new timestamped one.
 
     An unresolvable ``continue`` yields a new directory; the scheduler then reports the error."""
-    from pandemonium.tracking.file_manager import find_run_dir, run_stamp
+    from pandemonium.runs.file_manager import find_run_dir, run_stamp
 
     if cont not in (None, "", "None", "null"):
         found = find_run_dir(out_dir, str(proj), str(cont))
@@ -34,7 +34,7 @@ def run_dir(out_dir: str, proj: str, cont: str | None = None) -> str:
 
 def sweep_dir(out_dir: str, proj: str) -> str:
     """``hydra.sweep.dir``: ``<out_dir>/<proj>/runs/<timestamp>_multirun`` (jobs in numbered subdirs)."""
-    from pandemonium.tracking.file_manager import run_stamp
+    from pandemonium.runs.file_manager import run_stamp
 
     key = ("sweep", str(out_dir), str(proj))
     if key not in _NEW_RUN_DIRS:
@@ -45,7 +45,7 @@ def sweep_dir(out_dir: str, proj: str) -> str:
 def output_subdir(cont: str | None = None) -> str:
     """``hydra.output_subdir``: ``.hydra``; a continued run keeps the original one and writes its own
     composed config to ``.hydra_continue_<timestamp>``."""
-    from pandemonium.tracking.file_manager import run_stamp
+    from pandemonium.runs.file_manager import run_stamp
 
     if cont in (None, "", "None", "null"):
         return ".hydra"

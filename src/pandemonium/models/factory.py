@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pandemonium.errors import PandemoniumError
 from pandemonium.models.backbones import Normalize, SmallCNN
 from pandemonium.models.detector import DETECTION_KEYS, CenterDetector
 from pandemonium.models.heads import ClassificationHead, MultilabelHead, RegressionHead, SegmentationHead
-from pandemonium.schedulers.errors import PandemoniumError
 
 CLASSIFICATION = "classification"
 MULTILABEL = "multilabel_classification"

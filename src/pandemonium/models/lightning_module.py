@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
 
+from pandemonium.errors import ConfigError
 from pandemonium.models.metrics import metric_inputs
-from pandemonium.schedulers.errors import ConfigError
 from pandemonium.tasks.attributes import KORNIA_VALID_MODALITIES, Modality, TaskType
 
 BUILTIN_CONFIGS = Path(__file__).resolve().parents[1] / "configs"

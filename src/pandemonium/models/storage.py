@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pandemonium.errors import PandemoniumError
 from pandemonium.models.factory import (
     ModelBuildError,
     StructSummary,
@@ -34,7 +35,7 @@ from pandemonium.models.factory import (
     load_torchscript,
     model_config_from,
 )
-from pandemonium.schedulers.errors import PandemoniumError
+from pandemonium.plain import to_plain
 
 ARTIFACT_FORMAT = "pandemonium-model"
 ARTIFACT_VERSION = 1
@@ -45,17 +46,6 @@ class ModelArtifactError(PandemoniumError):
     """A model artifact is missing, unreadable, or does not rebuild; the message names task and path."""
 
 
-def _plain(value: Any) -> Any:
-    """JSON-like copy (tensors -> floats, tuples -> lists) so artifacts load with ``weights_only=True``."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def artifact_dict(
@@ -79,13 +69,13 @@ def artifact_dict(
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model_config": _plain(cfg),
+        "model_config": to_plain(cfg),
         "torchscript": scripted,
         "struct": info.to_dict(),
         "task_name": info.name,
         "fold": int(fold),
-        "metrics": _plain(dict(metrics or {})),
-        "extra": _plain(dict(extra or {})),
+        "metrics": to_plain(dict(metrics or {})),
+        "extra": to_plain(dict(extra or {})),
     }
 
 

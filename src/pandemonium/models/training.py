@@ -142,7 +142,7 @@ def make_loggers(logging_cfg: Any, out_dir: Path, save_dir: Path, run_name: str)
         loggers.append(TensorBoardLogger(save_dir=str(save_dir), name="tensorboard", version=run_name))
     mlflow_cfg = cfg.get("mlflow") or {}
     if mlflow_cfg.get("enabled", False):
-        from pandemonium.schedulers.errors import ConfigError
+        from pandemonium.errors import ConfigError
         from pandemonium.tracking.mlflow_utils import (
             MlflowUnreachableError,
             check_tracking_uri,

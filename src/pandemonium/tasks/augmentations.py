@@ -19,20 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from pandemonium.plain import to_plain
 from pandemonium.tasks.attributes import Modality, TaskType
-
-
-def _plain(cfg: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def normalize_flag(aug_cfg: Any) -> bool:
     """Whether the augmentation config asks the datamodule to standardise images (default: no)."""
-    aug_cfg = _plain(aug_cfg)
+    aug_cfg = to_plain(aug_cfg)
     return bool(aug_cfg.get("normalize", False)) if isinstance(aug_cfg, Mapping) else False
 
 
@@ -50,7 +43,7 @@ def build_cpu_augmentations(
     ... # doctest: +ELLIPSIS
     Compose(...
     """
-    aug_cfg = _plain(aug_cfg)
+    aug_cfg = to_plain(aug_cfg)
     if aug_cfg is None:
         return None
     entries = aug_cfg.get("cpu", []) if isinstance(aug_cfg, Mapping) else aug_cfg

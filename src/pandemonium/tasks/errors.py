@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pandemonium.errors import PandemoniumError
 
-class TaskError(Exception):
+
+class TaskError(PandemoniumError):
     """Base class of every error the tasks layer raises on bad input."""
 
 

@@ -15,21 +15,11 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
+from pandemonium.plain import to_plain
 from pandemonium.tasks.attributes import TASK_TYPE_TARGETS, Modality, TaskType
-
-
-def _jsonable(value: Any) -> Any:
-    """Turn paths (and containers of them) into plain JSON values."""
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 @dataclass
@@ -89,7 +79,7 @@ class TaskStruct:
             "mean": list(self.mean),
             "std": list(self.std),
             "task_dir": None if self.task_dir is None else str(self.task_dir),
-            "paths": _jsonable(self.paths),
+            "paths": to_plain(self.paths),
             "description": self.description,
             "license": self.license,
             "keywords": list(self.keywords),

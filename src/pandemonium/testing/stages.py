@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pandemonium.pipeline.base import StageError
-from pandemonium.pipeline.losses import LossError, assert_finite, check_terms
+from pandemonium.attack.losses import LossError, assert_finite, check_terms
+from pandemonium.attack.stages.base import StageError
 
 __all__ = ["StageContractError", "check_loss", "check_stage"]
 
@@ -349,7 +349,7 @@ def check_loss(
 ) -> dict[str, Tensor]:
     """Run ``loss(outputs, **kwargs)`` and check the loss contract; return the terms.
 
-    Raises :class:`~pandemonium.pipeline.losses.LossError` (naming the loss and the term) when a term
+    Raises :class:`~pandemonium.attack.losses.LossError` (naming the loss and the term) when a term
     is not a per-sample ``(B,)`` tensor (e.g. a scalar), when the returned names differ from
     ``loss.terms``, or when a value is NaN / inf.
     """

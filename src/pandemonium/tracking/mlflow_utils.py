@@ -20,6 +20,9 @@ from urllib.parse import urlparse
 
 import yaml
 
+from pandemonium.errors import PandemoniumError
+from pandemonium.plain import to_plain
+
 __all__ = [
     "MlflowUnreachableError",
     "MetricBuffer",
@@ -41,7 +44,7 @@ PARAMS_PER_BATCH = 100
 CONNECT_TIMEOUT_S = 3.0
 
 
-class MlflowUnreachableError(RuntimeError):
+class MlflowUnreachableError(PandemoniumError, RuntimeError):
     """The MLflow tracking URI cannot be used; raised before any training starts."""
 
 
@@ -176,20 +179,12 @@ def log_flat_params(
         payload = {"params": rejected, "reasons": reasons}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / artifact_file
-            path.write_text(yaml.safe_dump(_plain(payload), sort_keys=False))
+            path.write_text(yaml.safe_dump(to_plain(payload), sort_keys=False))
             client.log_artifact(run_id, str(path))
         log.info("%d params too long or invalid for MLflow went to artifact %s", len(rejected), artifact_file)
     return reasons
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 @contextlib.contextmanager

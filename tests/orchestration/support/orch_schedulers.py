@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pandemonium import AbstractBaseScheduler
-from pandemonium.schedulers.executors import Executor, execute_step_isolated
+from pandemonium.runs.executors import Executor, execute_step_isolated
 
 KILL_ENV = "ORCH_TEST_KILL_MARKER"
 

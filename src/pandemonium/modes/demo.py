@@ -1,0 +1,120 @@
+"""The ``demo`` mode: the whole job from one command, on a fresh offline machine.
+
+``pandemonium demo`` creates ``shapes_cls`` and ``shapes_det`` (if missing), trains their models,
+fits a targeted patch against the classifier and a disappearance patch against the detector,
+evaluates them (each on its own held-out images, then every patch on every model, then robustness
+over scale and viewing angle), writes the HTML report and prints where the report, the MLflow
+database and the TensorBoard events are, with the headline figures. Every step is a step of the
+scheduler plan, so an interrupted demo finishes with ``pandemonium demo continue=latest``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pandemonium.modes.attack import AttackScheduler
+from pandemonium.modes.evaluate import EvaluateSteps, read_summary
+from pandemonium.modes.report import REPORT_KEY, ReportSteps
+from pandemonium.modes.steps import EVAL_SUMMARY_KEY
+from pandemonium.plain import as_float
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DemoScheduler"]
+
+SUBROUTINES = ("create", "train", "attack", "evaluate", "transfer", "robustness", "report")
+
+
+class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
+    """create → train → attack → evaluate → transfer → robustness → report; ``run()`` returns the
+    headline figures ``{"<task>/<metric>": rate}``."""
+
+    requires_existing_tasks = False
+
+    def __init__(self, cfg: DictConfig) -> None:
+        AttackScheduler.__init__(self, cfg, available_subroutines=SUBROUTINES)
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ plan
+    def after_preparation_hook(self) -> None:
+        if "create" in self.subroutines:
+            self.create_missing_tasks()
+        super().after_preparation_hook()
+
+    def preflight(self) -> None:
+        AttackScheduler.preflight(self)
+        self.check_evaluation_settings()
+
+    def create_missing_tasks(self) -> None:
+        """Materialise the demo tasks that are not on disk yet (existing ones are kept)."""
+        from pandemonium.errors import UnknownTaskError
+        from pandemonium.tasks.creators import create_task, list_creatable
+
+        missing = [t for t in self.task_list if t not in self.known_tasks()]
+        creatable = set(list_creatable())
+        for task in missing:
+            if task not in creatable:
+                raise UnknownTaskError(f"demo: task {task!r} is neither on disk nor creatable "
+                                       f"(creatable: {', '.join(sorted(creatable))})")
+        extra = (self.cfg.get("mode") or {}).get("creator_kwargs")
+        kwargs = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
+        for task in missing:
+            start = time.perf_counter()
+            create_task(task, self.cfg.data_dir, seed=int(self.cfg.seed), **kwargs)
+            log.info("demo: created task %s in %.1f s", task, time.perf_counter() - start)
+
+    def create_routine(self) -> None:
+        per_task = (("train", self.train_model), ("attack", self.attack_task), ("evaluate", self.evaluate_patch))
+        for name, command in per_task:
+            if name in self.subroutines:
+                for task in self.task_list:
+                    self.commands.append(command)
+                    self.params.append([task])
+        for name, command in (("transfer", self.transfer), ("robustness", self.robustness), ("report", self.report)):
+            if name in self.subroutines:
+                self.commands.append(command)
+                self.params.append([])
+
+    # ------------------------------------------------------------------ result
+    def headline_rows(self) -> list[dict[str, Any]]:
+        """One row per task: metric, rate, CI, patch area and the bar from ``mode.targets``."""
+        targets = OmegaConf.to_container((self.cfg.get("mode") or {}).get("targets") or {}, resolve=True)
+        rows = []
+        for task in self.task_list:
+            summary = read_summary(self.get_struct(task).paths.get(EVAL_SUMMARY_KEY))
+            if not summary:
+                continue
+            target = targets.get(task) or {}
+            rows.append({"task": task, "metric": summary["metric"], "rate": as_float(summary.get("rate")),
+                         "ci_low": as_float(summary.get("rate_ci_low")), "ci_high": as_float(summary.get("rate_ci_high")),
+                         "area": as_float(summary.get("patch_area_fraction")), "min": target.get("min")})
+        return rows
+
+    def finish(self) -> Any:
+        rows = self.headline_rows()
+        report = self.get_struct(self.task_list[0]).paths.get(REPORT_KEY) if self.task_list else None
+        tracking = self._tracking
+        uri = tracking.tracking_uri if tracking is not None else None
+        lines = ["", "=" * 78, f"pandemonium demo finished in {time.perf_counter() - self.started:.0f} s",
+                 "=" * 78]
+        if report:
+            lines += [f"report      : {report}", f"              open it in a browser: file://{Path(report).absolute()}"]
+        if uri:
+            lines += [f"MLflow DB   : {uri}", f"              mlflow ui --backend-store-uri {uri}"]
+        lines += [f"TensorBoard : tensorboard --logdir {self.proj_path}", f"run folder  : {self.run_dir}", "",
+                  "headline figures (held-out evaluation images, patched vs control, 95% CI):"]
+        for row in rows:
+            area = f", patch = {100 * row['area']:.1f}% of the image" if math.isfinite(row["area"]) else ""
+            bar = ""
+            if row.get("min") is not None:
+                bar = f"  [{'PASS' if row['rate'] >= row['min'] else 'BELOW'} target >= {row['min']}]"
+            lines.append(f"  {row['task']:<12} {row['metric']:<18} {row['rate']:.3f} "
+                         f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]{area}{bar}")
+        print("\n".join(lines), flush=True)
+        return {f"{r['task']}/{r['metric']}": float(r["rate"]) for r in rows}
