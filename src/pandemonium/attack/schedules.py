@@ -11,6 +11,7 @@ once per evaluation with the monitored evaluation metric.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch.optim import Optimizer
@@ -56,16 +57,25 @@ def _check_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_schedule(
-    name: str | None, optimizer: Optimizer, total_steps: int | None = None, **settings: Any
+    name: str | Mapping[str, Any] | None, optimizer: Optimizer, total_steps: int | None = None, **settings: Any
 ) -> LRScheduler | ReduceLROnPlateau:
     """Build a schedule by name: ``none``, ``cosine``, ``exponential``, ``plateau``, ``warmup``.
 
     Args:
-        name: schedule name (``None`` means ``"none"``).
+        name: schedule name (``None`` means ``"none"``), or a spec ``{"name": ..., **settings}``
+            (``_target_`` is accepted in place of ``name``, as for optimisers).
         optimizer: the optimiser whose ``lr`` is scheduled.
         total_steps: number of optimiser steps of the fit (default ``T_max`` for cosine).
         **settings: overrides of :data:`SCHEDULE_DEFAULTS` for that schedule.
     """
+    if isinstance(name, Mapping):
+        spec = dict(name)
+        name = spec.pop("name", spec.pop("_target_", None))
+        settings = {**spec, **settings}
+    if isinstance(name, Mapping):
+        spec = dict(name)
+        name = spec.pop("name", spec.pop("_target_", None))
+        settings = {**spec, **settings}
     key = (name or "none").lower().replace("-", "").replace("_", "")
     if key not in SCHEDULE_DEFAULTS:
         raise ValueError(f"unknown schedule {name!r}; known schedules: {list(SCHEDULES)}")
