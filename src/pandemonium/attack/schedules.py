@@ -72,10 +72,6 @@ def build_schedule(
         spec = dict(name)
         name = spec.pop("name", spec.pop("_target_", None))
         settings = {**spec, **settings}
-    if isinstance(name, Mapping):
-        spec = dict(name)
-        name = spec.pop("name", spec.pop("_target_", None))
-        settings = {**spec, **settings}
     key = (name or "none").lower().replace("-", "").replace("_", "")
     if key not in SCHEDULE_DEFAULTS:
         raise ValueError(f"unknown schedule {name!r}; known schedules: {list(SCHEDULES)}")
