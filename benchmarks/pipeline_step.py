@@ -1,40 +1,50 @@
-"""Cost of one patch-optimisation step relative to the bare model, measured in one run.
+"""Cost of one patch-optimisation step relative to the bare victim, over a grid, measured in one run.
 
-The standard pipeline: a 32x32 patch implanted (rectangle, random scale/position) into 128x128 scenes,
-colour jitter (brightness/contrast/saturation) + random affine (rotation/translation/scale), a
-4-layer conv net, batch 32. One step = pipeline forward, loss, backward to the patch, optimiser step.
+The workload (the same for every path): a rectangle implant of a patch of side S/4 (S = image side) at
+scale 0.75-1.25, ColorJiggle(0.2, 0.2, 0.2) + RandomAffine(15 deg, scale 0.9-1.1), the victim, Adam,
+an untargeted cross-entropy loss. One step = pipeline forward, loss, backward to the patch, optimiser
+step, clamp.
 
-* ``fused``  : FusedImplantAugment (implant + affine jitter in one resampling, RGB colour ops) -> model
-* ``kornia`` : RectangleImplanter -> KorniaAugment({"ColorJiggle", "RandomAffine"}) -> model
-* ``bare``   : the model's forward + backward (to its input) on an already-patched batch of the same size
+* ``bare``   : the victim's forward + backward (to its input) on an already-composited batch
+* ``fused``  : FusedImplantAugment (implant + pose jitter in one resampling, RGB colour ops) -> victim
+* ``kornia`` : RectangleImplanter -> KorniaAugment(ColorJiggle, RandomAffine) -> victim
 
-Modes are interleaved round by round, in a rotating order (so load from other processes and the
-state left by the previous step hit them alike), and the median
-per-step time is reported, with ratios to ``bare`` and peak memory per mode (CUDA: max allocated;
-CPU: peak RSS above the level before the mode, sampled every 2 ms).
+Victims: ``anchor`` is a 4-layer conv net with stride 2 in EVERY layer (a light victim, so pipeline
+overhead is not hidden behind a heavy first convolution); ``project`` is the 4-layer net of
+``common.conv_net`` (stride 1 first), as a second row.
 
-    .venv/bin/python benchmarks/pipeline_step.py            # full
-    .venv/bin/python benchmarks/pipeline_step.py --quick    # fewer repeats
-    .venv/bin/python benchmarks/pipeline_step.py --device cuda
-    .venv/bin/python benchmarks/pipeline_step.py --threads 1   # steadier on a shared, loaded CPU
+Every cell (victim x batch x image size) times all paths round by round in a rotating order; each
+round's ratio is path / bare of that round, and the table shows the median ratio with its min-max,
+the aten ops one step issues (forward + backward, counted with a dispatch mode) and the peak memory
+(CUDA: max allocated; CPU: peak RSS above the level before the step).
 
-On an oversubscribed CPU (more busy processes than cores) multi-threaded runs are dominated by
-thread-synchronisation stalls, which hit the pipelines' many small ops harder than the model's few big
-convolutions; ``--threads 1`` then measures the work rather than the contention.
+    .venv/bin/python benchmarks/pipeline_step.py --quick       # 8/32 x 64/128, the README's table
+    .venv/bin/python benchmarks/pipeline_step.py               # 8/32/128 x 64/128/256
+    .venv/bin/python benchmarks/pipeline_step.py --allocator compare   # glibc tuning on vs off
+    .venv/bin/python benchmarks/pipeline_step.py --device cuda  # plus the largest batch per path
+
+``--allocator compare`` runs each cell twice in fresh processes, with and without
+``pandemonium.allocator.tune_allocator()`` (what the CLI applies at start-up), alternating, and prints
+the speed-up of each path.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from pandemonium.allocator import tune_allocator
 from pandemonium.attack.pipeline import Pipeline
 from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.fused import FusedImplantAugment
@@ -42,157 +52,250 @@ from pandemonium.attack.stages.implant import RectangleImplanter
 
 from common import PeakMemory, conv_net, make_bank
 
-TARGETS = {"fused": 1.3, "kornia": 2.0}
+#: targets of the issue: pipeline step over the bare victim, at every cell
+TARGETS = {"fused": 1.15, "kornia": 1.3}
+PATHS = ("fused", "kornia")
 
 
-def build(args: argparse.Namespace, bank: str, model: nn.Module) -> dict[str, Pipeline]:
+def stride2_net(num_classes: int = 10) -> nn.Module:
+    """The anchor victim: 4 conv layers (3->32->64->64->128), stride 2 in every layer, pool, linear."""
+    layers: list[nn.Module] = []
+    channels = [3, 32, 64, 64, 128]
+    for cin, cout in zip(channels[:-1], channels[1:]):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+VICTIMS = {"anchor": stride2_net, "project": conv_net}
+
+
+def build(path: str, bank: str, model: nn.Module) -> Pipeline:
     scale = [0.75, 1.25]
-    fused = FusedImplantAugment(
-        bank, scale=scale, degrees=15, translate=0.1, jitter_scale=[0.9, 1.1],
-        brightness=0.1, contrast=0.1, saturation=0.1,
-    )
-    kornia = [
+    if path == "fused":
+        stage = FusedImplantAugment(bank, scale=scale, degrees=15, jitter_scale=[0.9, 1.1],
+                                    brightness=0.2, contrast=0.2, saturation=0.2)
+        return Pipeline(stage, model, seed=0)
+    return Pipeline(
         RectangleImplanter(bank, scale=scale),
         KorniaAugment({
-            "ColorJiggle": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "p": 1.0},
-            "RandomAffine": {"degrees": 15, "translate": [0.1, 0.1], "scale": [0.9, 1.1], "p": 1.0},
+            "ColorJiggle": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "p": 1.0},
+            "RandomAffine": {"degrees": 15, "scale": [0.9, 1.1], "p": 1.0},
         }),
-    ]
-    return {"fused": Pipeline(fused, model, seed=0), "kornia": Pipeline(*kornia, model, seed=0)}
+        model, seed=0,
+    )
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops issued while active (forward, backward and optimiser alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class Cell:
+    """Everything one (victim, batch, image size) cell needs: the paths' step functions and the bare one."""
+
+    def __init__(self, victim: str, batch: int, size: int, paths: list[str], device: torch.device, tmp: Path):
+        self.device = device
+        bank = make_bank(tmp / f"scenes_{size}.pt", size)
+        self.model = VICTIMS[victim]().to(device)
+        side = max(2, size // 4)
+        self.patch = torch.rand(1, 3, side, side, device=device, requires_grad=True)
+        self.optimiser = torch.optim.Adam([self.patch], lr=0.01)
+        self.batch = batch
+        self.pipelines = {p: build(p, bank, self.model).to(device).train() for p in paths}
+        first = next(iter(self.pipelines.values()))
+        with torch.no_grad():
+            implanter = first.stages[0]
+            self.composited, kw = implanter(self.patch.expand(batch, -1, -1, -1))
+        self.labels = kw["targets"]["class"].clamp_min(0)
+        self.loss = nn.CrossEntropyLoss()
+        self.steps = {"bare": self.bare, **{p: (lambda pipe=pipe: self.step(pipe)) for p, pipe in self.pipelines.items()}}
+
+    def step(self, pipe: Pipeline) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+        logits, kwargs = pipe(self.patch.expand(self.batch, -1, -1, -1))
+        (-self.loss(logits, kwargs["targets"]["class"].clamp_min(0))).backward()
+        self.optimiser.step()
+        with torch.no_grad():
+            self.patch.clamp_(0, 1)
+
+    def bare(self) -> None:
+        x = self.composited.detach().requires_grad_(True)
+        (-self.loss(self.model(x), self.labels)).backward()
+
+    def timed(self, name: str) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        self.steps[name]()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def ops(self, name: str) -> int:
+        with OpCounter() as counter:
+            self.steps[name]()
+        return sum(counter.ops.values())
+
+    def memory(self, name: str) -> int:
+        with PeakMemory(self.device) as peak:
+            self.steps[name]()
+        return peak.peak
+
+
+def measure(victim: str, batch: int, size: int, paths: list[str], device: torch.device,
+            warmup: int, rounds: int) -> dict:
+    """One cell: per-round ratios to bare, ops per step and peak memory of every path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cell = Cell(victim, batch, size, paths, device, Path(tmp))
+        names = list(cell.steps)
+        for _ in range(warmup):
+            for name in names:
+                cell.steps[name]()
+        ops = {name: cell.ops(name) for name in names}
+        memory = {name: cell.memory(name) for name in names}
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            # rotate so no path always follows the same one (allocator and cache state bias)
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                times[name].append(cell.timed(name))
+    ratios = {p: [t / b for t, b in zip(times[p], times["bare"])] for p in paths}
+    return {
+        "victim": victim, "batch": batch, "size": size,
+        "bare_ms": statistics.median(times["bare"]) * 1e3,
+        "median_ms": {n: statistics.median(t) * 1e3 for n, t in times.items()},
+        "ratio": {p: statistics.median(r) for p, r in ratios.items()},
+        "ratio_min": {p: min(r) for p, r in ratios.items()},
+        "ratio_max": {p: max(r) for p, r in ratios.items()},
+        "ops": ops, "memory_mib": {n: m / 2**20 for n, m in memory.items()},
+    }
+
+
+def largest_batch(victim: str, size: int, path: str, device: torch.device, limit: int = 8192) -> int:
+    """The largest power-of-two batch whose step fits in device memory (CUDA only)."""
+    best, batch = 0, 8
+    while batch <= limit:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cell = Cell(victim, batch, size, [path] if path != "bare" else [], device, Path(tmp))
+                cell.steps[path]()
+            best = batch
+            batch *= 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return best
+
+
+def print_table(results: list[dict], paths: list[str], device: torch.device) -> bool:
+    ok = True
+    mem_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
+    for victim in dict.fromkeys(r["victim"] for r in results):
+        print(f"\nvictim: {victim}   (ratio = step / bare step, median [min-max] over rounds; ops per step; "
+              f"memory MiB = {mem_kind})")
+        head = "| batch x image | bare ms | " + " | ".join(f"{p} / bare" for p in paths)
+        head += " | ops bare / " + " / ".join(paths) + " | MiB bare / " + " / ".join(paths) + " |"
+        print(head)
+        print("|" + "---|" * (3 + len(paths) + 1))
+        for r in (r for r in results if r["victim"] == victim):
+            cells = []
+            for p in paths:
+                over = r["ratio"][p] > TARGETS[p]
+                ok &= not over or victim != "anchor"
+                cells.append(f"{r['ratio'][p]:.2f} [{r['ratio_min'][p]:.2f}-{r['ratio_max'][p]:.2f}]"
+                             + (" OVER" if over else ""))
+            ops = " / ".join(str(r["ops"][n]) for n in ["bare", *paths])
+            mem = " / ".join(f"{r['memory_mib'][n]:.0f}" for n in ["bare", *paths])
+            print(f"| {r['batch']} x {r['size']} | {r['bare_ms']:.1f} | " + " | ".join(cells) + f" | {ops} | {mem} |")
+    print("\ntargets (anchor victim, every cell): " + ", ".join(f"{p} <= {TARGETS[p]}" for p in paths))
+    return ok
+
+
+def allocator_compare(args: argparse.Namespace, grid: list[tuple[str, int, int]]) -> None:
+    """Each cell in fresh processes with and without the glibc tuning, alternating; speed-up per path."""
+    print("\nallocator: step time untuned / tuned (fresh process per measurement, alternating)")
+    for victim, batch, size in grid:
+        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        for repeat in range(2):
+            for setting in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
+                cmd = [sys.executable, __file__, "--cell", json.dumps([victim, batch, size]),
+                       "--allocator", setting, "--device", args.device, "--paths", ",".join(args.paths),
+                       *(["--quick"] if args.quick else [])]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs[setting].append(json.loads(out.strip().splitlines()[-1]))
+        names = ["bare", *args.paths]
+        speed = {n: statistics.median(r["median_ms"][n] for r in runs["off"])
+                 / statistics.median(r["median_ms"][n] for r in runs["on"]) for n in names}
+        peak = {n: (max(r["memory_mib"][n] for r in runs["off"]), max(r["memory_mib"][n] for r in runs["on"]))
+                for n in names}
+        print(f"  {victim} {batch} x {size}: " + ", ".join(
+            f"{n} {speed[n]:.2f}x (peak MiB {peak[n][0]:.0f} -> {peak[n][1]:.0f})" for n in names))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="2 warm-up + 5 timed rounds instead of 3 + 15")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--patch-size", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="grid 8/32 x 64/128, 1 warm-up + 5 rounds")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 8,32,128)")
+    parser.add_argument("--sizes", default=None, help="comma-separated image sides (default 64,128,256)")
+    parser.add_argument("--victims", default="anchor,project")
+    parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--modes", default="fused,kornia", help="comma-separated pipelines to time against bare")
-    parser.add_argument("--plot", default=None, help="write a PNG of the per-step times (all rounds) here")
+    parser.add_argument("--allocator", choices=["on", "off", "compare"], default="on")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # one cell, JSON out (compare runs)
     args = parser.parse_args(argv)
+    args.paths = [p for p in args.paths.split(",") if p]
+    if set(args.paths) - set(PATHS):
+        parser.error(f"--paths: choose from {list(PATHS)}")
+    victims = [v for v in args.victims.split(",") if v]
+    if set(victims) - set(VICTIMS):
+        parser.error(f"--victims: choose from {list(VICTIMS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator != "off":
+        tune_allocator()
     device = torch.device(args.device)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(TARGETS))
-    if unknown or not modes:
-        parser.error(f"--modes: unknown {unknown}; choose from {sorted(TARGETS)}")
-    warmup, rounds = (2, 5) if args.quick else (3, 15)
+    warmup, rounds = (1, 5) if args.quick else (2, 9)
+    batches = [int(b) for b in (args.batches or ("8,32" if args.quick else "8,32,128")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("64,128" if args.quick else "64,128,256")).split(",")]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bank = make_bank(Path(tmp) / "scenes.pt", args.image_size)
-        model = conv_net().to(device)
-        pipelines = {k: p.to(device) for k, p in build(args, bank, model).items()}
-        for p in pipelines.values():
-            p.train()  # ModelStage keeps the victim frozen and in eval mode
-        patch = torch.rand(1, 3, args.patch_size, args.patch_size, device=device, requires_grad=True)
-        optimiser = torch.optim.Adam([patch], lr=0.01)
-        loss_fn = nn.CrossEntropyLoss()
+    if args.cell:
+        victim, batch, size = json.loads(args.cell)
+        print(json.dumps(measure(victim, batch, size, args.paths, device, warmup, rounds)))
+        return 0
 
-        # the bare model's input: an already-patched batch of the same size
-        with torch.no_grad():
-            patched, kw = pipelines["kornia"].stages[0](patch.expand(args.batch, -1, -1, -1))
-        labels = kw["targets"]["class"].clamp_min(0)
+    grid = [(v, b, s) for v in victims for s in sizes for b in batches]
+    print(f"pipeline step benchmark: device={device}, threads={torch.get_num_threads()}, "
+          f"allocator={'tuned' if args.allocator != 'off' else 'glibc default'}, warm-up={warmup}, rounds={rounds}")
+    results = []
+    try:
+        from tqdm import tqdm
 
-        def step(pipe: Pipeline) -> None:
-            optimiser.zero_grad(set_to_none=True)
-            logits, kwargs = pipe(patch.expand(args.batch, -1, -1, -1))
-            loss = -loss_fn(logits, kwargs["targets"]["class"].clamp_min(0))  # untargeted: push away
-            loss.backward()
-            optimiser.step()
-            with torch.no_grad():
-                patch.clamp_(0, 1)
-
-        def bare() -> None:
-            x = patched.detach().requires_grad_(True)
-            loss = -loss_fn(model(x), labels)
-            loss.backward()
-
-        runs = {"bare": bare}
-        for mode in modes:
-            runs[mode] = lambda pipe=pipelines[mode]: step(pipe)
-
-        def timed(fn) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return time.perf_counter() - start
-
-        for _ in range(warmup):
-            for fn in runs.values():
-                fn()
-        memory = {}
-        for name, fn in runs.items():
-            with PeakMemory(device) as peak:
-                fn()
-            memory[name] = peak.peak
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        try:
-            from tqdm import tqdm
-
-            iterator = tqdm(range(rounds), desc="rounds", file=sys.stderr, leave=False)
-        except ImportError:  # progress bar is a nicety
-            iterator = range(rounds)
-        names = list(runs)
-        for r in iterator:
-            # rotate the order every round so no mode always follows the same one (allocator and
-            # cache state left by the previous step would otherwise bias one mode)
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                times[name].append(timed(runs[name]))
-
-    median = {name: statistics.median(t) for name, t in times.items()}
-    print(
-        f"pipeline step benchmark: device={device}, threads={torch.get_num_threads()}, batch={args.batch}, "
-        f"images={args.image_size}x{args.image_size}, patch={args.patch_size}x{args.patch_size}, "
-        f"warm-up={warmup}, rounds={rounds} (median)"
-    )
-    mem_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
-    print(f"{'mode':8s} {'step ms':>10s} {'ratio':>7s} {'target':>7s} {'memory MiB':>11s}  ({mem_kind})")
-    ok = True
-    for name in runs:
-        ratio = median[name] / median["bare"]
-        target = TARGETS.get(name)
-        flag = "" if target is None else ("ok" if ratio <= target else "OVER")
-        ok &= target is None or ratio <= target
-        target_text = f"<={target}" if target else "-"
-        print(
-            f"{name:8s} {median[name] * 1e3:10.1f} {ratio:7.2f} {target_text:>7s} "
-            f"{memory[name] / 2**20:11.1f}  {flag}"
-        )
-    print("ratios: " + ", ".join(f"{m}/bare={median[m] / median['bare']:.2f}" for m in modes))
-    if args.plot:
-        plot_times(times, median, Path(args.plot), f"{device}, {torch.get_num_threads()} threads")
-        print(f"plot: {args.plot}")
+        iterator = tqdm(grid, desc="cells", file=sys.stderr, leave=False)
+    except ImportError:  # the progress bar is a nicety
+        iterator = grid
+    for victim, batch, size in iterator:
+        results.append(measure(victim, batch, size, args.paths, device, warmup, rounds))
+    ok = print_table(results, args.paths, device)
+    if device.type == "cuda":
+        print("\nlargest batch per path (powers of two, CUDA):")
+        for size in sizes:
+            fits = {p: largest_batch("anchor", size, p, device) for p in ["bare", *args.paths]}
+            print(f"  image {size}: " + ", ".join(f"{p} {b}" for p, b in fits.items()))
+    if args.allocator == "compare":
+        allocator_compare(args, [(v, b, s) for (v, b, s) in grid if v == "anchor"][:2])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0 if ok else 1
-
-
-def plot_times(times: dict[str, list[float]], median: dict[str, float], path: Path, where: str) -> None:
-    """Every round's step time per mode, with the median and the target line (``bare`` x target)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(times)
-    for i, name in enumerate(names):
-        ms = [t * 1e3 for t in times[name]]
-        ax.scatter([i] * len(ms), ms, alpha=0.5, s=12)
-        ax.hlines(median[name] * 1e3, i - 0.3, i + 0.3, color="black")
-        if name in TARGETS:
-            ax.hlines(median["bare"] * TARGETS[name] * 1e3, i - 0.3, i + 0.3, color="red", linestyles="dashed")
-    ax.set_xticks(range(len(names)), [f"{n}\n{median[n] / median['bare']:.2f}x" for n in names])
-    ax.set_ylabel("ms per step")
-    ax.set_title(f"pipeline step vs bare model ({where}); red: target")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
