@@ -5,34 +5,66 @@ The plan is cut into *groups*: maximal runs of consecutive steps calling the sam
 parallel; the next group starts only when the whole group finished (barrier). After each step the
 scheduler merges the ``struct.paths`` the step changed and persists them (``record_outcome``).
 
-Writing a distributed executor is one class that overrides :meth:`Executor.run_group`. For Ray::
-
-    class RayExecutor(Executor):
-        def run_group(self, scheduler, group):
-            cfg = OmegaConf.to_container(scheduler.cfg, resolve=True)
-            snapshot = scheduler.structs_snapshot()
-            remote = ray.remote(execute_step_isolated)
-            futures = [remote.remote(cfg, snapshot, step.to_dict(), str(scheduler.run_dir)) for step in group]
-            yield from ray.get(futures)        # StepOutcome objects, merged by execute()
-
-:func:`execute_step_isolated` rebuilds the scheduler from the config in the worker, restores the
-paths, runs one step and returns its :class:`StepOutcome`; nothing else has to change.
+Writing a distributed executor is one class that overrides :meth:`Executor.run_group`;
+:class:`pandemonium.runs.ray_executor.RayExecutor` (``executor=ray``) is one. Its workers call
+:func:`execute_step_isolated`, which rebuilds the scheduler from the config, restores the paths, runs
+one step and returns its :class:`StepOutcome`; the driver alone records outcomes in the run journal.
+A command declares what one call needs with :func:`step_resources`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pandemonium.errors import ConfigError
+from pandemonium.errors import ConfigError, PandemoniumError
 
 if TYPE_CHECKING:
     from pandemonium.runs.base import AbstractBaseScheduler, Step, StepOutcome
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StepFailedError(PandemoniumError):
+    """One or more steps of a group failed in an executor's workers; the finished steps of the group are
+    recorded, so ``continue=<run dir>`` reruns only the failed ones."""
+
+    exit_code = 1
+
+
+RESOURCES_ATTR = "pandemonium_resources"
+
+
+def step_resources(num_cpus: float | None = None, num_gpus: float | None = None,
+                   memory: int | None = None) -> Callable[[F], F]:
+    """Declare what one call of a scheduler command needs (used by distributed executors).
+
+    ``memory`` is in bytes. Unset values fall back to the executor's ``step_resources`` config::
+
+        class MyScheduler(AbstractBaseScheduler):
+            @step_resources(num_cpus=2, num_gpus=1)
+            def fit(self, task_name): ...
+    """
+    declared = {k: v for k, v in {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory}.items()
+                if v is not None}
+
+    def mark(func: F) -> F:
+        setattr(func, RESOURCES_ATTR, declared)
+        return func
+
+    return mark
+
+
+def step_task_name(scheduler: AbstractBaseScheduler, step: Step) -> str:
+    """The task a step works on (its first parameter when that is a task of the plan), else the command."""
+    if step.params and isinstance(step.params[0], str) and step.params[0] in scheduler.task_list:
+        return step.params[0]
+    return step.command
 
 
 def group_steps(steps: Iterable[Step]) -> list[list[Step]]:
@@ -98,15 +130,12 @@ def execute_step_isolated(cfg: dict[str, Any] | DictConfig, snapshot: dict[str, 
 
 def build_executor(spec: DictConfig | dict[str, Any]) -> Executor:
     """Instantiate the ``executor`` config (``_target_`` + kwargs)."""
-    from hydra.utils import instantiate
+    from pandemonium.build import instantiate
 
     target = spec.get("_target_") if spec else None
     if not target:
-        raise ConfigError("executor config has no _target_ (use executor=local)")
-    try:
-        executor = instantiate(spec)
-    except Exception as exc:
-        raise ConfigError(f"executor._target_ {target!r} could not be built: {exc}") from exc
+        raise ConfigError("executor config has no _target_ (use executor=local or executor=ray)")
+    executor = instantiate(spec, what="executor")
     if not isinstance(executor, Executor):
         raise ConfigError(f"executor._target_ {target!r} is not a pandemonium Executor")
     return executor

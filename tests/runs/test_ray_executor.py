@@ -1,0 +1,102 @@
+"""executor=ray: same results as the local executor, failures reported per task, bad input refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pandemonium.errors import ConfigError
+from pandemonium.runs.base import build_scheduler
+from pandemonium.runs.executors import StepFailedError
+
+ray = pytest.importorskip("ray")
+
+SUPPORT = Path(__file__).parent / "support"
+SRC = Path(__file__).resolve().parents[2] / "src"
+RAY = ("executor=ray",)
+
+
+@pytest.fixture(scope="module")
+def kill_marker(tmp_path_factory):
+    """Workers SIGKILL themselves in step 1 while this file is missing (see orch_schedulers)."""
+    marker = tmp_path_factory.mktemp("ray") / "killed"
+    marker.write_text("not this time")
+    return marker
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray(kill_marker):
+    """One local Ray (2 CPUs) for the module: starting Ray costs seconds."""
+    path = os.pathsep.join([str(SUPPORT), str(SRC), *[p for p in sys.path if p and os.path.isdir(p)]])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "ORCH_TEST_KILL_MARKER": str(kill_marker)}})
+    yield
+    ray.shutdown()
+
+
+def _run(compose, *extra):
+    cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
+    scheduler = build_scheduler(cfg)
+    return scheduler, scheduler.run()
+
+
+def _journal(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+def test_ray_gives_the_local_executors_results(compose, two_tasks):
+    local, local_result = _run(compose, "proj=local")
+    remote, remote_result = _run(compose, "proj=remote", *RAY)
+    assert remote_result == pytest.approx(local_result)
+    for task in ("fake_cls", "fake_cls2"):
+        path = remote.get_struct(task).paths["draws"]
+        assert path.is_relative_to(remote.proj_path)
+        assert json.loads(path.read_text()) == json.loads(local.get_struct(task).paths["draws"].read_text())
+    assert sorted(r["index"] for r in _journal(remote.run_dir)) == [0, 1, 2]
+    assert remote.calls == []  # the driver ran nothing itself, it only recorded
+
+
+def test_failed_step_is_reported_with_its_worker_traceback(compose, two_tasks):
+    # step_b alone: the draws of step_a are missing, so it raises KeyError in the worker
+    with pytest.raises(StepFailedError) as info:
+        _run(compose, "mode.subroutines=[b]", *RAY)
+    text = str(info.value)
+    assert "step 0 step_b" in text and "KeyError" in text and "orch_schedulers.py" in text
+    assert info.value.exit_code == 1
+
+
+def test_killed_worker_fails_its_step_and_continue_finishes(compose, two_tasks, kill_marker, pandemonium_roots):
+    reference, ref_result = _run(compose, "proj=reference")
+    kill_marker.unlink()  # the worker of step 1 (fake_cls2) kills itself with SIGKILL, once
+    with pytest.raises(StepFailedError) as info:
+        _run(compose, "proj=killed", *RAY)
+    assert kill_marker.exists()
+    assert "'fake_cls2'" in str(info.value) and "step 1" in str(info.value)
+    run_dir = pandemonium_roots.runs("killed")[-1]
+    assert [r["index"] for r in _journal(run_dir)] == [0]  # the other step of the group was kept
+    resumed, result = _run(compose, "proj=killed", f"continue={run_dir}", *RAY)
+    assert resumed.run_dir == run_dir
+    assert sorted(r["index"] for r in _journal(run_dir)) == [0, 1, 2]
+    assert result == pytest.approx(ref_result)
+
+
+def test_gpu_step_on_a_cluster_without_gpus_is_refused_before_work(compose, two_tasks, pandemonium_roots):
+    with pytest.raises(ConfigError, match=r"step 0 \(step_a of 'fake_cls'\) needs num_gpus=1 .* has 0"):
+        _run(compose, "proj=gpu", "device=cuda", *RAY)
+    run_dir = pandemonium_roots.runs("gpu")[-1]
+    assert not (run_dir / "steps.jsonl").exists()
+
+
+def test_bad_executor_config_is_refused():
+    from pandemonium.runs.ray_executor import RayExecutor
+
+    with pytest.raises(ConfigError, match="127.0.0.1:9: no Ray cluster answers"):
+        RayExecutor(address="127.0.0.1:9", connect_timeout_s=2).check_address("127.0.0.1:9")
+    with pytest.raises(ConfigError, match="expected host:port"):
+        RayExecutor().check_address("nowhere")
+    with pytest.raises(ConfigError, match="unknown resource 'cpus'"):
+        RayExecutor(step_resources={"cpus": 1})
