@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ def _fit_dir(scheduler: AbstractBaseScheduler, owner: str) -> Path:
     return folder
 
 
-def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, dict, dict]], name: str) -> FitOutcome:
-    """Fit one patch against the (struct, model, model meta, preset) members with PatchTrainer."""
+def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, dict, dict]], name: str,
+              callbacks: Sequence[Any] = ()) -> FitOutcome:
+    """Fit one patch against the (struct, model, model meta, preset) members with PatchTrainer
+    (``callbacks``: trainer hooks, e.g. the tune mode's pruning)."""
     from pandemonium.attack.trainer import PatchTrainer
 
     cfg = scheduler.cfg
@@ -115,7 +118,7 @@ def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, di
             mlflow_experiment=tracking.experiment if tracking is not None else None,
             tensorboard=bool(((cfg.get("logging") or {}).get("tensorboard") or {}).get("enabled", True)),
             run_name=f"attack/{name}", device=scheduler.device, target_class=target_class,
-            progress=True,
+            progress=True, callbacks=list(callbacks),
         )
     except (ValueError, TypeError, KeyError) as err:
         raise AttackConfigError(f"attack of {name!r} (preset {lead.get('name')!r}): {err}") from None
