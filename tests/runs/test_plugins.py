@@ -60,15 +60,10 @@ def test_good_plugins_load_and_a_broken_one_is_reported_by_name(tmp_path):
 
 
 def test_registry_adds_modalities_and_task_types():
-    from pandemonium.tasks.attributes import (
-        TASK_TYPE_REQUIREMENTS,
-        TASK_TYPE_TARGETS,
-        Modality,
-        TaskType,
-        _remove_enum_member,
-    )
+    from pandemonium.tasks.attributes import TASK_TYPE_TARGETS, Modality, TaskType, unregister_modality
     from pandemonium.tasks.loaders import DEFAULT_LOADERS, ValueLoader
     from pandemonium.tasks.verifiers import MODALITY_VERIFIER_MAP, verify_value
+    from pandemonium.tasktypes import unregister_task_type
 
     class HeatLoader(ValueLoader):
         pass
@@ -84,13 +79,10 @@ def test_registry_adds_modalities_and_task_types():
         assert TASK_TYPE_TARGETS[TaskType("heat_regression_test")] is heat
         assert DEFAULT_LOADERS[heat] is HeatLoader and MODALITY_VERIFIER_MAP[heat] is verify_value
     finally:  # enums are process-global: leave nothing behind for other tests
-        task_type = TaskType("heat_regression_test")
-        TASK_TYPE_REQUIREMENTS.pop(task_type)
-        TASK_TYPE_TARGETS.pop(task_type)
+        unregister_task_type("heat_regression_test")
         DEFAULT_LOADERS.pop(heat, None)
         MODALITY_VERIFIER_MAP.pop(heat, None)
-        _remove_enum_member(TaskType, "HEAT_REGRESSION_TEST")
-        _remove_enum_member(Modality, "HEATMAP_TEST")
+        unregister_modality(heat)
     with pytest.raises(FileNotFoundError):
         registry.add_config_path("/no/such/folder")
 

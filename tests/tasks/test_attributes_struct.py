@@ -13,8 +13,9 @@ from pandemonium.tasks import (
     register_modality_loader,
     register_task_type,
 )
-from pandemonium.tasks.attributes import TASK_TYPE_REQUIREMENTS, TASK_TYPE_TARGETS, _remove_enum_member
+from pandemonium.tasks.attributes import unregister_modality
 from pandemonium.tasks.loaders import DEFAULT_LOADERS, ValueLoader
+from pandemonium.tasktypes import unregister_task_type
 
 
 def test_modality_and_task_type_values():
@@ -70,12 +71,10 @@ def depth_modality():
     depth = register_modality("DEPTH", "depth")
     task_type = register_task_type("DEPTH_ESTIMATION", "depth_estimation", requires=["depth"], target="depth")
     yield depth, task_type
-    TASK_TYPE_REQUIREMENTS.pop(task_type)
-    TASK_TYPE_TARGETS.pop(task_type)
+    unregister_task_type(task_type)
     DEFAULT_LOADERS.pop(depth, None)
     MODALITY_VERIFIER_MAP.pop(depth, None)
-    _remove_enum_member(TaskType, "DEPTH_ESTIMATION")
-    _remove_enum_member(Modality, "DEPTH")
+    unregister_modality(depth)
 
 
 def test_plugin_can_add_modality_and_task_type(depth_modality):

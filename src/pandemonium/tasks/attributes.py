@@ -1,12 +1,12 @@
-"""What a task holds (:class:`Modality`) and what is learned from it (:class:`TaskType`).
+"""What a task holds (:class:`Modality`, with its :class:`Geometry`) and what is learned from it (:class:`TaskType`).
 
 Both enums can grow at run time so that plugins can add a modality or task type without editing this
-file (Python enums cannot be subclassed once they have members):
+file (Python enums cannot be subclassed once they have members). A task type is described in full by
+its :class:`pandemonium.tasktypes.TaskTypeSpec`; :meth:`TaskType.requires` and :attr:`TaskType.target`
+read it.
 
->>> from pandemonium.tasks.attributes import Modality, TaskType, register_modality, register_task_type
->>> depth = register_modality("DEPTH", "depth")                          # doctest: +SKIP
->>> register_task_type("DEPTH_ESTIMATION", "depth_estimation",
-...                    requires={Modality.IMAGE, depth}, target=depth)  # doctest: +SKIP
+>>> from pandemonium.tasks.attributes import Geometry, Modality, register_modality
+>>> depth = register_modality("DEPTH", "depth", geometry=Geometry.DENSE)   # doctest: +SKIP
 
 A new modality also needs a loader (:func:`pandemonium.tasks.loaders.register_modality_loader`) and a
 verifier (an entry in :data:`pandemonium.tasks.verifiers.MODALITY_VERIFIER_MAP`).
@@ -14,9 +14,9 @@ verifier (an entry in :data:`pandemonium.tasks.verifiers.MODALITY_VERIFIER_MAP`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 
 class Modality(str, Enum):
@@ -31,6 +31,76 @@ class Modality(str, Enum):
     SAMPLE_ID = "sample_id"
 
 
+class Geometry(str, Enum):
+    """How a modality follows a geometric transform of its image (flip, affine, crop, ...).
+
+    * ``IMAGE``: the image itself (resampled bilinearly; the only modality photometric transforms touch),
+    * ``DENSE``: a continuous per-pixel map (depth, heatmap); geometric transforms only, resampled
+      with nearest neighbours so values at object edges never blend into values nobody measured,
+    * ``LABEL_MAP``: per-pixel class indices (nearest neighbours),
+    * ``BOXES``: ``(N, 4)`` xyxy pixel boxes (clipped; boxes pushed out are dropped with their labels),
+    * ``POINTS``: ``(N, 2)`` xy pixel points,
+    * ``NONE``: does not move (class, value, sample id).
+    """
+
+    IMAGE = "image"
+    DENSE = "dense"
+    LABEL_MAP = "label_map"
+    BOXES = "boxes"
+    POINTS = "points"
+    NONE = "none"
+
+
+#: Geometry of every modality; :func:`register_modality` adds entries. Unlisted modalities do not move.
+MODALITY_GEOMETRY: dict[Modality, Geometry] = {
+    Modality.IMAGE: Geometry.IMAGE,
+    Modality.MASK: Geometry.LABEL_MAP,
+    Modality.BOXES: Geometry.BOXES,
+    Modality.CLASS: Geometry.NONE,
+    Modality.CLASSES: Geometry.NONE,
+    Modality.VALUE: Geometry.NONE,
+    Modality.SAMPLE_ID: Geometry.NONE,
+}
+
+#: Kornia ``AugmentationSequential`` data key of each geometry that moves.
+KORNIA_DATA_KEYS: dict[Geometry, str] = {
+    Geometry.IMAGE: "input",
+    Geometry.DENSE: "mask",
+    Geometry.LABEL_MAP: "mask",
+    Geometry.BOXES: "bbox_xyxy",
+    Geometry.POINTS: "keypoints",
+}
+
+
+def modality_geometry(modality: Modality | str) -> Geometry:
+    """How ``modality`` follows geometric transforms (``NONE`` when never declared)."""
+    return MODALITY_GEOMETRY.get(Modality(modality), Geometry.NONE)
+
+
+class _KorniaValid(Mapping):
+    """Modality -> Kornia data key, derived from :data:`MODALITY_GEOMETRY` (one source of truth)."""
+
+    def _items(self) -> dict[Modality, str]:
+        return {m: KORNIA_DATA_KEYS[g] for m, g in MODALITY_GEOMETRY.items() if g in KORNIA_DATA_KEYS}
+
+    def __getitem__(self, modality: Any) -> str:
+        return self._items()[Modality(modality)]
+
+    def __iter__(self) -> Iterator[Modality]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+#: Modalities that follow geometric augmentations, mapped to Kornia's ``data_keys`` names; derived from
+#: each modality's :class:`Geometry`, so declaring the geometry is all a plugin does.
+KORNIA_VALID_MODALITIES: Mapping[Modality, str] = _KorniaValid()
+
+
 class TaskType(str, Enum):
     """What a model learns from a task; :meth:`requires` lists the modalities every sample must have."""
 
@@ -41,44 +111,51 @@ class TaskType(str, Enum):
     REGRESSION = "regression"
 
     def requires(self) -> set[Modality]:
-        """Modalities every sample of a task of this type must carry.
+        """Modalities every sample of a task of this type must carry (from its ``TaskTypeSpec``).
 
         >>> sorted(m.value for m in TaskType.DETECTION.requires())
         ['boxes', 'image', 'sample_id']
         """
-        return set(TASK_TYPE_REQUIREMENTS[self])
+        from pandemonium.tasktypes import task_type_spec
+
+        return set(task_type_spec(self).required_modalities)
 
     @property
     def target(self) -> Modality:
         """The modality a model of this task type predicts."""
-        return TASK_TYPE_TARGETS[self]
+        from pandemonium.tasktypes import task_type_spec
+
+        return task_type_spec(self).target_modality
 
 
-#: Modalities each task type needs; plugins add entries through :func:`register_task_type`.
-TASK_TYPE_REQUIREMENTS: dict[TaskType, frozenset[Modality]] = {
-    TaskType.CLASSIFICATION: frozenset({Modality.IMAGE, Modality.CLASS, Modality.SAMPLE_ID}),
-    TaskType.MULTILABEL_CLASSIFICATION: frozenset({Modality.IMAGE, Modality.CLASSES, Modality.SAMPLE_ID}),
-    TaskType.SEMANTIC_SEGMENTATION: frozenset({Modality.IMAGE, Modality.MASK, Modality.SAMPLE_ID}),
-    TaskType.DETECTION: frozenset({Modality.IMAGE, Modality.BOXES, Modality.SAMPLE_ID}),
-    TaskType.REGRESSION: frozenset({Modality.IMAGE, Modality.VALUE, Modality.SAMPLE_ID}),
-}
+class _SpecView(Mapping):
+    """Read-only ``TaskType -> ...`` view of the registered task type specs (kept for old imports)."""
 
-#: The target modality of each task type (what ``TaskStruct.target`` returns).
-TASK_TYPE_TARGETS: dict[TaskType, Modality] = {
-    TaskType.CLASSIFICATION: Modality.CLASS,
-    TaskType.MULTILABEL_CLASSIFICATION: Modality.CLASSES,
-    TaskType.SEMANTIC_SEGMENTATION: Modality.MASK,
-    TaskType.DETECTION: Modality.BOXES,
-    TaskType.REGRESSION: Modality.VALUE,
-}
+    def __init__(self, attr: str) -> None:
+        self._attr = attr
 
-#: Modalities that follow geometric augmentations, mapped to Kornia's ``AugmentationSequential``
-#: ``data_keys`` names. Every other modality is passed through augmentation unchanged.
-KORNIA_VALID_MODALITIES: dict[Modality, str] = {
-    Modality.IMAGE: "input",
-    Modality.MASK: "mask",
-    Modality.BOXES: "bbox_xyxy",
-}
+    def __getitem__(self, task_type: Any) -> Any:
+        from pandemonium.tasktypes import task_type_spec
+
+        try:
+            spec = task_type_spec(task_type)
+        except LookupError:
+            raise KeyError(task_type) from None
+        return getattr(spec, self._attr)
+
+    def __iter__(self) -> Iterator[TaskType]:
+        from pandemonium.tasktypes import registered_task_types
+
+        return iter([s.enum for s in registered_task_types()])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+#: TaskType -> frozenset of required modalities (a view of the specs).
+TASK_TYPE_REQUIREMENTS: Mapping[TaskType, frozenset[Modality]] = _SpecView("required_modalities")
+#: TaskType -> target modality (what ``TaskStruct.target`` returns; a view of the specs).
+TASK_TYPE_TARGETS: Mapping[TaskType, Modality] = _SpecView("target_modality")
 
 #: Batch key of the per-box class labels that travel with ``Modality.BOXES``.
 BOX_LABELS_KEY = "labels"
@@ -112,15 +189,44 @@ def _extend_str_enum(enum_cls: type[_E], name: str, value: str) -> _E:
 
 def _remove_enum_member(enum_cls: type[Enum], name: str) -> None:
     """Undo :func:`_extend_str_enum` (for tests that must not leak a registered member)."""
-    member = enum_cls._member_map_.pop(name)
+    member = enum_cls._member_map_.pop(name, None)
+    if member is None:
+        return
     enum_cls._member_names_.remove(name)
     enum_cls._value2member_map_.pop(member.value, None)
     type.__delattr__(enum_cls, name)
 
 
-def register_modality(name: str, value: str) -> Modality:
-    """Add a :class:`Modality` member (idempotent for the same name and value)."""
-    return _extend_str_enum(Modality, name, value)
+def register_modality(name: str, value: str, geometry: Geometry | str | None = None) -> Modality:
+    """Add a :class:`Modality` member with its :class:`Geometry` (idempotent for the same name and value).
+
+    ``geometry`` ``None`` keeps an earlier declaration (``NONE`` for a new modality).
+    """
+    modality = _extend_str_enum(Modality, name, value)
+    if geometry is not None or modality not in MODALITY_GEOMETRY:
+        MODALITY_GEOMETRY[modality] = Geometry(geometry or Geometry.NONE)
+    return modality
+
+
+def unregister_modality(value: Modality | str) -> None:
+    """Remove a plugin modality and its geometry (tests; built-in modalities stay)."""
+    modality = Modality._value2member_map_.get(str(getattr(value, "value", value)))
+    if modality is None:
+        return
+    MODALITY_GEOMETRY.pop(modality, None)  # type: ignore[call-overload]
+    _remove_enum_member(Modality, modality.name)
+
+
+def add_task_type_member(name: str, value: str) -> TaskType:
+    """The ``TaskType`` member ``name = value``, created when missing (``register_task_type`` calls this)."""
+    return _extend_str_enum(TaskType, name, value)
+
+
+def remove_task_type_member(name: str) -> None:
+    """Remove a ``TaskType`` member added at run time (built-in members stay)."""
+    if name in {"CLASSIFICATION", "MULTILABEL_CLASSIFICATION", "SEMANTIC_SEGMENTATION", "DETECTION", "REGRESSION"}:
+        return
+    _remove_enum_member(TaskType, name)
 
 
 def register_task_type(
@@ -129,12 +235,18 @@ def register_task_type(
     requires: Iterable[Modality | str],
     target: Modality | str,
 ) -> TaskType:
-    """Add a :class:`TaskType` member with its required modalities and target modality."""
-    required = frozenset(Modality(m) for m in requires) | {Modality.IMAGE, Modality.SAMPLE_ID}
+    """Add a bare :class:`TaskType` (modalities only: tasks of it can be created and loaded).
+
+    A task type that models train on, attacks target and reports show is a whole
+    :class:`pandemonium.tasktypes.TaskTypeSpec`; register that with
+    :func:`pandemonium.tasktypes.register_task_type` instead.
+    """
+    from pandemonium.tasktypes import TaskTypeSpec
+    from pandemonium.tasktypes import register_task_type as register_spec
+
+    required = {Modality(m).value for m in requires}
     target_modality = Modality(target)
-    if target_modality not in required:
+    if target_modality.value not in required | {"image", "sample_id"}:
         raise ValueError(f"task type {value!r}: target {target_modality.value!r} must be in requires")
-    task_type = _extend_str_enum(TaskType, name, value)
-    TASK_TYPE_REQUIREMENTS[task_type] = required
-    TASK_TYPE_TARGETS[task_type] = target_modality
-    return task_type
+    return register_spec(TaskTypeSpec(name=value, enum_name=name, requires=frozenset(required),
+                                      target=target_modality.value)).enum

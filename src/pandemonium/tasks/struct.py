@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pandemonium.plain import to_plain
-from pandemonium.tasks.attributes import TASK_TYPE_TARGETS, Modality, TaskType
+from pandemonium.tasks.attributes import Modality, TaskType
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TaskStruct:
     @property
     def target(self) -> Modality:
         """The modality models of this task predict (``CLASS`` for classification, ...)."""
-        return TASK_TYPE_TARGETS[self.task_type]
+        return self.task_type.target
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view; :meth:`from_dict` inverts it."""

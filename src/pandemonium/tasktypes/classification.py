@@ -1,0 +1,99 @@
+"""Single-label classification: logits ``(B, C)``; a patch succeeds when the prediction leaves the true
+class (untargeted) or reaches the target class (targeted)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pandemonium.tasktypes.base import TaskTypeSpec, label_name, register_task_type
+
+
+def logits_fit(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+    """``(B, C)`` logits (classification and multilabel)."""
+    import torch
+
+    return isinstance(output, torch.Tensor) and tuple(output.shape) == (batch, num_classes)
+
+
+def logits_expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+    return f"logits of shape (B, num_classes) = ({batch}, {num_classes})"
+
+
+def _head(in_channels: Sequence[int], num_classes: int, dropout: float = 0.1, **_: Any) -> Any:
+    from pandemonium.models.heads import ClassificationHead
+
+    return ClassificationHead(in_channels, num_classes, dropout)
+
+
+def _metric_inputs(outputs: Any, batch: Mapping[str, Any], score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
+    return outputs.detach(), batch["class"].long()
+
+
+def _scores(outputs: Any) -> Any:
+    return outputs.softmax(dim=1)
+
+
+def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], split: str) -> Any:
+    import pandas as pd
+
+    preds = outputs["preds"]
+    frame = pd.DataFrame({"target": outputs["target"].numpy(), "pred": preds.argmax(dim=1).numpy()})
+    frame["pred_name"] = [class_names[i] for i in frame["pred"]] if class_names else frame["pred"]
+    for i, name in enumerate(class_names or range(preds.shape[1])):
+        frame[f"prob_{name}"] = outputs["scores"][:, i].numpy()
+    return frame
+
+
+def _report_predictions(outputs: Any, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    score, label = outputs.softmax(1).max(1)
+    return [{"label": label_name(class_names, lab), "score": s} for s, lab in zip(score.tolist(), label.tolist())]
+
+
+def _report_truth(targets: Mapping[str, Any], class_names: Sequence[str], n: int) -> list[str]:
+    import torch
+
+    if "class" not in targets:
+        return []
+    return [label_name(class_names, int(c)) for c in torch.as_tensor(targets["class"])[:n].tolist()]
+
+
+def _recognises(output: Any) -> bool:
+    import torch
+
+    return isinstance(output, torch.Tensor) and output.ndim == 2
+
+
+def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], target_class: int | None = None,
+             **_: Any) -> dict[str, Any]:
+    from pandemonium.attack.evaluation import classification_metrics
+
+    return classification_metrics(y_patch, y_control, targets.get("class"), target_class)
+
+
+def _headline(target_class: int | None) -> str:
+    return "targeted_success" if target_class is not None else "untargeted_success"
+
+
+SPEC = register_task_type(TaskTypeSpec(
+    name="classification",
+    enum_name="CLASSIFICATION",
+    requires=frozenset({"image", "class", "sample_id"}),
+    target="class",
+    head=_head,
+    output_fits=logits_fit,
+    expected_output=logits_expected,
+    loss="cross_entropy",
+    metrics="classification",
+    metric_inputs=_metric_inputs,
+    scores=_scores,
+    prediction_table=_prediction_table,
+    report_predictions=_report_predictions,
+    report_truth=_report_truth,
+    attack_preset="classification_targeted",
+    attack_losses=("ClassificationTargeted", "ClassificationUntargeted"),
+    recognises=_recognises,
+    success=_success,
+    headline=_headline,
+    description="one class per image",
+))

@@ -1,0 +1,114 @@
+"""Object detection: the dense layout ``{"boxes", "objectness", "class_scores"}`` of
+:class:`pandemonium.models.detector.CenterDetector`; a patch succeeds when detected objects disappear."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pandemonium.tasktypes.base import TaskTypeSpec, label_name, register_task_type
+
+#: keys of the dense detection layout (same order as ``pandemonium.models.detector.DETECTION_KEYS``)
+LAYOUT_KEYS = ("boxes", "objectness", "class_scores")
+
+
+def _model(num_classes: int, **kwargs: Any) -> Any:
+    from pandemonium.models.detector import CenterDetector
+
+    return CenterDetector(num_classes=num_classes, **kwargs)
+
+
+def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+    import torch
+
+    if not isinstance(output, Mapping) or any(k not in output for k in LAYOUT_KEYS):
+        return False
+    boxes, obj, cls = (output[k] for k in LAYOUT_KEYS)
+    if not all(isinstance(v, torch.Tensor) for v in (boxes, obj, cls)):
+        return False
+    n = boxes.shape[1] if boxes.dim() == 3 else -1
+    return (tuple(boxes.shape) == (batch, n, 4) and tuple(obj.shape) == (batch, n)
+            and tuple(cls.shape) == (batch, n, num_classes))
+
+
+def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+    return f'a dict {{"boxes": (B, N, 4), "objectness": (B, N), "class_scores": (B, N, {num_classes})}} with B = {batch}'
+
+
+def _metric_inputs(outputs: Any, batch: Mapping[str, Any], score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
+    from pandemonium.models.detector import decode
+
+    preds = decode(outputs, score_thr=score_thr, nms_iou=nms_iou, image_size=tuple(batch["image"].shape[-2:]))
+    target = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
+    return preds, target
+
+
+def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], split: str) -> list[dict[str, Any]]:
+    names = list(class_names)
+    return [{"boxes": p["boxes"].tolist(), "scores": p["scores"].tolist(), "labels": p["labels"].tolist(),
+             "label_names": [names[i] for i in p["labels"].tolist()] if names else []}
+            for p in outputs["preds"]]
+
+
+def _report_predictions(outputs: Any, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    import torch
+
+    try:
+        from pandemonium.models.detector import decode
+
+        decoded = decode(outputs, score_threshold=threshold)
+    except Exception:  # noqa: BLE001 - any detector without decode: threshold the dense layout
+        decoded = None
+    preds = []
+    for i in range(outputs["objectness"].shape[0]):
+        if decoded is not None and isinstance(decoded, list):
+            boxes, scores, labels = decoded[i]["boxes"], decoded[i]["scores"], decoded[i]["labels"]
+        else:
+            keep = outputs["objectness"][i] >= threshold
+            boxes = outputs["boxes"][i][keep]
+            scores = outputs["objectness"][i][keep]
+            labels = outputs["class_scores"][i][keep].argmax(-1)
+        preds.append({"boxes": boxes.detach().cpu().numpy(), "box_scores": scores.detach().cpu().tolist(),
+                      "box_labels": [label_name(class_names, int(c)) for c in torch.as_tensor(labels).tolist()]})
+    return preds
+
+
+def _report_truth(targets: Mapping[str, Any], class_names: Sequence[str], n: int) -> list[str]:
+    if "boxes" not in targets:
+        return []
+    return [f"{len(b)} object(s)" for b in list(targets["boxes"])[:n]]
+
+
+def _recognises(output: Any) -> bool:
+    return isinstance(output, Mapping) and "objectness" in output and "boxes" in output
+
+
+def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], conf_threshold: float = 0.5,
+             iou_threshold: float = 0.5, **_: Any) -> dict[str, Any]:
+    from pandemonium.attack.evaluation import detection_metrics
+
+    return detection_metrics(y_patch, y_control, conf_threshold, iou_threshold)
+
+
+SPEC = register_task_type(TaskTypeSpec(
+    name="detection",
+    enum_name="DETECTION",
+    requires=frozenset({"image", "boxes", "sample_id"}),
+    target="boxes",
+    model=_model,
+    output_fits=_fits,
+    expected_output=_expected,
+    loss="centernet",
+    metrics="detection",
+    metric_inputs=_metric_inputs,
+    prediction_table=_prediction_table,
+    report_predictions=_report_predictions,
+    report_truth=_report_truth,
+    attack_preset="detection_disappearance",
+    attack_losses=("DetectionDisappearance", "DetectionClassFlip"),
+    recognises=_recognises,
+    success=_success,
+    headline=lambda target_class: "disappearance",
+    success_weights={"disappearance": "detections_control"},
+    description="boxes with classes",
+))

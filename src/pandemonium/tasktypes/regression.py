@@ -1,0 +1,50 @@
+"""Scalar regression: values ``(B,)`` (or ``(B, 1)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pandemonium.tasktypes.base import TaskTypeSpec, register_task_type
+
+
+def _head(in_channels: Sequence[int], num_classes: int, dropout: float = 0.1, **_: Any) -> Any:
+    from pandemonium.models.heads import RegressionHead
+
+    return RegressionHead(in_channels, dropout)
+
+
+def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+    import torch
+
+    return isinstance(output, torch.Tensor) and tuple(output.shape) in ((batch,), (batch, 1))
+
+
+def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+    return f"values of shape (B,) or (B, 1) = ({batch},)"
+
+
+def _metric_inputs(outputs: Any, batch: Mapping[str, Any], score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
+    return outputs.detach().reshape(-1).float(), batch["value"].reshape(-1).float()
+
+
+def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], split: str) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"target": outputs["target"].numpy(), "pred": outputs["preds"].numpy()})
+
+
+SPEC = register_task_type(TaskTypeSpec(
+    name="regression",
+    enum_name="REGRESSION",
+    requires=frozenset({"image", "value", "sample_id"}),
+    target="value",
+    head=_head,
+    output_fits=_fits,
+    expected_output=_expected,
+    loss="smooth_l1",
+    metrics="regression",
+    metric_inputs=_metric_inputs,
+    prediction_table=_prediction_table,
+    description="one number per image",
+))

@@ -1,0 +1,74 @@
+"""Semantic segmentation: logits ``(B, C, H, W)``; a patch succeeds by flipping predicted pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pandemonium.tasktypes.base import TaskTypeSpec, register_task_type
+
+
+def _head(in_channels: Sequence[int], num_classes: int, decoder_channels: int = 32, **_: Any) -> Any:
+    from pandemonium.models.heads import SegmentationHead
+
+    return SegmentationHead(in_channels, num_classes, decoder_channels)
+
+
+def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+    import torch
+
+    return isinstance(output, torch.Tensor) and tuple(output.shape) == (batch, num_classes, *image_size)
+
+
+def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+    h, w = image_size
+    return f"logits of shape (B, num_classes, H, W) = ({batch}, {num_classes}, {h}, {w})"
+
+
+def _metric_inputs(outputs: Any, batch: Mapping[str, Any], score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
+    return outputs.detach().argmax(dim=1), batch["mask"].long()
+
+
+def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], split: str) -> dict[str, Any]:
+    masks = outputs["preds"].numpy()
+    return {"masks": masks.astype(np.uint8 if len(class_names) <= 256 else np.int16)}
+
+
+def _report_predictions(outputs: Any, class_names: Sequence[str], threshold: float = 0.5) -> list[dict[str, Any]]:
+    return [{"mask": mask.detach().cpu().numpy()} for mask in outputs.argmax(1)]
+
+
+def _recognises(output: Any) -> bool:
+    import torch
+
+    return isinstance(output, torch.Tensor) and output.ndim == 4
+
+
+def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+    from pandemonium.attack.evaluation import segmentation_metrics
+
+    return segmentation_metrics(y_patch, y_control, targets.get("mask"))
+
+
+SPEC = register_task_type(TaskTypeSpec(
+    name="semantic_segmentation",
+    enum_name="SEMANTIC_SEGMENTATION",
+    requires=frozenset({"image", "mask", "sample_id"}),
+    target="mask",
+    head=_head,
+    output_fits=_fits,
+    expected_output=_expected,
+    loss="cross_entropy_dice",
+    metrics="segmentation",
+    metric_inputs=_metric_inputs,
+    prediction_table=_prediction_table,
+    report_predictions=_report_predictions,
+    attack_preset="segmentation",
+    attack_losses=("SegmentationPixelFlip",),
+    recognises=_recognises,
+    success=_success,
+    headline=lambda target_class: "pixel_flip",
+    description="one class per pixel",
+))
