@@ -1,6 +1,8 @@
 """``pandemonium create``: materialise every task of ``task_list`` under ``<data_dir>/tasks``.
 
-Existing tasks are kept unless ``mode.force=true``; ``mode.creator_kwargs`` go to every creator.
+Existing tasks are kept unless ``mode.force=true``; ``mode.creator_kwargs`` go to every creator;
+``mode.creator`` names a creator or importer for tasks of any name, e.g.
+``pandemonium create task_list=[my_photos] mode.creator=import_folder +mode.creator_kwargs.root=DIR``.
 ``run()`` returns ``{task: {"status": "created" | "kept", "seconds": float, "path": str}}``.
 """
 
@@ -27,12 +29,18 @@ class CreateScheduler(AbstractBaseScheduler):
         super().__init__(cfg=cfg, available_subroutines=["create"])
         self.summary: dict[str, dict[str, Any]] = {}
         self.force = bool(cfg.mode.get("force", False))
+        self.creator: str | None = cfg.mode.get("creator") or None
 
     def after_preparation_hook(self) -> None:
         # every name is checked before anything is built, so a typo costs no work
-        from pandemonium.tasks.creators import list_creatable
+        from pandemonium.tasks.creators import DSET_CREATORS, TASK_CREATORS, list_creatable
 
         creatable = set(list_creatable())
+        if self.creator is not None:
+            if self.creator not in TASK_CREATORS and self.creator not in DSET_CREATORS:
+                known = ", ".join(sorted({*TASK_CREATORS, *DSET_CREATORS}))
+                raise UnknownTaskError(f"mode.creator={self.creator!r} is no creator or importer (known: {known})")
+            return  # any task name: the creator makes it
         on_disk = set(self.known_tasks())
         for task in self.task_list:
             if task not in creatable and task not in on_disk:
@@ -60,7 +68,8 @@ class CreateScheduler(AbstractBaseScheduler):
         extra = self.cfg.mode.get("creator_kwargs")
         kwargs = OmegaConf.to_container(extra, resolve=True) if extra is not None else {}
         start = time.perf_counter()
-        path = create_task(task_name, self.cfg.data_dir, seed=int(self.cfg.seed), force=self.force, **kwargs)
+        path = create_task(task_name, self.cfg.data_dir, seed=int(self.cfg.seed), force=self.force,
+                           creator=self.creator, **kwargs)
         seconds = time.perf_counter() - start
         log.info("task %s created in %.2f s (%s)", task_name, seconds, path)
         entry = {"status": "created", "seconds": round(seconds, 3), "path": str(path)}
