@@ -1,0 +1,420 @@
+"""The attack of one task as a typed, validated spec (built once from the ``attack`` config group).
+
+:class:`AttackSpec` holds everything an attack needs besides data and model: the pipeline stages, the
+loss and its weights, the optimiser, schedule and step budget, the patch (shape, parameterisation,
+init), the target class, the success metric and the evaluation settings. It is built once per task by
+:meth:`AttackSpec.from_config`, which refuses anything that does not fit the task before any work, and
+it builds the parts (:meth:`~AttackSpec.build_pipeline`, :meth:`~AttackSpec.build_loss`,
+:meth:`~AttackSpec.build_patch`). :meth:`~AttackSpec.to_dict` is stored with the patch, so what was
+fitted can be rebuilt with :meth:`~AttackSpec.from_dict`.
+
+>>> spec = AttackSpec.from_config(cfg.attack, struct)          # doctest: +SKIP
+>>> pipeline = spec.build_pipeline(model, cfg.data_dir, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pandemonium.build import import_target, instantiate
+from pandemonium.errors import ConfigError
+from pandemonium.plain import to_plain
+
+__all__ = ["DEFAULTS", "AttackConfigError", "AttackSpec", "AttackSpecs", "EvaluationSettings", "patch_shape_for",
+           "select_preset", "stage_configs", "success_metric", "with_patch_target"]
+
+#: keys of the ``attack`` group that override the chosen preset when not null
+OVERRIDE_KEYS = ("steps", "batch_size", "lr", "patch_fraction", "num_eval")
+
+#: implanters whose ``scale`` multiplies the patch's pixel size
+SCALED_IMPLANTERS = ("RectangleImplanter", "FusedImplantAugment")
+
+#: the one default of every setting a preset may leave out
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 16, "eval_every": 50, "num_eval": 128, "eval_batch_size": 64,
+    "optimizer": {"name": "adam", "lr": 0.03}, "schedule": {"name": "none"},
+    "patch_fraction": 0.09, "patch_init": "uniform",
+    "parameterisation": {"_target_": "pandemonium.attack.patches.RawPatch"},
+    "curve_pairs": "diagonal",
+}
+
+#: built-in loss classes -> the task types whose model outputs they consume
+LOSS_TASK_TYPES = {
+    "ClassificationTargeted": ("classification",),
+    "ClassificationUntargeted": ("classification",),
+    "DetectionDisappearance": ("detection",),
+    "DetectionClassFlip": ("detection",),
+    "SegmentationPixelFlip": ("semantic_segmentation",),
+}
+
+#: the headline metric of each task type (column of the fixed-evaluation table)
+DEFAULT_SUCCESS_METRIC = {
+    "classification": "untargeted_success",
+    "detection": "disappearance",
+    "semantic_segmentation": "pixel_flip",
+}
+
+
+class AttackConfigError(ConfigError):
+    """The attack configuration does not fit a task (preset, patch size, reuse, missing model)."""
+
+
+# ------------------------------------------------------------------------------- preset dicts
+def select_preset(attack_cfg: Mapping[str, Any], task_name: str, task_type: str) -> dict[str, Any]:
+    """The attack preset for one task as a plain dict, with the group's overrides applied.
+
+    ``attack_cfg`` is either the default group (``presets: {task_type: preset}``) or one preset.
+    Raises :class:`AttackConfigError` naming the task, its type and the preset when they do not fit.
+    """
+    cfg = to_plain(attack_cfg) or {}
+    if not cfg:
+        raise AttackConfigError("no attack configuration: the `attack` config group is empty (use attack=default)")
+    if "presets" in cfg:
+        presets = cfg.get("presets") or {}
+        if task_type not in presets:
+            raise AttackConfigError(
+                f"task {task_name!r} is a {task_type} task, but the attack config has no preset for that "
+                f"type (presets for: {', '.join(sorted(presets)) or 'none'}); pick one with attack=<preset>"
+            )
+        preset = dict(presets[task_type])
+    else:
+        preset = {k: v for k, v in cfg.items() if k not in OVERRIDE_KEYS}
+    # the group's overrides, or a single preset's own values for these keys
+    preset.update({k: cfg[k] for k in OVERRIDE_KEYS if cfg.get(k) is not None})
+    name = preset.get("name", "<unnamed preset>")
+    fits = [str(t) for t in preset.get("task_types") or []]
+    if fits and task_type not in fits:
+        raise AttackConfigError(
+            f"attack preset {name!r} is for {', '.join(fits)} tasks, but task {task_name!r} is a "
+            f"{task_type} task; use attack=default (preset by task type) or a preset for {task_type}"
+        )
+    if preset.get("target_class") is not None:
+        preset["loss"] = _with_target_class(preset.get("loss"), int(preset["target_class"]), only_unset=True)
+    _check_loss_fits(preset, task_name, task_type)
+    if preset.get("patch_fraction") is not None:
+        preset["patch"] = {**(preset.get("patch") or {}), "fraction": float(preset["patch_fraction"]), "size": None}
+    if preset.get("lr") is not None:
+        preset["optimizer"] = {**(preset.get("optimizer") or {}), "lr": float(preset["lr"])}
+    missing = [k for k in ("stages", "loss", "weights", "steps") if not preset.get(k)]
+    if missing:
+        raise AttackConfigError(f"attack preset {name!r} (task {task_name!r}) lacks {', '.join(missing)}")
+    return preset
+
+
+def _with_target_class(spec: Any, target_class: int, only_unset: bool = False) -> Any:
+    """A loss spec with its ``target_class`` entries set (only the ``null`` ones with ``only_unset``)."""
+    if isinstance(spec, Mapping):
+        return {k: (target_class if k == "target_class" and (v is None or not only_unset)
+                    else _with_target_class(v, target_class, only_unset)) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_with_target_class(v, target_class, only_unset) for v in spec]
+    return spec
+
+
+def with_patch_target(preset: Mapping[str, Any], patch_payload: Mapping[str, Any], task_name: str) -> dict[str, Any]:
+    """The preset a stored patch is evaluated with on ``task_name``: the configured one, but aiming at
+    the target class the patch was fitted for on that task (a patch is judged by its own goal)."""
+    stored = (patch_payload.get("presets") or {}).get(task_name) or {}
+    preset = dict(preset)
+    if stored.get("target_class") is not None and preset.get("target_class") is not None:
+        preset["target_class"] = int(stored["target_class"])
+        preset["loss"] = _with_target_class(preset.get("loss"), preset["target_class"])
+    return preset
+
+
+def _loss_targets(spec: Any) -> list[str]:
+    if isinstance(spec, Mapping):
+        found = [str(spec["_target_"]).rsplit(".", 1)[-1]] if "_target_" in spec else []
+        return found + [t for v in spec.values() for t in _loss_targets(v)]
+    if isinstance(spec, list):
+        return [t for v in spec for t in _loss_targets(v)]
+    return []
+
+
+def _check_loss_fits(preset: Mapping[str, Any], task_name: str, task_type: str) -> None:
+    """A built-in loss for another task type (a detection loss on a classifier) is refused up front."""
+    for loss in _loss_targets(preset.get("loss")):
+        fits = LOSS_TASK_TYPES.get(loss)
+        if fits is not None and task_type not in fits:
+            raise AttackConfigError(
+                f"attack preset {preset.get('name')!r}: loss {loss} is for {', '.join(fits)} models, but task "
+                f"{task_name!r} is a {task_type} task"
+            )
+
+
+def patch_shape_for(preset: Mapping[str, Any], image_size: Sequence[int], channels: int,
+                    task_name: str) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the patch: ``patch.size`` in pixels, or a square of ``patch.fraction`` of the
+    image area. Refuses patches larger than the images (before any work)."""
+    patch = preset.get("patch") or {}
+    height, width = int(image_size[0]), int(image_size[1])
+    if patch.get("size") is not None:
+        size = patch["size"]
+        h, w = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+    else:
+        fraction = float(patch.get("fraction", DEFAULTS["patch_fraction"]))
+        if not 0 < fraction <= 1:
+            raise AttackConfigError(f"attack preset {preset.get('name')!r}: patch fraction {fraction} must be in (0, 1]")
+        h = w = max(1, int(math.floor(math.sqrt(fraction * height * width))))
+    max_scale = _max_scale(preset.get("stages") or [])
+    if h <= 0 or w <= 0 or h * max_scale > height or w * max_scale > width:
+        raise AttackConfigError(
+            f"patch of {h}x{w} px (at implant scale up to {max_scale:g}) is larger than the "
+            f"{height}x{width} images of task {task_name!r}; lower attack patch.size / patch.fraction"
+        )
+    return int(channels), h, w
+
+
+def _max_scale(stages: Sequence[Mapping[str, Any]]) -> float:
+    """The largest pixel scale a rectangle implanter applies (1 for other implanters)."""
+    for stage in stages:
+        if str(stage.get("_target_", "")).rsplit(".", 1)[-1] in SCALED_IMPLANTERS:
+            scale = stage.get("scale", 1.0)
+            return float(max(scale)) if isinstance(scale, (list, tuple)) else float(scale)
+    return 1.0
+
+
+def stage_configs(preset: Mapping[str, Any], struct: Any, data_dir: str, fold: int = 0) -> list[dict[str, Any]]:
+    """The preset's stages with ``bank: null`` filled with the task's own images (the train split to
+    fit, the held-out test split to evaluate)."""
+    bank = {"task": struct.name, "data_dir": str(data_dir), "train_split": "train", "eval_split": "test",
+            "fold": int(fold)}
+    return [{**stage, "bank": dict(bank)} if stage.get("bank", "") in (None, "task") else dict(stage)
+            for stage in preset["stages"]]
+
+
+def success_metric(preset: Mapping[str, Any], task_type: str) -> str:
+    """The evaluation column that measures this preset's attack success."""
+    if preset.get("success_metric"):
+        return str(preset["success_metric"])
+    if task_type == "classification" and preset.get("target_class") is not None:
+        return "targeted_success"
+    if task_type not in DEFAULT_SUCCESS_METRIC:
+        raise AttackConfigError(
+            f"attack preset {preset.get('name')!r}: no success metric known for {task_type} tasks; "
+            "set success_metric in the preset"
+        )
+    return DEFAULT_SUCCESS_METRIC[task_type]
+
+
+# ------------------------------------------------------------------------------- typed spec
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Fixed-condition evaluation: how many held-out samples, in which batches, which sweeps."""
+
+    num_eval: int = DEFAULTS["num_eval"]
+    batch_size: int = DEFAULTS["eval_batch_size"]
+    scales: tuple[float, ...] = ()
+    angles: tuple[float, ...] = ()
+    curve_pairs: str = DEFAULTS["curve_pairs"]
+
+    @classmethod
+    def from_mode(cls, mode: Mapping[str, Any] | None) -> EvaluationSettings:
+        """The settings of the ``evaluate`` / ``demo`` mode config (``mode.num_eval``, ``mode.scales``, ...)."""
+        mode = to_plain(mode) or {}
+
+        def get(key: str, default: Any) -> Any:
+            return default if mode.get(key) is None else mode[key]
+
+        settings = cls(num_eval=int(get("num_eval", DEFAULTS["num_eval"])),
+                       batch_size=int(get("batch_size", DEFAULTS["eval_batch_size"])),
+                       scales=tuple(float(s) for s in get("scales", ())),
+                       angles=tuple(float(a) for a in get("angles", ())),
+                       curve_pairs=str(get("curve_pairs", DEFAULTS["curve_pairs"])))
+        settings.check("mode")
+        return settings
+
+    def check(self, where: str) -> None:
+        if self.num_eval <= 0 or self.batch_size <= 0:
+            raise AttackConfigError(f"{where}: num_eval and the evaluation batch size must be positive, "
+                                    f"got {self.num_eval} and {self.batch_size}")
+        if any(s <= 0 for s in self.scales):
+            raise AttackConfigError(f"{where}.scales must be positive factors, got {list(self.scales)}")
+        if any(not 0 <= abs(a) < 90 for a in self.angles):
+            raise AttackConfigError(f"{where}.angles must lie in (-90, 90) degrees, got {list(self.angles)}")
+        if self.curve_pairs not in ("diagonal", "all"):
+            raise AttackConfigError(f"{where}.curve_pairs must be 'diagonal' or 'all', got {self.curve_pairs!r}")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """The validated attack of one task. Build it with :meth:`from_config` (or :meth:`from_dict`)."""
+
+    name: str
+    task: str
+    task_type: str
+    stages: tuple[dict[str, Any], ...]
+    loss: dict[str, Any]
+    weights: dict[str, float]
+    steps: int
+    patch_shape: tuple[int, int, int]
+    success_metric: str
+    target_class: int | None = None
+    batch_size: int = DEFAULTS["batch_size"]
+    eval_every: int = DEFAULTS["eval_every"]
+    optimizer: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS["optimizer"]))
+    schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS["schedule"]))
+    patch: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, attack_cfg: Mapping[str, Any], struct: Any) -> AttackSpec:
+        """The attack of ``struct``'s task from the ``attack`` group, checked against the task."""
+        task_type = getattr(struct.task_type, "value", struct.task_type)
+        preset = select_preset(attack_cfg, struct.name, str(task_type))
+        preset["patch_shape"] = patch_shape_for(preset, struct.image_size, struct.channels, struct.name)
+        spec = cls.from_dict({**preset, "task": struct.name, "task_type": str(task_type)})
+        target, classes = spec.target_class, int(getattr(struct, "num_classes", 0) or 0)
+        if target is not None and classes and not 0 <= target < classes:
+            raise AttackConfigError(
+                f"attack preset {spec.name!r}: target_class {target} does not exist in task {struct.name!r}, "
+                f"which has {classes} classes ({', '.join(struct.class_names)})"
+            )
+        return spec
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttackSpec:
+        """The spec of :meth:`to_dict` output (or of a preset dict with ``task``, ``task_type``, ``patch_shape``)."""
+        data = dict(to_plain(data))
+        name, task = str(data.get("name", "<unnamed preset>")), str(data.get("task", "<task>"))
+        where = f"attack preset {name!r} (task {task!r})"
+
+        def number(key: str, kind: type = int, default: Any = None) -> Any:
+            value = default if data.get(key) is None else data[key]
+            try:
+                ok = kind(value) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                what = "integer" if kind is int else "number"
+                raise AttackConfigError(f"{where}: {key} must be a positive {what}, got {value!r}")
+            return kind(value)
+
+        try:
+            weights = {str(k): float(v) for k, v in (data.get("weights") or {}).items()}
+        except (TypeError, ValueError):
+            raise AttackConfigError(f"{where}: weights must be numbers, got {data.get('weights')!r}") from None
+        task_type = str(data.get("task_type", ""))
+        patch = dict(data.get("patch") or {})
+        patch.setdefault("init", DEFAULTS["patch_init"])
+        patch["parameterisation"] = dict(patch.get("parameterisation") or DEFAULTS["parameterisation"])
+        shape = data.get("patch_shape")
+        if not shape or len(shape) != 3:
+            raise AttackConfigError(f"{where}: patch_shape must be [channels, height, width], got {shape!r}")
+        known = {f.name for f in dataclasses.fields(cls)} | {"eval_batch_size", "num_eval"}
+        spec = cls(
+            name=name, task=task, task_type=task_type,
+            stages=tuple(dict(s) for s in data.get("stages") or ()), loss=dict(data.get("loss") or {}),
+            weights=weights, steps=number("steps"), patch_shape=tuple(int(s) for s in shape),
+            success_metric=success_metric(data, task_type),
+            target_class=None if data.get("target_class") is None else int(data["target_class"]),
+            batch_size=number("batch_size", int, DEFAULTS["batch_size"]),
+            eval_every=number("eval_every", int, DEFAULTS["eval_every"]),
+            optimizer={**DEFAULTS["optimizer"], **(data.get("optimizer") or {})},
+            schedule=dict(data.get("schedule") or DEFAULTS["schedule"]), patch=patch,
+            evaluation=EvaluationSettings(num_eval=number("num_eval", int, DEFAULTS["num_eval"]),
+                                          batch_size=number("eval_batch_size", int, DEFAULTS["eval_batch_size"])),
+            extra={k: v for k, v in data.items() if k not in known and k not in OVERRIDE_KEYS},
+        )
+        spec.check_parts()
+        return spec
+
+    def check_parts(self) -> None:
+        """Every ``_target_`` imports and the loss builds (before any work, with one error format)."""
+        from pandemonium.attack.stages.registry import resolve_stage_class
+
+        if not self.stages or not self.loss or not self.weights:
+            raise AttackConfigError(f"attack preset {self.name!r} (task {self.task!r}) lacks stages, loss or weights")
+        for position, stage in enumerate(self.stages):
+            try:
+                resolve_stage_class(str(stage.get("_target_")))
+            except ValueError as err:
+                raise AttackConfigError(f"attack preset {self.name!r} (task {self.task!r}): stage {position}: "
+                                        f"{err}") from None
+        import_target(str(self.patch["parameterisation"].get("_target_")), what=self._what("patch parameterisation"))
+        self.build_loss()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON / YAML / ``torch.save``) that :meth:`from_dict` turns back into this spec."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("evaluation", "extra")}
+        out.update(num_eval=self.evaluation.num_eval, eval_batch_size=self.evaluation.batch_size)
+        return to_plain({**self.extra, **out})
+
+    # ---------------------------------------------------------------- variants
+    def with_target(self, target_class: int | None) -> AttackSpec:
+        """The same attack aiming at ``target_class`` (every ``target_class`` of the loss follows)."""
+        if target_class is None:
+            return dataclasses.replace(self, target_class=None)
+        return dataclasses.replace(self, target_class=int(target_class),
+                                   loss=_with_target_class(self.loss, int(target_class)))
+
+    def for_patch(self, patch_payload: Mapping[str, Any]) -> AttackSpec:
+        """This spec judging a stored patch by its own goal: aimed at the class it was fitted for (if both aim)."""
+        stored = (patch_payload.get("presets") or {}).get(self.task) or {}
+        if stored.get("target_class") is None or self.target_class is None:
+            return self
+        return self.with_target(int(stored["target_class"]))
+
+    # ---------------------------------------------------------------- parts
+    def _what(self, part: str) -> str:
+        return f"attack preset {self.name!r} (task {self.task!r}): {part}"
+
+    def implanter_index(self) -> int:
+        """Position of the stage that puts the patch into the images (found by role, not by position)."""
+        from pandemonium.attack.stages.registry import resolve_stage_class
+
+        for position, stage in enumerate(self.stages):
+            cls = resolve_stage_class(str(stage.get("_target_")))
+            if getattr(cls, "role", None) == "implanter" or getattr(cls, "consumes_patch", False):
+                return position
+        raise AttackConfigError(f"{self._what('stages')} no stage puts the patch into the images (an implanter)")
+
+    def build_pipeline(self, model: Any, struct: Any, data_dir: str, seed: int, fold: int = 0,
+                       after_implanter: Sequence[Mapping[str, Any]] = ()) -> Any:
+        """The stages (bank = the task's images), ``after_implanter`` right after the implanter, then the model."""
+        from pandemonium.attack.pipeline import Pipeline
+        from pandemonium.attack.stages.base import StageError
+
+        stages = stage_configs({"stages": self.stages}, struct, data_dir, fold)
+        if after_implanter:
+            cut = self.implanter_index() + 1
+            stages = [*stages[:cut], *(dict(s) for s in after_implanter), *stages[cut:]]
+        config = {"seed": int(seed), "stages": [*stages, {"_target_": "ModelStage", "model": "???"}]}
+        try:
+            return Pipeline.from_config(config, model=model)
+        except (StageError, ValueError) as err:
+            raise AttackConfigError(f"{self._what('the pipeline does not build:')} {err}") from None
+
+    def build_loss(self) -> Any:
+        """The loss (``_target_`` + kwargs; nested losses built first)."""
+        return instantiate(self.loss, what=self._what("loss"))
+
+    def build_patch(self, seed: int) -> Any:
+        """The trainable patch parameterisation (``patch.parameterisation``, default raw pixels)."""
+        return instantiate(self.patch["parameterisation"], what=self._what("patch parameterisation"),
+                           shape=list(self.patch_shape), init=self.patch.get("init", DEFAULTS["patch_init"]),
+                           seed=int(seed))
+
+    def named(self, part: str) -> tuple[str, dict[str, Any]]:
+        """``(name, kwargs)`` of the ``optimizer`` or ``schedule`` entry."""
+        entry = dict(getattr(self, part))
+        return str(entry.pop("name", DEFAULTS[part]["name"])), entry
+
+
+class AttackSpecs:
+    """One :class:`AttackSpec` per task, built on first use from the ``attack`` config group."""
+
+    def __init__(self, attack_cfg: Mapping[str, Any] | None) -> None:
+        self.attack_cfg = to_plain(attack_cfg) or {}
+        self._specs: dict[str, AttackSpec] = {}
+
+    def __call__(self, struct: Any) -> AttackSpec:
+        if struct.name not in self._specs:
+            self._specs[struct.name] = AttackSpec.from_config(self.attack_cfg, struct)
+        return self._specs[struct.name]
