@@ -23,6 +23,7 @@ from torch import nn
 from pandemonium.models.lightning_module import TaskLightningModule, metrics_config
 from pandemonium.models.metrics import metric_inputs
 from pandemonium.tasks.attributes import Modality, TaskType
+from pandemonium.tasktypes import task_type_spec
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,8 @@ def fit(
                 mode=module.monitor_mode,
                 patience=int(stopping.get("patience", 8)),
                 min_delta=float(stopping.get("min_delta", 0.0)),
+                # a victim that reached the accuracy the experiment needs stops there (demo speed)
+                stopping_threshold=None if stopping.get("stop_at") is None else float(stopping["stop_at"]),
             )
         )
     trainer_kwargs = dict(settings.get("lightning") or {})
@@ -264,9 +267,19 @@ def fit(
             module.load_state_dict(state)
         results = trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    # Lightning's max_time ends training wherever the clock is, so two seeded runs can differ:
+    # the record says so, and the caller warns
+    timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
+    stopped_by_time_cap = bool(timer is not None and timer.time_remaining() is not None
+                               and timer.time_remaining() <= 0)
+    if stopped_by_time_cap:
+        log.warning("task %s: training stopped at the wall-clock cap (trainer.lightning.max_time=%s) after %d "
+                    "epoch(s); the weights depend on machine speed and are not reproducible bit for bit",
+                    getattr(struct, "name", "?"), trainer_kwargs.get("max_time"), int(trainer.current_epoch))
     return {
         "metrics": metrics,
         "seconds": seconds,
+        "stopped_by_time_cap": stopped_by_time_cap,
         "epochs": int(trainer.current_epoch),
         "monitor": module.monitor,
         "best_checkpoint": checkpoint.best_model_path or None,
@@ -278,8 +291,9 @@ def run_model(model: nn.Module, loader: Any, task_type: Any, device: str | torch
               metrics: Any = None) -> dict[str, Any]:
     """Run ``model`` over ``loader``; per-sample ``preds`` / ``target`` in the :func:`metric_inputs`
     convention (tensors concatenated, detection as lists), ``sample_ids`` and raw ``scores``
-    (class probabilities; ``None`` for segmentation / detection where ``preds`` says it all)."""
+    (``TaskTypeSpec.scores``, e.g. class probabilities; ``None`` where ``preds`` says it all)."""
     task_type = TaskType(getattr(task_type, "value", task_type))
+    spec = task_type_spec(task_type)
     cfg = metrics_config(task_type, metrics)
     device = torch.device(device)
     model = model.to(device).eval()
@@ -294,10 +308,8 @@ def run_model(model: nn.Module, loader: Any, task_type: Any, device: str | torch
         preds, target = metric_inputs(
             task_type, outputs, batch, score_thr=float(cfg.get("score_thr", 0.05)), nms_iou=float(cfg.get("nms_iou", 0.5))
         )
-        if task_type == TaskType.CLASSIFICATION:
-            scores_all.append(outputs.softmax(dim=1).cpu())
-        elif task_type == TaskType.MULTILABEL_CLASSIFICATION:
-            scores_all.append(outputs.sigmoid().cpu())
+        if spec.scores is not None:
+            scores_all.append(spec.scores(outputs).cpu())
         if isinstance(preds, list):
             preds_all += [{k: v.cpu() for k, v in p.items()} for p in preds]
             target_all += [{k: v.cpu() for k, v in t.items()} for t in target]

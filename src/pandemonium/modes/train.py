@@ -71,7 +71,7 @@ class TrainScheduler(AbstractBaseScheduler):
             fold=fold,
             metrics=outcome["metrics"],
             extra={"seconds": outcome["seconds"], "epochs": outcome["epochs"], "monitor": outcome["monitor"],
-                   "run_dir": str(self.run_dir)},
+                   "stopped_by_time_cap": outcome["stopped_by_time_cap"], "run_dir": str(self.run_dir)},
         )
         struct.paths["models"] = path
         log.info("task %s: model stored at %s (%s, %.1fs)", task_name, path, outcome["metrics"], outcome["seconds"])
