@@ -209,7 +209,7 @@ def test_mode_may_follow_options_and_only_one_mode(capsys):
     from pandemonium.cli.main import split_hydra_args
 
     assert split_hydra_args(["-m", "info", "seed=1,2", "--cfg", "job", "--info", "x=1"]) == (
-        ["-m", "--cfg", "job", "--info"], ["info", "seed=1,2", "x=1"])
+        ["-m", "--cfg", "job", "--info", "all"], ["info", "seed=1,2", "x=1"])  # bare --info: "all"
     assert main(["-m", "nosuchmode", "seed=1,2"]) != 0
     assert "'nosuchmode'" in capsys.readouterr().err
     assert main(["info", "create"]) != 0

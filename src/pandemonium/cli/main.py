@@ -7,6 +7,7 @@ Everything after the mode is Hydra's: ``--cfg job``, ``-m``/``--multirun``, ``hy
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -186,7 +187,50 @@ def _main(args: list[str]) -> int:
     install_search_path(user_config_dirs(), registry.config_paths)
     if mode is not None:
         overrides.insert(0, f"mode={mode}")
-    return _run_hydra([*options, *overrides])
+    if any(opt in _NO_RUN_OPTIONS for opt in options):  # Hydra only shows something; nothing runs
+        return _run_hydra([*options, *overrides])
+    from pandemonium.cli.preflight import preflight
+    from pandemonium.errors import PandemoniumError
+    from pandemonium.runs.base import record_continue_changes
+
+    try:
+        checked = preflight(overrides, dirs, mode, multirun=bool({"-m", "--multirun"} & set(options)))
+    except PandemoniumError as exc:
+        return _error(str(exc), getattr(exc, "exit_code", 2))
+    finally:
+        install_search_path(user_config_dirs(), registry.config_paths)  # compose_config removed it
+    if checked.changes and checked.run_dir is not None:
+        record_continue_changes(checked.run_dir, checked.changes)
+    created = _missing_folders(checked.cfg)
+    code = _run_hydra([*options, *checked.overrides])
+    if code not in (0, 130):
+        for folder in created:  # a failed call leaves no empty project or results folder behind
+            prune_empty(folder)
+    return code
+
+
+# options after which Hydra prints something and runs no job (no checks, nothing written)
+_NO_RUN_OPTIONS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc",
+                   "--resolve"}
+
+
+def _missing_folders(cfg: Any) -> list[Path]:
+    """The project folder and the results folder if they do not exist yet (innermost first)."""
+    if not isinstance(cfg, dict) or not cfg.get("out_dir"):
+        return []
+    out_dir = Path(str(cfg["out_dir"])).expanduser().absolute()
+    return [p for p in (out_dir / str(cfg.get("proj", "")), out_dir) if not p.exists()]
+
+
+def prune_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders below it when they hold no file at all."""
+    if not folder.is_dir():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 # Hydra options that take a value (``--info`` takes an optional one)
@@ -210,6 +254,8 @@ def split_hydra_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
             if takes_value and i + 1 < len(args):
                 options.append(args[i + 1])
                 i += 1
+            elif arg in ("--info", "-i"):  # explicit value: argparse would take the next override as one
+                options.append("all")
         else:
             overrides.append(arg)
         i += 1
@@ -242,19 +288,68 @@ def _run_mode(cfg: Any) -> Any:
     from pandemonium.cli.checks import user_error_types
     from pandemonium.plugins import load_plugins
     from pandemonium.runs.base import active_run_dir, build_scheduler
+    from pandemonium.runs.warnings import OnceFilter
 
     log = logging.getLogger(PROG)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    mode = str(cfg.mode.get("id"))
+    logging.getLogger("pandemonium.attack.pipeline").addFilter(OnceFilter())
+    scheduler = None
     try:
         load_plugins(activate=True)
-        with active_run_dir(HydraConfig.get().runtime.output_dir):
+        with active_run_dir(run_dir):
             scheduler = build_scheduler(cfg)
             result = scheduler.run()
     except user_error_types() as exc:
         log.error("%s", exc)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
-    log.info("mode %s finished in %s; result: %s", cfg.mode.get("id"), scheduler.run_dir, reprlib.repr(result))
+        code = getattr(exc, "exit_code", 2)
+        if code == 2:  # bad input: the run never started; a failure during work keeps its log
+            _forget_unstarted_run(cfg, run_dir)
+        sys.exit(code)
+    except KeyboardInterrupt:
+        _close_tracking("KILLED")
+        resume = _resume_command(cfg, scheduler.run_dir if scheduler is not None else run_dir)
+        log.warning("interrupted; resume with: %s", resume)
+        print(f"\n{PROG}: interrupted. Resume with:\n  {resume}", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:  # disk full, permissions changed under a running mode: a failure, not a bug
+        log.exception("mode %s failed", mode)
+        _close_tracking("FAILED")
+        print(f"{PROG}: error: {exc} (details in {run_dir / 'pandemonium.log'})", file=sys.stderr)
+        sys.exit(1)
+    log.info("mode %s finished in %s; result: %s", mode, scheduler.run_dir, reprlib.repr(result))
+    for line in scheduler.summary():
+        print(line)
     return result
+
+
+def _resume_command(cfg: Any, run_dir: Path) -> str:
+    """The command that continues ``run_dir`` (the run's own overrides are replayed by ``continue``)."""
+    import shlex
+
+    return f"{PROG} {cfg.mode.get('id')} proj={cfg.proj} out_dir={shlex.quote(str(cfg.out_dir))} continue={shlex.quote(str(run_dir))}"
+
+
+def _forget_unstarted_run(cfg: Any, run_dir: Path) -> None:
+    """Delete the run folder of a new run that failed before any step finished (it holds no result)."""
+    import shutil
+
+    from pandemonium.runs.base import STEPS_FILE
+
+    if cfg.get("continue") in (None, "", False) and run_dir.is_dir() and not (run_dir / STEPS_FILE).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _close_tracking(status: str) -> None:
+    """End MLflow runs left open by an interrupted or failed mode with ``status``."""
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        while mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,6 +61,7 @@ from pandemonium.errors import (
     UnknownSubroutineError,
     UnknownTaskError,
 )
+from pandemonium.runs import warnings as run_warnings
 from pandemonium.runs.file_manager import FileManager, allocate_run_dir, find_run_dir, validate_name
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ STEPS_FILE = "steps.jsonl"
 STRUCTS_FILE = "structs.json"
 LOCK_FILE = "run.lock"
 PID_FILE = "run.pid"
+#: one line per ``continue`` that changed overrides with ``allow_changes=true`` (what changed, when)
+CHANGES_FILE = "continue_changes.jsonl"
 
 # set by the CLI to the run directory Hydra created; without it a scheduler allocates its own
 _ACTIVE_RUN_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("pandemonium_run_dir", default=None)
@@ -195,6 +198,7 @@ class AbstractBaseScheduler:
         self.step_index: int | None = None
         self.step_seed: int | None = None
         self.last_result: Any = None
+        self.run_warnings: list[run_warnings.RunWarning] = []
 
     # -- set-up ------------------------------------------------------------------------------------
     def _absolutise_roots(self) -> None:
@@ -221,7 +225,8 @@ class AbstractBaseScheduler:
         out_dir, proj = Path(self.cfg.out_dir), str(self.cfg.proj)
         active = _ACTIVE_RUN_DIR.get()
         if self.continuing:
-            found = find_run_dir(out_dir, proj, str(self.cfg["continue"]))
+            mode_id = (self.cfg.get("mode") or {}).get("id")
+            found = find_run_dir(out_dir, proj, str(self.cfg["continue"]), mode=None if mode_id is None else str(mode_id))
             if found is None:
                 raise ContinueError(
                     f"continue={self.cfg['continue']}: no resumable run (a run directory with {PLAN_FILE}) "
@@ -330,26 +335,35 @@ class AbstractBaseScheduler:
         """Lock the run, plan, execute pending steps with the configured executor, return :meth:`finish`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
-        try:
-            if self.requires_existing_tasks and self.task_list:
-                known = self.known_tasks()
-                for task in self.task_list:
-                    if task not in known:
-                        raise UnknownTaskError(self._unknown_task_message(task, known))
-            finished = self._load_previous_state() if self.continuing else {}
-            self.after_preparation_hook()
-            self.create_routine()
-            steps = self._write_or_check_plan(self.plan())
-            pending = [s for s in steps if s.index not in finished]
-            if steps and steps[-1].index in finished:
-                self.last_result = finished[steps[-1].index]
-            if finished:
-                log.info("continuing %s: %d of %d steps already finished", self.run_dir, len(finished), len(steps))
-            self._build_executor().execute(self, pending)
-            self.before_finishing_hook()
-            return self.finish()
-        finally:
-            self._release_lock()
+        with run_warnings.collecting() as self.run_warnings:
+            try:
+                return self._run_locked()
+            finally:
+                self._release_lock()
+
+    def _run_locked(self) -> Any:
+        if self.requires_existing_tasks and self.task_list:
+            known = self.known_tasks()
+            for task in self.task_list:
+                if task not in known:
+                    raise UnknownTaskError(self._unknown_task_message(task, known))
+        finished = self._load_previous_state() if self.continuing else {}
+        self.after_preparation_hook()
+        self.create_routine()
+        steps = self._write_or_check_plan(self.plan())
+        pending = [s for s in steps if s.index not in finished]
+        if steps and steps[-1].index in finished:
+            self.last_result = finished[steps[-1].index]
+        if finished:
+            log.info("continuing %s: %d of %d steps already finished", self.run_dir, len(finished), len(steps))
+        self._build_executor().execute(self, pending)
+        self.before_finishing_hook()
+        return self.finish()
+
+    def summary(self) -> list[str]:
+        """The lines the CLI prints when the mode ends: run folder, artifacts made, warnings."""
+        mode = str((self.cfg.get("mode") or {}).get("id"))
+        return run_warnings.summary_lines(mode, self.run_dir, self.fm.created_paths(), self.run_warnings)
 
     def _build_executor(self) -> Any:
         from pandemonium.runs.executors import LocalExecutor, build_executor
@@ -407,6 +421,11 @@ class AbstractBaseScheduler:
             fh.write(json.dumps(encode_paths(record)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    @property
+    def continue_changes(self) -> list[dict[str, Any]]:
+        """Overrides changed by ``continue ... allow_changes=true``, oldest first (for artifacts' metadata)."""
+        return read_continue_changes(self.run_dir)
 
     def structs_snapshot(self) -> dict[str, dict[str, Any]]:
         """JSON-encoded ``struct.paths`` of all tasks (what a remote worker needs to restore)."""
@@ -480,6 +499,22 @@ class AbstractBaseScheduler:
                 (self.run_dir / PID_FILE).unlink()
             self._lock.release()
             self._lock = None
+
+
+def record_continue_changes(run_dir: str | os.PathLike, changes: dict[str, Any]) -> None:
+    """Append to the run journal the overrides a ``continue`` changed (``{key: (old, new)}``)."""
+    record = {"time": time.time(), "changes": {k: list(v) for k, v in changes.items()}}
+    with open(Path(run_dir) / CHANGES_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_continue_changes(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / CHANGES_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def build_scheduler(cfg: DictConfig) -> AbstractBaseScheduler:

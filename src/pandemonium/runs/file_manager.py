@@ -301,14 +301,32 @@ def allocate_run_dir(out_dir: str | os.PathLike, proj: str) -> Path:
             time.sleep(1e-3)
 
 
-def find_run_dir(out_dir: str | os.PathLike, proj: str, spec: str, marker: str = "plan.json") -> Path | None:
+def run_mode_of(run_dir: Path, marker: str = "plan.json") -> str | None:
+    """The mode that wrote ``run_dir`` (``mode`` of its plan), or None when unreadable."""
+    try:
+        return str(json.loads((run_dir / marker).read_text(encoding="utf-8")).get("mode"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def run_dirs_of(out_dir: str | os.PathLike, proj: str, mode: str | None = None,
+                marker: str = "plan.json") -> list[Path]:
+    """Run directories of ``proj`` holding ``marker`` (of ``mode`` when given), oldest first."""
+    runs = Path(out_dir).absolute() / proj / RUNS_DIR_NAME
+    if not runs.is_dir():
+        return []
+    found = sorted(p for p in runs.iterdir() if (p / marker).is_file())
+    return [p for p in found if mode is None or run_mode_of(p, marker) == mode]
+
+
+def find_run_dir(out_dir: str | os.PathLike, proj: str, spec: str, marker: str = "plan.json",
+                 mode: str | None = None) -> Path | None:
     """The run directory that ``continue=<spec>`` names: ``latest`` (newest run of ``proj`` holding
-    ``marker``), a path, or a run name below ``<out_dir>/<proj>/runs``. None when there is none."""
+    ``marker``, of ``mode`` when given), a path, or a run name below ``<out_dir>/<proj>/runs``.
+    None when there is none."""
     runs = Path(out_dir).absolute() / proj / RUNS_DIR_NAME
     if spec == "latest":
-        if not runs.is_dir():
-            return None
-        candidates = sorted(p for p in runs.iterdir() if (p / marker).is_file())
+        candidates = run_dirs_of(out_dir, proj, mode=mode, marker=marker)
         return candidates[-1] if candidates else None
     for candidate in (Path(spec).expanduser(), runs / spec):
         if (candidate / marker).is_file():
