@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pandemonium.attack.spec import DEFAULTS, AttackConfigError, AttackSpec, AttackSpecs, EvaluationSettings
+from pandemonium.attack.spec import DEFAULTS, AttackConfigError, AttackSpec, AttackSpecs, EvaluationPlan
 from pandemonium.build import BuildError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "src" / "pandemonium" / "configs" / "attack"
@@ -71,8 +71,8 @@ def test_one_default_per_setting():
         bare.pop(key)
     bare["patch"].pop("parameterisation")
     spec = AttackSpec.from_config(bare, FakeStruct())
-    mode = EvaluationSettings.from_mode({})
-    assert spec.evaluation == EvaluationSettings() and (mode.num_eval, mode.batch_size) == (
+    mode = EvaluationPlan.from_mode({})
+    assert spec.evaluation == EvaluationPlan() and (mode.num_eval, mode.batch_size) == (
         spec.evaluation.num_eval, spec.evaluation.batch_size) == (DEFAULTS["num_eval"], DEFAULTS["eval_batch_size"])
     assert spec.batch_size == DEFAULTS["batch_size"] and spec.eval_every == DEFAULTS["eval_every"]
     assert spec.optimizer == DEFAULTS["optimizer"] and spec.schedule == DEFAULTS["schedule"]
@@ -106,7 +106,7 @@ def test_unbuildable_parts_are_refused_before_any_work():
     with pytest.raises(BuildError, match=r"\(task 't'\): patch parameterisation: cannot import _target_ 'no.such.Patch'"):
         AttackSpec.from_config(bad_patch, FakeStruct())
     with pytest.raises(AttackConfigError, match=r"mode.angles must lie in \(-90, 90\) degrees, got \[95.0\]"):
-        EvaluationSettings.from_mode({"angles": [95]})
+        EvaluationPlan.from_mode({"angles": [95]})
 
 
 def test_with_target_and_for_patch_aim_without_changing_the_original():
@@ -143,3 +143,19 @@ def test_spec_builds_pipeline_loss_and_patch(fake_task, pandemonium_roots):
     assert y.shape == (4, 2)
     terms = spec.build_loss()(y, **kwargs)
     assert set(spec.weights) <= set(terms)
+
+
+def test_success_metric_defaults_to_the_task_type_headline():
+    targeted = preset("classification_targeted")
+    targeted.pop("success_metric")
+    assert AttackSpec.from_config(targeted, FakeStruct()).success_metric == "targeted_success"
+    assert AttackSpec.from_config(targeted, FakeStruct()).with_target(None).target_class is None
+    untargeted = preset("classification_untargeted")
+    untargeted.pop("success_metric")
+    assert AttackSpec.from_config(untargeted, FakeStruct()).success_metric == "untargeted_success"
+    seg = preset("segmentation", task_types=None)
+    seg.pop("success_metric")
+    assert AttackSpec.from_config(seg, FakeStruct(task_type="semantic_segmentation")).success_metric == "pixel_flip"
+    seg["loss"] = {"_target_": "pandemonium.attack.losses.TotalVariation"}
+    with pytest.raises(AttackConfigError, match="no success metric known for no_such_type tasks"):
+        AttackSpec.from_config(seg, FakeStruct(task_type="no_such_type"))

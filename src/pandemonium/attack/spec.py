@@ -24,7 +24,7 @@ from pandemonium.build import import_target, instantiate
 from pandemonium.errors import ConfigError
 from pandemonium.plain import to_plain
 
-__all__ = ["DEFAULTS", "AttackConfigError", "AttackSpec", "AttackSpecs", "EvaluationSettings", "patch_shape_for",
+__all__ = ["DEFAULTS", "AttackConfigError", "AttackSpec", "AttackSpecs", "EvaluationPlan", "patch_shape_for",
            "select_preset", "stage_configs", "success_metric", "with_patch_target"]
 
 #: keys of the ``attack`` group that override the chosen preset when not null
@@ -41,23 +41,6 @@ DEFAULTS: dict[str, Any] = {
     "parameterisation": {"_target_": "pandemonium.attack.patches.RawPatch"},
     "curve_pairs": "diagonal",
 }
-
-#: built-in loss classes -> the task types whose model outputs they consume
-LOSS_TASK_TYPES = {
-    "ClassificationTargeted": ("classification",),
-    "ClassificationUntargeted": ("classification",),
-    "DetectionDisappearance": ("detection",),
-    "DetectionClassFlip": ("detection",),
-    "SegmentationPixelFlip": ("semantic_segmentation",),
-}
-
-#: the headline metric of each task type (column of the fixed-evaluation table)
-DEFAULT_SUCCESS_METRIC = {
-    "classification": "untargeted_success",
-    "detection": "disappearance",
-    "semantic_segmentation": "pixel_flip",
-}
-
 
 class AttackConfigError(ConfigError):
     """The attack configuration does not fit a task (preset, patch size, reuse, missing model)."""
@@ -136,10 +119,13 @@ def _loss_targets(spec: Any) -> list[str]:
 
 
 def _check_loss_fits(preset: Mapping[str, Any], task_name: str, task_type: str) -> None:
-    """A built-in loss for another task type (a detection loss on a classifier) is refused up front."""
+    """A loss that a task-type spec claims for other task types (a detection loss on a classifier)
+    is refused up front; losses no spec claims are left to the loss contract check."""
+    from pandemonium.tasktypes import registered_task_types
+
     for loss in _loss_targets(preset.get("loss")):
-        fits = LOSS_TASK_TYPES.get(loss)
-        if fits is not None and task_type not in fits:
+        fits = [spec.name for spec in registered_task_types() if loss in spec.attack_losses]
+        if fits and task_type not in fits:
             raise AttackConfigError(
                 f"attack preset {preset.get('name')!r}: loss {loss} is for {', '.join(fits)} models, but task "
                 f"{task_name!r} is a {task_type} task"
@@ -188,23 +174,27 @@ def stage_configs(preset: Mapping[str, Any], struct: Any, data_dir: str, fold: i
 
 
 def success_metric(preset: Mapping[str, Any], task_type: str) -> str:
-    """The evaluation column that measures this preset's attack success."""
+    """The evaluation column that measures this preset's attack success: the preset's
+    ``success_metric``, else the headline metric of the task type's spec."""
+    from pandemonium.tasktypes import TaskTypeFeatureError, UnknownTaskTypeError, task_type_spec
+
     if preset.get("success_metric"):
         return str(preset["success_metric"])
-    if task_type == "classification" and preset.get("target_class") is not None:
-        return "targeted_success"
-    if task_type not in DEFAULT_SUCCESS_METRIC:
+    target = preset.get("target_class")
+    try:
+        return task_type_spec(task_type).headline_metric(None if target is None else int(target))
+    except (TaskTypeFeatureError, UnknownTaskTypeError):
         raise AttackConfigError(
             f"attack preset {preset.get('name')!r}: no success metric known for {task_type} tasks; "
             "set success_metric in the preset"
-        )
-    return DEFAULT_SUCCESS_METRIC[task_type]
+        ) from None
 
 
 # ------------------------------------------------------------------------------- typed spec
 @dataclass(frozen=True)
-class EvaluationSettings:
-    """Fixed-condition evaluation: how many held-out samples, in which batches, which sweeps."""
+class EvaluationPlan:
+    """Fixed-condition evaluation: how many held-out samples, in which batches, which sweeps (scale,
+    viewing angle) and which patch x model pairs the sweeps cover."""
 
     num_eval: int = DEFAULTS["num_eval"]
     batch_size: int = DEFAULTS["eval_batch_size"]
@@ -213,7 +203,7 @@ class EvaluationSettings:
     curve_pairs: str = DEFAULTS["curve_pairs"]
 
     @classmethod
-    def from_mode(cls, mode: Mapping[str, Any] | None) -> EvaluationSettings:
+    def from_mode(cls, mode: Mapping[str, Any] | None) -> EvaluationPlan:
         """The settings of the ``evaluate`` / ``demo`` mode config (``mode.num_eval``, ``mode.scales``, ...)."""
         mode = to_plain(mode) or {}
 
@@ -259,7 +249,7 @@ class AttackSpec:
     optimizer: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS["optimizer"]))
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS["schedule"]))
     patch: dict[str, Any] = field(default_factory=dict)
-    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    evaluation: EvaluationPlan = field(default_factory=EvaluationPlan)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- construction
@@ -318,7 +308,7 @@ class AttackSpec:
             eval_every=number("eval_every", int, DEFAULTS["eval_every"]),
             optimizer={**DEFAULTS["optimizer"], **(data.get("optimizer") or {})},
             schedule=dict(data.get("schedule") or DEFAULTS["schedule"]), patch=patch,
-            evaluation=EvaluationSettings(num_eval=number("num_eval", int, DEFAULTS["num_eval"]),
+            evaluation=EvaluationPlan(num_eval=number("num_eval", int, DEFAULTS["num_eval"]),
                                           batch_size=number("eval_batch_size", int, DEFAULTS["eval_batch_size"])),
             extra={k: v for k, v in data.items() if k not in known and k not in OVERRIDE_KEYS},
         )
