@@ -259,6 +259,7 @@ class AttackScheduler(AbstractBaseScheduler):
             "universal": owner == UNIVERSAL_TASK,
             "run_dir": str(self.run_dir),
             "command": command_line(),
+            "continue_changes": self.continue_changes,  # overrides changed by `continue allow_changes=true`
         }
         patch_path = self.fm.construct_saving_path(obj=payload, key="patches", task_name=owner,
                                                    file_name="patch.pt")
@@ -285,7 +286,7 @@ class AttackScheduler(AbstractBaseScheduler):
         if self._tracking is not None:
             self._tracking.tag_child(result.run_id, tasks=[s.name for s in structs],
                                      models=[artifact_id(s.paths.get("models")) for s in structs],
-                                     patch=artifact_id(patch_path))
+                                     patch=artifact_id(patch_path), presets=result.presets)
         self.results.setdefault("fits", {})[owner] = result.summary
 
     def evaluate_patch(self, task_name: str) -> dict[str, Any]:
