@@ -283,3 +283,15 @@ def test_visualisations_with_a_real_summary_writer(tmp_path, patch_batch):
     finally:
         writer.close()
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_find_stage_by_role_not_position(patch_batch, classifier, toys):
+    implant = toys.ToyImplant()
+    pipe = Pipeline(Resize(8), toys.AddLevel(), implant, classifier)
+    assert pipe.find_stage("implant") is implant  # the older consumes_patch flag gives the role
+    assert pipe.stages_with_role("create") == [0] and pipe.stages_with_role("implant") == [2]
+    assert isinstance(pipe.find_stage("model"), ModelStage)
+    with pytest.raises(StageError, match=r"no stage with role 'augment'.*'2_ToyImplant': 'implant'"):
+        pipe.find_stage("augment")
+    with pytest.raises(StageError, match="unknown stage role 'implanter'"):
+        pipe.find_stage("implanter")

@@ -28,10 +28,12 @@ from torch import nn
 
 from pandemonium.attack.stages.base import (
     KEY_SEPARATOR,
+    ROLES,
     Batch,
     PipelineBase,
     StageError,
     call_log_vizualizations,
+    role_of,
 )
 from pandemonium.attack.stages.registry import resolve_stage_class, target_of
 
@@ -89,6 +91,22 @@ class Pipeline(nn.Module):
         """``"{position}_{name}"`` for each stage: stable as long as the stage list is."""
         return [f"{i}_{getattr(s, 'name', type(s).__name__)}" for i, s in enumerate(self.stages)]
 
+    def stages_with_role(self, role: str) -> list[int]:
+        """Positions of the stages whose role (see :data:`~pandemonium.attack.stages.contract.ROLES`) is
+        ``role``, in pipeline order."""
+        if role not in ROLES:
+            raise StageError(f"Pipeline: unknown stage role {role!r}; roles are {ROLES}")
+        return [i for i, stage in enumerate(self.stages) if role_of(stage) == role]
+
+    def find_stage(self, role: str) -> nn.Module:
+        """The first stage with ``role``, e.g. ``pipeline.find_stage("implant")`` for the implanter
+        (whatever its position); :class:`StageError` listing the stages' roles if there is none."""
+        positions = self.stages_with_role(role)
+        if not positions:
+            roles = {prefix: role_of(stage) for prefix, stage in zip(self.prefixes, self.stages)}
+            raise StageError(f"Pipeline has no stage with role {role!r}; its stages' roles are {roles}")
+        return self.stages[positions[0]]
+
     def __len__(self) -> int:
         return len(self.stages)
 
@@ -145,7 +163,10 @@ class Pipeline(nn.Module):
             if keep_inputs:
                 inputs.append(x)
             try:
-                out = stage(x, control=control, evaluate=evaluate, params=stage_params, **kwargs)
+                # no params given: pass none, so each stage keeps its own default (None, or {} in
+                # electricmayhem-style stages)
+                given = {} if stage_params is None else {"params": stage_params}
+                out = stage(x, control=control, evaluate=evaluate, **given, **kwargs)
             except Exception as err:
                 if hasattr(err, "add_note"):  # Python >= 3.11: say which stage without changing the type
                     err.add_note(f"in pipeline stage {prefix}")

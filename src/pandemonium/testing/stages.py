@@ -7,8 +7,29 @@
     def test_my_stage():
         check_stage(MyStage(foo=1), torch.rand(4, 3, 16, 16))
 
-``check_stage`` asserts the whole stage contract of DESIGN.md ("Stage") and fails with a message
-naming the stage and the broken rule.
+``check_stage`` asserts the stage contract of DESIGN.md ("Stage") and fails with a message naming the
+stage and the broken rule. A stage written exactly the seed's way (it overrides ``forward``, keeps its
+own last sample, e.g. in a ``lastsample`` attribute, and draws its own random numbers, even from
+global RNG state) passes when it honours ``params=`` and ``control=True``; so does a stage written for
+electricmayhem (``_forward_single``, ``sample``, ``lastsample``, ``params={}``).
+
+What the seed asks, checked here: ``forward`` returns ``(y, kwargs)`` with the incoming kwargs;
+``get_last_sample_as_dict()`` gives one list / 1-D array of length batch per key; ``control=True``
+repeats the previous call's conditions; ``params`` holds the constructor kwargs.
+
+What pandemonium asks beyond the seed (each failure message says so):
+
+1. replay is exact: ``forward(x, params=get_last_sample_as_dict())`` gives the same tensor bit for bit,
+   also from plain lists (a JSON round trip), and ``control=True`` after it uses the replayed values;
+2. ``control=True`` draws nothing new; for an ``"implant"`` stage (``role = "implant"``, or the older
+   ``consumes_patch = True``) the control output does not depend on the patch;
+3. ``params`` is JSON-serialisable and ``type(stage)(**stage.params)``, given the same sample, gives
+   the same output (random draws are compared under the replayed sample, not a shared seed);
+4. tensors live in parameters or buffers, so they follow ``.to(device)`` / ``.double()`` (the last
+   sample -- ``lastsample`` or a name in ``transient_attributes`` -- may stay a plain attribute);
+5. ``get_description()`` is non-empty markdown and ``validate(x)`` returns ``True`` on a good batch;
+6. a stage whose ``params`` has ``keys`` touches only the selected patches of a dict input and names
+   unknown keys in its error.
 """
 
 from __future__ import annotations
@@ -23,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from pandemonium.attack.losses import LossError, assert_finite, check_terms
-from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.base import StageError, role_of, stage_convention
 
 __all__ = ["StageContractError", "check_loss", "check_stage"]
 
@@ -104,7 +125,7 @@ def _tensors_in_plain_attributes(module: nn.Module) -> list[str]:
     """Tensors a module keeps outside ``_parameters`` / ``_buffers`` (they would not move with it)."""
     found = []
     for mod_name, mod in module.named_modules():
-        transient = set(getattr(mod, "transient_attributes", ()))
+        transient = {"lastsample", *getattr(mod, "transient_attributes", ())}
         for attr, value in vars(mod).items():
             if attr in ("_parameters", "_buffers", "_modules") or attr in transient:
                 continue
@@ -133,16 +154,16 @@ def check_stage(
 
     Checks, for ``evaluate`` in ``evaluate_modes``: ``forward`` returns ``(y, kwargs)`` and keeps the
     incoming kwargs; every sampled value is a list / 1-D array of length batch; ``params=`` with the
-    last sample reproduces the output bit for bit (also after the generator moved on); ``control=True``
-    reuses the previous conditions (and, for stages with ``consumes_patch``, does not depend on the
-    patch). Then: ``params`` is JSON-serialisable and ``type(stage)(**params)`` rebuilds an equal
-    stage (same output under the same seed); ``.double()`` / ``.to("meta")`` move every tensor (none
-    hides in plain attributes); a dict of two patches with ``keys=[...]`` touches only the selected one;
-    unknown keys give a clear error.
+    last sample reproduces the output bit for bit (also after the stage drew again, and from plain
+    lists); ``control=True`` reuses the previous conditions (and, for an ``"implant"`` stage, does not
+    depend on the patch). Then: ``params`` is JSON-serialisable and ``type(stage)(**params)`` replaying
+    the same sample gives the same output; ``.double()`` / ``.to("meta")`` move every tensor (none
+    hides in plain attributes); a dict of two patches with ``keys=[...]`` touches only the selected
+    one; unknown keys give a clear error. The module docstring lists what goes beyond the seed.
 
     ``rebuild_kwargs`` override params when rebuilding (e.g. ``{"model": net}`` for an in-memory
-    model); extra ``kwargs`` are passed to every forward call (e.g. targets). The stage is re-seeded
-    with its own seed and position along the way, so its random stream restarts.
+    model); extra ``kwargs`` are passed to every forward call (e.g. targets). A stage with
+    ``set_seed`` is re-seeded with its own seed and position at the end, so its random stream restarts.
     """
     batch = _batch_size(x)
     generator = torch.Generator().manual_seed(12345)
@@ -181,14 +202,15 @@ def check_stage(
 
         # control right after the call: the same conditions as that call
         y_control, _ = _call(stage, x, control=True, evaluate=evaluate, **kwargs)
-        if getattr(stage, "consumes_patch", False):
+        if role_of(stage) == "implant":
             y_control_other, _ = _call(
                 stage, _other_patch(x, generator), control=True, evaluate=evaluate, **kwargs
             )
             if not _equal(y_control, y_control_other):
                 raise _fail(
                     stage,
-                    f"{mode}: control=True output changes with the patch; a control batch must not contain it",
+                    f"{mode}: control=True output changes with the patch; a control batch of an implant stage "
+                    "must not contain it",
                 )
         elif not _equal(y_control, y):
             raise _fail(
@@ -197,7 +219,11 @@ def check_stage(
                 "not implant the patch the output equals that call's output)",
             )
         if not _equal(stage.get_last_sample_as_dict(), sample_copy):
-            raise _fail(stage, f"{mode}: control=True must not draw new random values")
+            raise _fail(
+                stage,
+                f"{mode}: control=True must not draw new random values (get_last_sample_as_dict() changed); "
+                "it repeats the previous call's conditions",
+            )
 
         # replay, after the generator has moved on
         _call(stage, x, evaluate=evaluate, **kwargs)
@@ -205,7 +231,9 @@ def check_stage(
         if not _equal(y, y_replay):
             raise _fail(
                 stage,
-                f"{mode}: forward(x, params=get_last_sample_as_dict()) did not reproduce the output exactly",
+                f"{mode}: forward(x, params=get_last_sample_as_dict()) did not reproduce the output exactly "
+                "(pandemonium needs bit-for-bit replay: every random value the output depends on must be in "
+                "the sample, and params= must be used instead of drawing)",
             )
         y_listed, _ = _call(
             stage,
@@ -257,16 +285,17 @@ def _rebuild(stage: nn.Module, rebuild_kwargs: Mapping[str, Any] | None, **overr
 def _check_params_rebuild(stage, x, rebuild_kwargs, kwargs, evaluate_modes) -> None:
     rebuilt = _rebuild(stage, rebuild_kwargs)
     rebuilt.train(stage.training)
-    seed, position = getattr(stage, "seed", 0), getattr(stage, "position", 0)
     for evaluate in evaluate_modes:
-        _reseed(stage, seed, position)
-        _reseed(rebuilt, seed, position)
         y_a, _ = _call(stage, x, evaluate=evaluate, **kwargs)
-        y_b, _ = _call(rebuilt, x, evaluate=evaluate, **kwargs)
+        sample = {k: np.asarray(v).tolist() for k, v in stage.get_last_sample_as_dict().items()}
+        replay = {"params": sample} if sample else {}  # seed-style stages may only take params=None
+        y_b, _ = _call(rebuilt, x, evaluate=evaluate, **replay, **kwargs)
         if not _equal(y_a, y_b):
             raise _fail(
                 stage,
-                f"evaluate={evaluate}: type(stage)(**stage.params) with the same seed gives a different output",
+                f"evaluate={evaluate}: type(stage)(**stage.params), replaying the original's "
+                "get_last_sample_as_dict(), gives a different output; params must hold every constructor "
+                "argument the output depends on",
             )
 
 
@@ -276,7 +305,8 @@ def _check_moves(stage, x, kwargs) -> None:
         raise _fail(
             stage,
             f"tensors kept in plain attributes {leftovers} do not move with .to(device); register them "
-            "as buffers (register_buffer) or parameters",
+            "as buffers (register_buffer) or parameters (the last sample may stay a plain attribute: name it "
+            "lastsample or list it in the class attribute transient_attributes)",
         )
     try:
         moved = copy.deepcopy(stage)
@@ -323,17 +353,21 @@ def _check_dict_input(stage, x, rebuild_kwargs, kwargs, generator) -> None:
     if not _equal(out["b"], other):
         raise _fail(stage, "keys=['a'] must leave patch 'b' untouched")
     sample = selected.get_last_sample_as_dict()
+    split = stage_convention(stage) == "sample/apply"
     bad_keys = [k for k in sample if not k.startswith("a/")]
-    if bad_keys:
+    if split and bad_keys:
         raise _fail(
             stage, f"dict-mode sample keys must be prefixed by the patch key ('a/...'), got {bad_keys}"
         )
-    replay, _ = _call(selected, dict_input, params=sample, **kwargs)
+    replay, _ = _call(selected, dict_input, **({"params": sample} if sample else {}), **kwargs)
     if not _equal(replay, out):
         raise _fail(stage, "dict input: replay from get_last_sample_as_dict() differs")
-    y_single, _ = _call(stage, x, **kwargs)
-    if not _equal(y_single, out["a"]):
-        raise _fail(stage, "dict input: the selected patch must be processed exactly like a single tensor")
+    if split or not sample:
+        # the same conditions on the bare tensor (the per-patch prefix stripped) give the same output
+        single = {k[len("a/") :]: v for k, v in sample.items()}
+        y_single, _ = _call(stage, x, **({"params": single} if single else {}), **kwargs)
+        if not _equal(y_single, out["a"]):
+            raise _fail(stage, "dict input: the selected patch must be processed exactly like a single tensor")
     wrong = _rebuild(stage, rebuild_kwargs, keys=["not_a_patch"])
     try:
         wrong(dict_input, **kwargs)

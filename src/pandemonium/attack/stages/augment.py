@@ -122,6 +122,7 @@ class KorniaAugment(PipelineBase):
     """A sequence of ``kornia.augmentation`` classes built from ``{"Name": {kwargs}, ...}`` with exact replay."""
 
     name = "KorniaAugment"
+    role = "augment"
 
     def __init__(self, augmentations: Mapping[str, Mapping[str, Any] | None], keys: Sequence[str] | str | None = None):
         super().__init__(keys=keys)
@@ -247,6 +248,7 @@ class ViewingAngleTilt(PipelineBase):
     """
 
     name = "ViewingAngleTilt"
+    role = "augment"
 
     def __init__(
         self,

@@ -29,11 +29,19 @@ writes the single-tensor case::
 Stages written the seed's way (overriding ``forward`` and ``get_last_sample_as_dict`` directly,
 ``log_vizualizations`` without ``logging_to_mlflow``) are supported as well: the pipeline only relies
 on the public methods and calls :func:`call_log_vizualizations`, which adapts to the signature.
+
+Stages written for electricmayhem run once they subclass this class: a stage that defines
+``_forward_single(x, control, evaluate, params, key=None, **kwargs)`` is called with it (once per
+selected patch of a dict input, ``key`` naming the patch, the keys taken from ``params["keys"]``);
+``params={}`` means "no params" like ``params=None``; a ``lastsample`` dict of tensors is the last
+sample (moved with the stage, read by the default :meth:`get_last_sample_as_dict`); ``name`` falls
+back to the class name; the stage may draw from global RNG state in its own ``sample``. A stage's
+``role`` ("create", "implant", "augment", "model", "other") says what it does; ``consumes_patch =
+True`` is the older spelling of ``role = "implant"``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -44,13 +52,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pandemonium.errors import PandemoniumError
+from pandemonium.attack.stages.contract import (
+    KEY_SEPARATOR,
+    ROLES,
+    StageError,
+    call_log_vizualizations,
+    check_serialisable,
+    derive_seed,
+    params_to_lists,
+    role_of,
+)
 
 logger = logging.getLogger(__name__)
 
 Batch = Tensor | dict[str, Tensor]
 
 __all__ = [
+    "KEY_SEPARATOR",
+    "ROLES",
     "Batch",
     "PipelineBase",
     "StageError",
@@ -58,122 +77,22 @@ __all__ = [
     "check_serialisable",
     "derive_seed",
     "params_to_lists",
+    "role_of",
+    "stage_convention",
 ]
 
-KEY_SEPARATOR = "/"
-"""Joins a patch key and a parameter name (``"patch_a/shift_0"``) and, in a :class:`Pipeline`, a stage
-prefix and that (``"2_RandomScroll/patch_a/shift_0"``)."""
 
-
-class StageError(PandemoniumError, ValueError):
-    """Bad input or a broken contract in a pipeline stage; the message names the stage."""
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
-def derive_seed(seed: int, position: int) -> int:
-    """Seed of the stage at ``position`` of a pipeline seeded with ``seed``.
-
-    A hash rather than ``seed + position`` so that neighbouring run seeds do not share streams
-    between neighbouring stages (seed 0/stage 1 vs seed 1/stage 0).
-    """
-    digest = hashlib.sha256(f"pandemonium-stage:{int(seed)}:{int(position)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _find_unserialisable(value: Any, path: str) -> tuple[str, Any] | None:
-    if isinstance(value, _SCALARS):
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _find_unserialisable(item, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    if isinstance(value, Mapping):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                return f"{path} (key {k!r})", k
-            found = _find_unserialisable(item, f"{path}[{k!r}]")
-            if found:
-                return found
-        return None
-    return path, value
-
-
-def check_serialisable(stage_name: str, params: Any) -> None:
-    """Raise :class:`StageError` naming the stage and key when ``params`` is not plain JSON/YAML data."""
-    if not isinstance(params, Mapping):
-        raise StageError(f"stage {stage_name!r}: params must be a dict, got {type(params).__name__}")
-    for key, value in params.items():
-        if not isinstance(key, str):
-            raise StageError(f"stage {stage_name!r}: params keys must be str, got {key!r}")
-        found = _find_unserialisable(value, f"params[{key!r}]")
-        if found:
-            where, bad = found
-            raise StageError(
-                f"stage {stage_name!r}: {where} = {bad!r} of type {type(bad).__name__} is not "
-                "JSON/YAML-serialisable; params must hold only str/int/float/bool/None/list/dict "
-                "(e.g. str(path), float(x), tensor.tolist()) so that type(stage)(**stage.params) "
-                "rebuilds the stage"
-            )
-
-
-def params_to_lists(params: Mapping[str, Tensor], stage_name: str = "stage") -> dict[str, np.ndarray]:
-    """Turn sampled tensors ``{name: (B, ...)}`` into 1-D arrays of length B.
-
-    A multi-value parameter ``(B, k)`` becomes ``name_0 … name_{k-1}``; ``(B, k, m)`` becomes
-    ``name_{i}_{j}``. The inverse needs the layout (see :meth:`PipelineBase._params_from_dict`).
-    """
-    out: dict[str, np.ndarray] = {}
-    for name, value in params.items():
-        if not isinstance(value, Tensor) or value.dim() == 0:
-            raise StageError(
-                f"stage {stage_name!r}: sampled parameter {name!r} must be a tensor with a leading "
-                f"batch dimension, got {type(value).__name__} {getattr(value, 'shape', '')}"
-            )
-        arr = value.detach().cpu().numpy()
-        if arr.ndim == 1:
-            out[name] = arr.copy()  # the caller may edit it; the stage's own sample must not change
-            continue
-        for index in np.ndindex(*arr.shape[1:]):
-            out[name + "".join(f"_{i}" for i in index)] = arr[(slice(None), *index)].copy()
-    return out
-
-
-def call_log_vizualizations(
-    stage: nn.Module, x: Any, x_control: Any, writer: Any, step: int, logging_to_mlflow: bool = False
-) -> None:
-    """Call ``stage.log_vizualizations`` whether or not it accepts ``logging_to_mlflow``.
-
-    The seed's example stage defines ``log_vizualizations(self, x, x_control, writer, step)``.
-    """
-    method = getattr(stage, "log_vizualizations", None)
-    if method is None:
-        return
-    try:
-        signature = inspect.signature(method)
-    except (TypeError, ValueError):  # builtins / C extensions: just try the full call
-        method(x, x_control, writer, step, logging_to_mlflow)
-        return
-    parameters = signature.parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    positional = [
-        p
-        for p in parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    if "logging_to_mlflow" in parameters or takes_kwargs:
-        method(x, x_control, writer, step, logging_to_mlflow=logging_to_mlflow)
-    elif len(positional) >= 5 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
-        method(x, x_control, writer, step, logging_to_mlflow)
-    else:
-        method(x, x_control, writer, step)
-
+def stage_convention(stage: Any) -> str:
+    """How a stage is written: ``"_forward_single"`` (electricmayhem's per-patch method),
+    ``"sample/apply"`` (pandemonium's split) or ``"forward"`` (its own ``forward``, the seed's way)."""
+    cls = stage if isinstance(stage, type) else type(stage)
+    if not (isinstance(cls, type) and issubclass(cls, PipelineBase)):
+        return "forward"
+    if cls._forward_single is not PipelineBase._forward_single:
+        return "_forward_single"
+    if cls.sample_params is not PipelineBase.sample_params or cls.apply is not PipelineBase.apply:
+        return "sample/apply"
+    return "forward"
 
 # --------------------------------------------------------------------------------------------------
 # the base class
@@ -184,11 +103,14 @@ class PipelineBase(nn.Module):
     Class attributes a subclass may set:
 
     ``name``
-        Shown in MLflow / TensorBoard and used for parameter prefixes in a :class:`Pipeline`.
-    ``consumes_patch``
-        ``True`` for stages that put the patch into images (implanters). Under ``control=True`` their
-        output must not depend on the patch; every other stage applies the *same conditions* to
-        whatever it receives (so a control pass through the whole pipeline has no patch in it).
+        Shown in MLflow / TensorBoard and used for parameter prefixes in a :class:`Pipeline`;
+        defaults to the class name.
+    ``role``
+        One of :data:`ROLES`. ``"implant"`` for stages that put the patch into images: under
+        ``control=True`` their output must not depend on the patch; every other stage applies the
+        *same conditions* to whatever it receives (so a control pass through the whole pipeline has
+        no patch in it). ``consumes_patch`` is derived from it (setting ``consumes_patch = True``, the
+        older spelling, makes the role ``"implant"``).
     ``handles_dicts``
         ``True`` when :meth:`sample_params` / :meth:`apply` want the whole dict of patches (e.g. an
         implanter placing several patches into one image). Otherwise the base class applies the
@@ -197,10 +119,24 @@ class PipelineBase(nn.Module):
     """
 
     name: ClassVar[str] = "PipelineBase"
+    role: ClassVar[str] = "other"
     consumes_patch: ClassVar[bool] = False
     handles_dicts: ClassVar[bool] = False
-    transient_attributes: ClassVar[tuple[str, ...]] = ("_last_params",)
-    """Plain attributes that may hold per-batch tensors (not moved; cleared on a device change)."""
+    transient_attributes: ClassVar[tuple[str, ...]] = ("_last_params", "lastsample")
+    """Plain attributes that may hold per-batch tensors: the last sample (``_last_params`` is cleared
+    on a device change, electricmayhem's ``lastsample`` dict is moved with the stage)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ and (cls.name == "PipelineBase" or cls.name.startswith("_")):
+            # electricmayhem stages may leave it out; a subclass of a named stage keeps that name
+            cls.name = cls.__name__
+        if "role" not in cls.__dict__ and "consumes_patch" in cls.__dict__:
+            inherited = cls.role
+            cls.role = "implant" if cls.consumes_patch else ("other" if inherited == "implant" else inherited)
+        if cls.role not in ROLES:
+            raise StageError(f"stage {cls.name!r}: role {cls.role!r} is not one of {ROLES}")
+        cls.consumes_patch = cls.role == "implant"
 
     def __init__(self, keys: Sequence[str] | str | None = None) -> None:
         super().__init__()
@@ -253,6 +189,13 @@ class PipelineBase(nn.Module):
             self._generator_device = probe.device
             self._generator = None
             self._last_params = None  # per-batch values on the old device
+        lastsample = self.__dict__.get("lastsample")
+        if isinstance(lastsample, dict):  # electricmayhem's control pass reads it after a move
+            self.__dict__["lastsample"] = {
+                k: fn(v) if isinstance(v, Tensor) and v.is_floating_point() else
+                v.to(probe.device) if isinstance(v, Tensor) and isinstance(probe, Tensor) else v
+                for k, v in lastsample.items()
+            }
         return result
 
     def _draw_device(self) -> torch.device:
@@ -310,6 +253,10 @@ class PipelineBase(nn.Module):
         **kwargs: Any,
     ) -> tuple[Batch, dict[str, Any]]:
         """Run the stage: sample (or replay ``params`` / the last sample if ``control``), then apply."""
+        if params is not None and len(params) == 0:
+            params = None  # electricmayhem's default is params={}: "nothing given, draw"
+        if type(self)._forward_single is not PipelineBase._forward_single:
+            return self._forward_per_patch(x, control, evaluate, params, kwargs)
         if isinstance(x, Mapping) and not self.handles_dicts:
             return self._forward_dict(x, control, evaluate, params, kwargs)
         if isinstance(x, Tensor) and self.keys is not None and not self.handles_dicts:
@@ -325,6 +272,33 @@ class PipelineBase(nn.Module):
         self._last_batch_size = int(batch_shape[0]) if len(batch_shape) else None
         out = self.apply(x, sampled, control=control, evaluate=evaluate, **kwargs)
         return self._split_output(out, kwargs)
+
+    def _forward_single(
+        self, x: Tensor, control: bool = False, evaluate: bool = False, params: Any = None,
+        key: str | None = None, **kwargs: Any,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """electricmayhem's per-patch method: a subclass that defines it is called with it (see the
+        module docstring); the default is the identity."""
+        return x, kwargs
+
+    def _forward_per_patch(self, x, control, evaluate, params, kwargs) -> tuple[Any, dict[str, Any]]:
+        given = dict(params) if params is not None else {}
+        if isinstance(x, Tensor):
+            return self._split_output(
+                self._forward_single(x, control=control, evaluate=evaluate, params=given, **kwargs), kwargs
+            )
+        if not isinstance(x, Mapping):
+            raise StageError(f"stage {self.name!r}: expected a tensor or a dict of tensors, got {type(x).__name__}")
+        self._check_keys(x)
+        selected = self.params.get("keys") or self.keys or list(x)
+        out = dict(x)
+        for key in x:
+            if key in selected:
+                result = self._forward_single(
+                    x[key], control=control, evaluate=evaluate, params=given, key=key, **kwargs
+                )
+                out[key], kwargs = self._split_output(result, kwargs)
+        return out, kwargs
 
     def _split_output(self, out: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if isinstance(out, tuple):
@@ -493,6 +467,12 @@ class PipelineBase(nn.Module):
         Pass it back as ``forward(x, params=...)`` to reproduce the output exactly.
         """
         if not self._last_params:
+            lastsample = self.__dict__.get("lastsample")
+            if isinstance(lastsample, Mapping) and lastsample:
+                return {
+                    str(k): np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v).reshape(-1).copy()
+                    for k, v in lastsample.items()
+                }
             return {}
         return params_to_lists(self._last_params, self.name)
 

@@ -42,6 +42,8 @@ __all__ = [
 class _CreateStage(PipelineBase):
     """Shared bits: 4-D input check and a TensorBoard image of the incoming patches."""
 
+    role = "create"
+
     def _check_4d(self, x: Tensor) -> None:
         if x.dim() != 4:
             raise StageError(

@@ -115,7 +115,7 @@ class ImplanterBase(PipelineBase):
     """
 
     name = "ImplanterBase"
-    consumes_patch = True
+    role = "implant"
     handles_dicts = True
     _require: str | None = None  # bank target every drawn scene must have ("boxes" / "quads")
     use_windows: bool = True  # composite in per-sample windows around the patch (False: whole images)

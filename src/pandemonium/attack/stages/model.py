@@ -191,6 +191,7 @@ class ModelStage(PipelineBase):
     """
 
     name = "ModelStage"
+    role = "model"
 
     def __init__(
         self,
