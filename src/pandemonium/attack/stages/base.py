@@ -289,8 +289,12 @@ class PipelineBase(nn.Module):
             )
         if not isinstance(x, Mapping):
             raise StageError(f"stage {self.name!r}: expected a tensor or a dict of tensors, got {type(x).__name__}")
-        self._check_keys(x)
-        selected = self.params.get("keys") or self.keys or list(x)
+        selected = list(self.params.get("keys") or self.keys or list(x))
+        missing = [k for k in selected if k not in x]
+        if missing:
+            raise StageError(
+                f"stage {self.name!r}: keys {missing} not in the input dict; available patch keys: {sorted(x)}"
+            )
         out = dict(x)
         for key in x:
             if key in selected:
