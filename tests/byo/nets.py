@@ -1,0 +1,37 @@
+"""Tiny user models for the bring-your-own tests (importable as ``byo.nets`` by ``_target_``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A 'pretrained' classifier of its own conventions: [-1, 1] BGR input, probabilities out.
+
+    It answers by mean brightness (class 1 = bright), so its accuracy on a bright/dark task is high.
+    """
+
+    def __init__(self, num_out: int = 2, probabilities: bool = True, bgr: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_out)
+        self.probabilities = probabilities
+        self.bgr = bgr
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, :, 1, 1] = 1.0 / 3
+            self.conv.bias.zero_()
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            self.fc.weight[1 % num_out, 0] = 8.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc(self.conv(x).mean((2, 3)))
+        return z.softmax(-1) if self.probabilities else z
+
+
+def make_net(width: int, num_out: int = 2) -> nn.Module:
+    """A factory taking only its own kwargs (no ``preset``, ``dropout``, ...)."""
+    assert width > 0
+    return TinyNet(num_out=num_out)
