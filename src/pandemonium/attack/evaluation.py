@@ -1,26 +1,19 @@
-"""Fixed evaluation: the same conditions at every evaluation, each sample run patched and as control.
+"""Fixed evaluation: the same conditions at every evaluation, scored patched and against baselines.
 
-``FixedEvaluation`` draws the evaluation conditions (images, positions, augmentations) **once**
-from its seed, by running the pipeline with ``evaluate=True`` and recording
-``pipeline.get_last_sample_as_dict()`` per evaluation batch. Every later evaluation replays those
-recorded params twice per batch: patched, and as control (``control=True``, same params). Results
-are a per-sample table (loss terms ``<k>_patch``, ``<k>_control``, ``<k>_delta``, task metrics and
-the sampled params as ``param:<key>`` columns) and a summary of means with standard errors and
-seeded percentile-bootstrap confidence intervals.
+``FixedEvaluation`` draws the evaluation conditions (scenes, positions, augmentations) **once** from
+its seed, by running the pipeline with ``evaluate=True`` and recording
+``pipeline.get_last_sample_as_dict()`` per batch. Scenes are drawn **without replacement** where the
+held-out split has enough of them (otherwise every scene appears about equally often and a
+:class:`~pandemonium.attack.statistics.RepeatedScenesWarning` says so). Every evaluation replays those
+params for four arms (:data:`pandemonium.attack.success.summary.ARMS`): the patch, no patch
+(control), a uniform-noise patch and a grey patch of the same size. The baselines do not depend on
+the patch, so they are computed once and reused.
 
-Task metrics (model output layouts as in DEVELOPERS.md):
-
-- classification (logits ``(B, C)``): ``prediction_changed``; ``untargeted_success`` = the patched
-  prediction differs from the true class, defined **only for samples the control classifies
-  correctly** (NaN otherwise, so its mean is the success rate over that denominator);
-  ``targeted_success`` = patched prediction equals the target class, defined only for samples whose
-  true class is not the target.
-- detection (dict ``boxes``/``objectness``/``class_scores``): ``disappearance`` = the fraction of
-  the control's detections (objectness >= threshold) with no patched detection of IoU >= threshold
-  (NaN when the control detects nothing); the summary also has the object-level rate
-  ``disappearance_objects`` = all disappeared / all control detections.
-- segmentation (logits ``(B, C, H, W)``): ``pixel_flip`` = fraction of pixels whose patched
-  prediction differs from the control prediction.
+Results are a per-row table (``scene_id``; loss terms ``<k>_patch``, ``<k>_control``, ``<k>_delta``;
+success counts ``<rate>_hits`` / ``<rate>_trials`` per arm from the task type's success metric, see
+:mod:`pandemonium.attack.success`; the sampled params as ``param:<key>`` columns) and a summary:
+rates of every arm with intervals, paired differences patched - baseline, counts, all from a
+bootstrap over scenes (:mod:`pandemonium.attack.statistics`).
 
 Any row of the saved table can be re-rendered exactly with :func:`render_row`.
 """
@@ -41,19 +34,22 @@ import pandas as pd
 import torch
 
 from pandemonium.attack.checkpoint import isolated_rng
-from pandemonium.boxes import box_iou
+from pandemonium.attack.statistics import (
+    CONFIDENCE_LEVEL,
+    N_RESAMPLES,
+    mean_interval,
+    warn_if_repeated_scenes,
+)
+from pandemonium.attack.success.summary import BASELINE_ARMS, arm_column, summarize_success
 
 __all__ = [
     "EvalResult",
     "FixedEvaluation",
     "bootstrap_ci",
-    "classification_metrics",
-    "detection_metrics",
     "final_stage_input",
     "load_table",
     "render_row",
     "save_table",
-    "segmentation_metrics",
     "standard_error",
     "summarize",
     "task_metrics",
@@ -62,8 +58,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PARAM_PREFIX = "param:"
-BOOTSTRAP_RESAMPLES = 1000
-CONFIDENCE_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = N_RESAMPLES
+SCENE_KEY = "image_index"
 
 
 # --------------------------------------------------------------------------------------- statistics
@@ -85,108 +81,35 @@ def bootstrap_ci(
     seed: int = 0,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     confidence_level: float = CONFIDENCE_LEVEL,
-    statistic: Callable[..., Any] = np.mean,
+    scenes: Any = None,
 ) -> tuple[float, float]:
-    """Seeded percentile-bootstrap confidence interval of ``statistic`` over the non-NaN values.
-
-    ``statistic`` must accept ``axis=`` (``np.mean``, ``np.median``, …). (NaN, NaN) for fewer than 2
-    values. Written with numpy rather than ``scipy.stats.bootstrap`` because scipy's version costs
-    ~60 ms per column and an evaluation summarises dozens of columns at every evaluation; the
-    percentile method is the same (``np.quantile`` of the resampled statistics).
+    """Bootstrap interval of the mean of the non-NaN ``values`` (over ``scenes`` when given, else rows);
+    :func:`pandemonium.attack.statistics.mean_interval` does the work. (NaN, NaN) for fewer than 2.
 
     >>> lo, hi = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
     >>> 0.0 <= lo <= 0.6 <= hi <= 1.0
     True
     """
-    arr = _finite(values)
-    if arr.size < 2:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    resampled = arr[rng.integers(0, arr.size, size=(n_resamples, arr.size))]
-    stats = np.asarray(statistic(resampled, axis=1), dtype=np.float64)
-    alpha = (1.0 - confidence_level) / 2.0
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    iv = mean_interval(values, scenes, confidence_level, n_resamples, seed)
+    return (iv.ci_low, iv.ci_high)
 
 
-def summarize(table: pd.DataFrame, columns: list[str], seed: int = 0) -> dict[str, float]:
-    """``<col>`` (mean over non-NaN), ``<col>_se``, ``<col>_ci_low``, ``<col>_ci_high``, ``<col>_n``."""
+def summarize(table: pd.DataFrame, columns: list[str], seed: int = 0, scenes: Any = None) -> dict[str, float]:
+    """``<col>`` (mean over non-NaN), ``<col>_se``, ``<col>_ci_low``, ``<col>_ci_high``, ``<col>_n``;
+    intervals resample ``scenes`` (one id per row) when given."""
     out: dict[str, float] = {}
     for i, col in enumerate(columns):
-        arr = _finite(table[col].to_numpy(dtype=np.float64))
-        lo, hi = bootstrap_ci(arr, seed=seed + i)
-        out[col] = float(arr.mean()) if arr.size else math.nan
-        out[f"{col}_se"] = standard_error(arr)
-        out[f"{col}_ci_low"] = lo
-        out[f"{col}_ci_high"] = hi
-        out[f"{col}_n"] = float(arr.size)
+        values = table[col].to_numpy(dtype=np.float64)
+        iv = mean_interval(values, scenes, seed=seed + i)
+        out[col] = iv.value
+        out[f"{col}_se"] = standard_error(values)
+        out[f"{col}_ci_low"] = iv.ci_low
+        out[f"{col}_ci_high"] = iv.ci_high
+        out[f"{col}_n"] = float(iv.n_rows)
     return out
 
 
 # ------------------------------------------------------------------------------------------ metrics
-def classification_metrics(
-    logits_patch: torch.Tensor,
-    logits_control: torch.Tensor,
-    true_class: torch.Tensor | None = None,
-    target_class: int | torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-sample classification attack metrics (float tensors of shape (B,), NaN = undefined)."""
-    pred_p = logits_patch.argmax(dim=1)
-    pred_c = logits_control.argmax(dim=1)
-    nan = torch.full(pred_p.shape, math.nan, device=pred_p.device)
-    out = {
-        "pred_patch": pred_p.float(),
-        "pred_control": pred_c.float(),
-        "prediction_changed": (pred_p != pred_c).float(),
-    }
-    if true_class is not None:
-        true_class = torch.as_tensor(true_class, device=pred_p.device).long().reshape(-1)
-        control_correct = pred_c == true_class
-        out["control_correct"] = control_correct.float()
-        out["untargeted_success"] = torch.where(control_correct, (pred_p != true_class).float(), nan)
-    if target_class is not None:
-        target = torch.as_tensor(target_class, device=pred_p.device).long().expand_as(pred_p)
-        hit = (pred_p == target).float()
-        out["targeted_success"] = hit if true_class is None else torch.where(true_class != target, hit, nan)
-    return out
-
-
-def detection_metrics(
-    out_patch: Mapping[str, torch.Tensor],
-    out_control: Mapping[str, torch.Tensor],
-    conf_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-) -> dict[str, torch.Tensor]:
-    """Per-sample disappearance: control detections with no patched detection overlapping them."""
-    det_c = out_control["objectness"] >= conf_threshold
-    det_p = out_patch["objectness"] >= conf_threshold
-    iou = box_iou(out_control["boxes"].float(), out_patch["boxes"].float())
-    matched = ((iou >= iou_threshold) & det_p[:, None, :]).any(dim=2)
-    disappeared = (det_c & ~matched).sum(1).float()
-    n_control = det_c.sum(1).float()
-    fraction = torch.where(n_control > 0, disappeared / n_control.clamp_min(1), torch.full_like(n_control, math.nan))
-    return {
-        "detections_control": n_control,
-        "detections_patch": det_p.sum(1).float(),
-        "disappeared": disappeared,
-        "disappearance": fraction,
-    }
-
-
-def segmentation_metrics(
-    logits_patch: torch.Tensor, logits_control: torch.Tensor, mask: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """Per-sample pixel flip rate (patched vs control prediction) and, with a mask, control accuracy."""
-    pred_p = logits_patch.argmax(dim=1)
-    pred_c = logits_control.argmax(dim=1)
-    out = {"pixel_flip": (pred_p != pred_c).flatten(1).float().mean(1)}
-    if mask is not None and torch.as_tensor(mask).shape == pred_c.shape:
-        mask = torch.as_tensor(mask, device=pred_c.device)
-        out["pixel_accuracy_control"] = (pred_c == mask).flatten(1).float().mean(1)
-        out["pixel_accuracy_patch"] = (pred_p == mask).flatten(1).float().mean(1)
-    return out
-
-
 def task_metrics(
     y_patch: Any,
     y_control: Any,
@@ -194,17 +117,21 @@ def task_metrics(
     target_class: int | None = None,
     conf_threshold: float = 0.5,
     iou_threshold: float = 0.5,
+    task_type: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Choose the metric family from the output layout (see DEVELOPERS.md)."""
+    """Per-row success columns of one scored arm, from the task type's spec (``TaskTypeSpec.success``).
+
+    Without ``task_type`` the spec is the first whose ``recognises`` accepts the output layout; an
+    ensemble output ``{model_name: output}`` gets metrics per model, prefixed ``<model_name>.``.
+    """
+    from pandemonium.tasktypes import specs_recognising, task_type_spec
+
     targets = targets or {}
-    if isinstance(y_patch, Mapping) and "objectness" in y_patch and "boxes" in y_patch:
-        return detection_metrics(y_patch, y_control, conf_threshold, iou_threshold)
-    if isinstance(y_patch, torch.Tensor) and y_patch.ndim == 2:
-        return classification_metrics(y_patch, y_control, targets.get("class"), target_class)
-    if isinstance(y_patch, torch.Tensor) and y_patch.ndim == 4:
-        return segmentation_metrics(y_patch, y_control, targets.get("mask"))
+    specs = [task_type_spec(task_type)] if task_type is not None else specs_recognising(y_patch)
+    if specs and specs[0].success is not None:
+        return dict(specs[0].success(y_patch, y_control, targets, target_class=target_class,
+                                     conf_threshold=conf_threshold, iou_threshold=iou_threshold))
     if isinstance(y_patch, Mapping) and isinstance(y_control, Mapping):
-        # an ensemble returning {model_name: output}: metrics per model, prefixed with its name
         out: dict[str, torch.Tensor] = {}
         for name, value in y_patch.items():
             if name in y_control:
@@ -395,13 +322,17 @@ def render_row(
 # ------------------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
-    """One evaluation: the per-sample table and its summary (means, SE, bootstrap CIs)."""
+    """One evaluation: the per-row table and its summary (rates, baselines, intervals over scenes).
+
+    ``split``: the name of the scenes' split (``"val"`` for selection, ``"test"`` for the report).
+    """
 
     step: int
     table: pd.DataFrame
     summary: dict[str, float]
     seconds: float = 0.0
     images: dict[str, Any] = field(default_factory=dict)
+    split: str = "eval"
 
 
 def _weighted_per_sample(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
@@ -412,6 +343,35 @@ def _weighted_per_sample(terms: Mapping[str, torch.Tensor], weights: Mapping[str
     return total
 
 
+def _baseline_patch(patch: Any, arm: str, generator: torch.Generator) -> Any:
+    """A patch of the same shape as ``patch`` (a tensor or a dict of them): uniform noise or grey."""
+    if isinstance(patch, torch.nn.Module):
+        patch = patch()
+    if isinstance(patch, Mapping):
+        return {k: _baseline_patch(v, arm, generator) for k, v in patch.items()}
+    patch = patch.detach()
+    if arm == "grey":
+        return torch.full_like(patch, 0.5)
+    return torch.rand(patch.shape, generator=generator).to(device=patch.device, dtype=patch.dtype)
+
+
+def _scene_pool(stage: Any, keys: list[str]) -> torch.Tensor | None:
+    """The bank indices an implanter draws evaluation scenes from: its ``scene_pool(evaluate=True)``
+    when it has one, else its bank's eval split restricted to the targets its params select from."""
+    if callable(getattr(stage, "scene_pool", None)):
+        return torch.as_tensor(stage.scene_pool(evaluate=True)).cpu()
+    bank = getattr(stage, "bank", None)
+    if bank is None or not callable(getattr(bank, "pool", None)):
+        return None
+    require = ("boxes" if any(k.endswith("box_choice") for k in keys)
+               else "quads" if any(k.endswith("quad_choice") for k in keys) else None)
+    return torch.as_tensor(bank.pool(True, require)).cpu()
+
+
+def _numpy(value: torch.Tensor) -> np.ndarray:
+    return value.detach().float().reshape(-1).cpu().numpy()
+
+
 class FixedEvaluation:
     """Evaluation conditions drawn once from ``seed`` and replayed at every evaluation.
 
@@ -419,16 +379,19 @@ class FixedEvaluation:
         pipeline: the patch pipeline (``forward(x, control, evaluate, params, **kw) -> (y, kw)``).
         loss: ``loss(outputs, **kwargs) -> dict[str, Tensor(B)]``.
         weights: the optimised terms' weights (their weighted sum is logged as ``total``).
-        num_eval: number of evaluation samples.
+        num_eval: number of evaluation rows.
         batch_size: evaluation batch size.
         seed: seed of the evaluation conditions (independent of the training streams).
-        target_class: target class for the targeted classification success rate.
-        conf_threshold, iou_threshold: detection thresholds for the disappearance rate.
+        target_class: target class for the targeted success rates.
+        conf_threshold, iou_threshold: detection score threshold and matching IoU.
+        baselines: also score the random-noise and grey patches (the control is always scored).
+        split: name of the split the pipeline's evaluation scenes come from (recorded in results).
+        task_type: the task type whose success metric scores the rows (default: from the output layout).
 
     Example:
         >>> ev = FixedEvaluation(pipeline, loss, {"ce": 1.0}, num_eval=32, batch_size=16)  # doctest: +SKIP
         >>> result = ev.run(patch_module, step=0)                                          # doctest: +SKIP
-        >>> result.summary["ce_delta"], result.summary["ce_delta_ci_low"]                   # doctest: +SKIP
+        >>> result.summary["untargeted_success"], result.summary["untargeted_success_diff_vs_random"]  # doctest: +SKIP
     """
 
     def __init__(
@@ -442,6 +405,9 @@ class FixedEvaluation:
         target_class: int | None = None,
         conf_threshold: float = 0.5,
         iou_threshold: float = 0.5,
+        baselines: bool = True,
+        split: str = "eval",
+        task_type: str | None = None,
     ) -> None:
         if num_eval < 1 or batch_size < 1:
             raise ValueError(f"FixedEvaluation: num_eval ({num_eval}) and batch_size ({batch_size}) must be >= 1")
@@ -454,8 +420,13 @@ class FixedEvaluation:
         self.target_class = target_class
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
+        self.baselines = bool(baselines)
+        self.split = str(split)
+        self.task_type = task_type
         self.conditions: list[dict[str, Any]] | None = None
         self.param_spec: dict[str, Any] = {}
+        self._cache: list[dict[str, Any]] = []  # per batch: control outputs and baseline-arm columns
+        self._warned = False
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -472,8 +443,74 @@ class FixedEvaluation:
             for b in self.batch_sizes:
                 self.pipeline(_expand_patch(patch, b), evaluate=True)
                 conditions.append(dict(self.pipeline.get_last_sample_as_dict()))
-        self.conditions = conditions
+        self.conditions = self._spread_scenes(conditions)
+        self._cache = []
+        return self.conditions
+
+    def _spread_scenes(self, conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Redraw each implanter's scene indices without replacement from its held-out pool (cycling
+        through a fresh permutation when there are more rows than scenes). Placement params are drawn
+        independently of the scene, so the other params stay valid."""
+        for position, stage in enumerate(pipeline_stages(self.pipeline)):
+            prefix = self._prefix_of(position)
+            key = f"{prefix}/{SCENE_KEY}" if prefix else SCENE_KEY
+            if not conditions or key not in conditions[0]:
+                continue
+            pool = _scene_pool(stage, [k for k in conditions[0] if k.startswith(f"{prefix}/")])
+            if pool is None or pool.numel() == 0:
+                continue
+            generator = torch.Generator().manual_seed(self.seed + 7919 * (position + 1))
+            reps = -(-self.num_eval // max(1, pool.numel()))
+            order = torch.cat([pool[torch.randperm(pool.numel(), generator=generator)] for _ in range(reps)])
+            offset = 0
+            for params in conditions:
+                old = torch.as_tensor(params[key])
+                params[key] = order[offset: offset + old.shape[0]].to(device=old.device, dtype=old.dtype)
+                offset += old.shape[0]
         return conditions
+
+    def _prefix_of(self, position: int) -> str | None:
+        prefixes = getattr(self.pipeline, "prefixes", None)
+        return prefixes[position] if prefixes is not None and position < len(prefixes) else None
+
+    def _score(self, y: Any, y_control: Any, kwargs: Mapping[str, Any], arm: str) -> dict[str, np.ndarray]:
+        metrics = task_metrics(y, y_control, kwargs.get("targets"), self.target_class, self.conf_threshold,
+                               self.iou_threshold, task_type=self.task_type)
+        cols: dict[str, np.ndarray] = {}
+        for k, v in metrics.items():
+            arr = _numpy(torch.as_tensor(v))
+            for part in ("_hits", "_trials"):
+                if k.endswith(part):
+                    stem = k[: -len(part)]
+                    cols[f"{arm_column(stem, arm)}{part}"] = arr
+                    break
+            else:
+                cols[arm_column(k, arm)] = arr
+        if arm == "patch":  # the per-row fraction of each rate, for plots and quick looks
+            for k in [c for c in cols if c.endswith("_hits")]:
+                hits, trials = cols[k], cols[f"{k[:-5]}_trials"]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cols[k[:-5]] = np.where(trials > 0, hits / np.where(trials > 0, trials, 1.0), np.nan)
+        return cols
+
+    def _baseline_batch(self, b_idx: int, patch: Any, b: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Control outputs/terms and the random / grey arms' columns of one batch (cached: they do not
+        depend on the patch)."""
+        if b_idx < len(self._cache):
+            return self._cache[b_idx]
+        x = _expand_patch(patch, b)
+        y_c, kw_c = self.pipeline(x, evaluate=True, control=True, params=params)
+        entry: dict[str, Any] = {"y_control": y_c, "kw_control": kw_c, "terms_control": self.loss(y_c, **kw_c)}
+        cols = self._score(y_c, y_c, kw_c, "control")
+        if self.baselines:
+            generator = torch.Generator().manual_seed(self.seed + 104729)
+            for arm in ("random", "grey"):
+                base = _expand_patch(_baseline_patch(patch, arm, generator), b)
+                y_a, kw_a = self.pipeline(base, evaluate=True, params=params)
+                cols.update(self._score(y_a, y_c, kw_a, arm))
+        entry["columns"] = cols
+        self._cache.append(entry)
+        return entry
 
     @torch.no_grad()
     def run(self, patch: Any, step: int = 0, keep_images: int = 0, writer: Any = None,
@@ -491,6 +528,7 @@ class FixedEvaluation:
         offset = 0
         for b_idx, (b, params) in enumerate(zip(self.batch_sizes, conditions)):
             x = _expand_patch(patch, b)
+            base = self._baseline_batch(b_idx, patch, b, params)
             captured: list[Any] = []
             handle = None
             if keep_images and b_idx == 0:
@@ -505,36 +543,36 @@ class FixedEvaluation:
                     res = self.pipeline.evaluate(x, writer=writer, step=step, params=params,
                                                  logging_to_mlflow=logging_to_mlflow)
                     y_p, kw_p = res["output"], res["kwargs"]
-                    y_c, kw_c = res["control_output"], res["control_kwargs"]
                 else:
                     y_p, kw_p = self.pipeline(x, evaluate=True, params=params)
-                    y_c, kw_c = self.pipeline(x, evaluate=True, control=True, params=params)
+                    if keep_images and b_idx == 0:  # the control image for the kept examples
+                        self.pipeline(x, evaluate=True, control=True, params=params)
             finally:
                 if handle is not None:
                     handle.remove()
-            if len(captured) == 2 and isinstance(captured[0], torch.Tensor):
+            if len(captured) >= 2 and isinstance(captured[0], torch.Tensor):
                 images = {"patched": captured[0][:keep_images].detach().cpu(),
                           "control": captured[1][:keep_images].detach().cpu()}
             terms_p = self.loss(y_p, **kw_p)
-            terms_c = self.loss(y_c, **kw_c)
+            terms_c = base["terms_control"]
+            targets = kw_p.get("targets") or {}
+            scene = targets.get(SCENE_KEY) if isinstance(targets, Mapping) else None
             cols: dict[str, Any] = {
                 "eval_index": np.arange(offset, offset + b),
                 "eval_batch": np.full(b, b_idx),
                 "row_in_batch": np.arange(b),
+                "scene_id": _numpy(torch.as_tensor(scene)).astype(np.int64) if scene is not None
+                else np.arange(offset, offset + b),
             }
             for k in terms_p:
-                tp = terms_p[k].detach().float().reshape(-1).cpu().numpy()
-                tc = terms_c[k].detach().float().reshape(-1).cpu().numpy()
+                tp, tc = _numpy(terms_p[k]), _numpy(terms_c[k])
                 cols[f"{k}_patch"], cols[f"{k}_control"], cols[f"{k}_delta"] = tp, tc, tp - tc
             if self.weights:
-                tot_p = _weighted_per_sample(terms_p, self.weights).cpu().numpy()
-                tot_c = _weighted_per_sample(terms_c, self.weights).cpu().numpy()
+                tot_p = _numpy(_weighted_per_sample(terms_p, self.weights))
+                tot_c = _numpy(_weighted_per_sample(terms_c, self.weights))
                 cols["total_patch"], cols["total_control"], cols["total_delta"] = tot_p, tot_c, tot_p - tot_c
-            metrics = task_metrics(
-                y_p, y_c, kw_p.get("targets"), self.target_class, self.conf_threshold, self.iou_threshold
-            )
-            for k, v in metrics.items():
-                cols[k] = v.detach().float().reshape(-1).cpu().numpy()
+            cols.update(self._score(y_p, base["y_control"], kw_p, "patch"))
+            cols.update(base["columns"])
             pcols, spec = params_to_rows(params, b)
             self.param_spec.update(spec)
             cols.update(pcols)
@@ -543,19 +581,30 @@ class FixedEvaluation:
         table = pd.concat(frames, ignore_index=True)
         table.insert(0, "step", step)
         table.attrs["param_spec"] = dict(self.param_spec)
-        value_cols = self.value_columns(table)
-        summary = summarize(table, value_cols, seed=self.seed)
-        if "disappeared" in table:
-            n = table["detections_control"].sum()
-            summary["disappearance_objects"] = float(table["disappeared"].sum() / n) if n else math.nan
+        table.attrs["split"] = self.split
+        summary = self.summarize(table)
         return EvalResult(step=step, table=table, summary=summary,
-                          seconds=time.perf_counter() - start, images=images)
+                          seconds=time.perf_counter() - start, images=images, split=self.split)
+
+    def summarize(self, table: pd.DataFrame) -> dict[str, float]:
+        """Means of loss columns and rates of every arm, all with intervals over ``scene_id``."""
+        scenes = table["scene_id"].to_numpy() if "scene_id" in table else None
+        n_scenes = int(pd.unique(scenes).size) if scenes is not None else len(table)
+        if not self._warned:
+            self._warned = warn_if_repeated_scenes(len(table), n_scenes, f"evaluation on the {self.split} split")
+        summary = summarize(table, self.value_columns(table), seed=self.seed, scenes=scenes)
+        summary.update(summarize_success(table, scenes, seed=self.seed))
+        summary["n_rows"], summary["n_scenes"] = float(len(table)), float(n_scenes)
+        return summary
 
     @staticmethod
     def value_columns(table: pd.DataFrame) -> list[str]:
-        """The columns that get means and CIs: loss terms and task metrics (not ids, preds or params)."""
-        skip = {"step", "eval_index", "eval_batch", "row_in_batch"}
+        """Columns summarised as means: loss terms and other per-row values (not ids, params, or the
+        success counts, which :func:`summarize_success` turns into rates)."""
+        skip = {"step", "eval_index", "eval_batch", "row_in_batch", "scene_id"}
+        counted = {str(c)[:-5] for c in table.columns if str(c).endswith("_hits")}
         return [c for c in table.columns
                 if c not in skip and not str(c).startswith(PARAM_PREFIX)
-                and not str(c).endswith(("pred_patch", "pred_control"))  # class ids, also "<model>.pred_*"
+                and not str(c).endswith(("_hits", "_trials")) and str(c) not in counted
+                and not any(str(c) == f"{n}_{arm}" for n in counted for arm in BASELINE_ARMS)
                 and pd.api.types.is_numeric_dtype(table[c])]

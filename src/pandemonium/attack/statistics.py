@@ -41,6 +41,7 @@ __all__ = [
     "RepeatedScenesWarning",
     "StatisticsError",
     "mean_interval",
+    "mean_rate_interval",
     "newcombe_interval",
     "paired_difference",
     "rate_interval",
@@ -284,3 +285,50 @@ def mean_interval(
     lo, hi = _bootstrap(lambda i: _ratio(scene_sum[i].sum(-1), scene_n[i].sum(-1)), n_scenes, confidence,
                         n_resamples, seed)
     return Interval(float(v.mean()), lo, hi, int(v.size), n_scenes, float(v.size), "bootstrap")
+
+
+def mean_rate_interval(
+    hits: Sequence[Sequence[float] | np.ndarray],
+    trials: Sequence[Sequence[float] | np.ndarray],
+    scenes: Sequence[Any] | np.ndarray | None = None,
+    confidence: float = CONFIDENCE_LEVEL,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Mean over groups of per-group rates (e.g. mIoU: the mean of class IoUs, each intersection /
+    union summed over rows), with a bootstrap over scenes; groups without trials are left out.
+
+    >>> round(mean_rate_interval([[1, 1], [0, 2]], [[2, 2], [2, 2]]).value, 3)   # (2/4 + 2/4) / 2
+    0.5
+    """
+    if len(hits) != len(trials) or not hits:
+        raise StatisticsError(f"mean_rate_interval: {len(hits)} hit groups for {len(trials)} trial groups")
+    h = np.stack([_column(v, None, "hits") for v in hits])
+    n = h.shape[1]
+    t = np.stack([_column(v, n, "trials") for v in trials])
+    ok = np.isfinite(h) & np.isfinite(t) & (t > 0)
+    h, t = np.where(ok, h, 0.0), np.where(ok, t, 0.0)
+    keep = t.sum(0) > 0
+    codes = _scene_codes(scenes, n)[keep]
+    h, t = h[:, keep], t[:, keep]
+    if h.shape[1] == 0:
+        return _nan_interval()
+    _, codes = np.unique(codes, return_inverse=True)
+    n_scenes = int(codes.max()) + 1
+    value = float(np.nanmean(_ratio(h.sum(1), t.sum(1))))
+    scene_h = np.stack(_per_scene(codes, *h))  # (groups, scenes)
+    scene_t = np.stack(_per_scene(codes, *t))
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():  # a resample may miss every scene of a class: NaN, then left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(_ratio(scene_h[:, idx].sum(-1), scene_t[:, idx].sum(-1)), axis=0)
+
+    lo = hi = math.nan
+    if 0.0 < value < 1.0:
+        lo, hi = _bootstrap(statistic, n_scenes, confidence, n_resamples, seed)
+    total = float(t.sum())
+    if _spread(lo, hi):
+        return Interval(value, lo, hi, int(h.shape[1]), n_scenes, total, "bootstrap")
+    lo, hi = wilson_interval(value * n_scenes, n_scenes, confidence)
+    return Interval(value, lo, hi, int(h.shape[1]), n_scenes, total, "wilson")

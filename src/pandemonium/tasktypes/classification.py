@@ -66,9 +66,9 @@ def _recognises(output: Any) -> bool:
 
 def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], target_class: int | None = None,
              **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.evaluation import classification_metrics
+    from pandemonium.attack.success import success_columns
 
-    return classification_metrics(y_patch, y_control, targets.get("class"), target_class)
+    return success_columns("classification", y_patch, y_control, targets, target_class)
 
 
 def _headline(target_class: int | None) -> str:

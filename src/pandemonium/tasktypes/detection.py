@@ -85,9 +85,9 @@ def _recognises(output: Any) -> bool:
 
 def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], conf_threshold: float = 0.5,
              iou_threshold: float = 0.5, **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.evaluation import detection_metrics
+    from pandemonium.attack.success import success_columns
 
-    return detection_metrics(y_patch, y_control, conf_threshold, iou_threshold)
+    return success_columns("detection", y_patch, y_control, targets, None, conf_threshold, iou_threshold)
 
 
 SPEC = register_task_type(TaskTypeSpec(
@@ -108,7 +108,6 @@ SPEC = register_task_type(TaskTypeSpec(
     attack_losses=("DetectionDisappearance", "DetectionClassFlip"),
     recognises=_recognises,
     success=_success,
-    headline=lambda target_class: "disappearance",
-    success_weights={"disappearance": "detections_control"},
+    headline=lambda target_class: "object_vanished",
     description="boxes with classes",
 ))

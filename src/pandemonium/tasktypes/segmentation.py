@@ -46,10 +46,11 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 4
 
 
-def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.evaluation import segmentation_metrics
+def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], target_class: int | None = None,
+             **_: Any) -> dict[str, Any]:
+    from pandemonium.attack.success import success_columns
 
-    return segmentation_metrics(y_patch, y_control, targets.get("mask"))
+    return success_columns("semantic_segmentation", y_patch, y_control, targets, target_class)
 
 
 SPEC = register_task_type(TaskTypeSpec(
@@ -69,6 +70,6 @@ SPEC = register_task_type(TaskTypeSpec(
     attack_losses=("SegmentationPixelFlip",),
     recognises=_recognises,
     success=_success,
-    headline=lambda target_class: "pixel_flip",
+    headline=lambda target_class: "pixels_fooled_outside" if target_class is None else "targeted_pixels_outside",
     description="one class per pixel",
 ))
