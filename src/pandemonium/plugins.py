@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pandemonium.errors import PluginError
+from pandemonium.errors import ConfigError, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,50 @@ class PluginRegistry:
 
 
 _REGISTRY: PluginRegistry | None = None
+
+#: the config tree that ships with pandemonium
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def config_search_path() -> list[Path]:
+    """Config folders, first match wins: ``PANDEMONIUM_CONFIGS_PATH`` (user copy), the built-in tree, then
+    every plugin's folders (the order Hydra searches them in, see ``pandemonium.cli.main``)."""
+    paths = []
+    user = os.environ.get("PANDEMONIUM_CONFIGS_PATH")
+    if user:
+        paths += [Path(p).expanduser() for p in user.split(os.pathsep) if p]
+    return [*paths, BUILTIN_CONFIGS, *load_plugins().config_paths]
+
+
+def _read_yaml(path: Path, group: str, name: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:
+        raise ConfigError(f"configs/{group}/{name}.yaml ({path}) is malformed: {err}") from None
+    return dict(data or {})
+
+
+def load_group_config(group: str, name: str) -> dict[str, Any]:
+    """``<configs>/<group>/<name>.yaml`` from the first folder of :func:`config_search_path` that has it,
+    as a plain dict; :class:`ConfigError` names group and name."""
+    for root in config_search_path():
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            return _read_yaml(path, group, name)
+    raise ConfigError(f"no config {group}/{name}.yaml in {[str(p) for p in config_search_path()]}")
+
+
+def merged_group_config(group: str, name: str) -> dict[str, Any]:
+    """The top-level keys of ``<group>/<name>.yaml`` merged over every config folder (earlier folders win),
+    so a plugin's ``loss/defaults.yaml`` adds its own entries without hiding the built-in ones."""
+    merged: dict[str, Any] = {}
+    for root in reversed(config_search_path()):
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            merged.update(_read_yaml(path, group, name))
+    return merged
 
 
 def _entry_points() -> list[metadata.EntryPoint]:

@@ -25,24 +25,7 @@ from torch import nn
 
 from pandemonium.errors import PandemoniumError
 from pandemonium.models.backbones import Normalize, SmallCNN
-from pandemonium.models.detector import DETECTION_KEYS, CenterDetector
-from pandemonium.models.heads import ClassificationHead, MultilabelHead, RegressionHead, SegmentationHead
-
-CLASSIFICATION = "classification"
-MULTILABEL = "multilabel_classification"
-SEGMENTATION = "semantic_segmentation"
-DETECTION = "detection"
-REGRESSION = "regression"
-TASK_TYPES = (CLASSIFICATION, MULTILABEL, SEGMENTATION, DETECTION, REGRESSION)
-
-#: modalities each task type needs; used when the tasks layer's ``TaskType.requires()`` is unavailable
-_REQUIRED_MODALITIES: dict[str, set[str]] = {
-    CLASSIFICATION: {"image", "class"},
-    MULTILABEL: {"image", "classes"},
-    SEGMENTATION: {"image", "mask"},
-    DETECTION: {"image", "boxes"},
-    REGRESSION: {"image", "value"},
-}
+from pandemonium.tasktypes import TaskTypeSpec, registered_task_types, task_type_spec
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {"_target_": "pandemonium.models.factory.task_model", "preset": "small"}
 
@@ -101,20 +84,29 @@ def _value(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
+def spec_of(info: StructSummary) -> TaskTypeSpec:
+    """The task type spec of a task, or :class:`ModelBuildError` naming the task and the known types."""
+    try:
+        return task_type_spec(info.task_type)
+    except LookupError:
+        known = [s.name for s in registered_task_types()]
+        raise ModelBuildError(f"task {info.name!r}: unknown task type {info.task_type!r}; models exist for {known}") from None
+
+
 def required_modalities(struct: Any) -> set[str]:
-    """Modalities the task type of ``struct`` requires (from ``TaskType.requires()`` when present)."""
-    task_type = getattr(struct, "task_type", None)
-    requires = getattr(task_type, "requires", None)
-    if callable(requires):
-        return {str(_value(m)) for m in requires()}
-    return set(_REQUIRED_MODALITIES.get(str(_value(task_type)), {"image"}))
+    """Modalities the task type of ``struct`` requires (from its ``TaskTypeSpec``)."""
+    return set(spec_of(StructSummary.from_struct(struct)).requires)
 
 
 def check_task_modalities(struct: Any) -> None:
     """Raise :class:`ModelBuildError` if ``struct`` lacks a modality its task type needs."""
     info = StructSummary.from_struct(struct)
-    if info.task_type not in TASK_TYPES:
-        raise ModelBuildError(f"task {info.name!r}: unknown task type {info.task_type!r}; models exist for {list(TASK_TYPES)}")
+    spec = spec_of(info)
+    if spec.head is None and spec.model is None:
+        raise ModelBuildError(
+            f"task {info.name!r}: task type {info.task_type!r} names no model head; set TaskTypeSpec.head "
+            "(or TaskTypeSpec.model) where it is registered, or give a model _target_"
+        )
     if not info.modalities:  # a bare summary (e.g. rebuilt from an artifact) has nothing to check
         return
     present = set(info.modalities)
@@ -129,7 +121,7 @@ def check_task_modalities(struct: Any) -> None:
 
 
 class TaskModel(nn.Module):
-    """Normalisation + backbone + the head of one task type (everything but detection).
+    """Normalisation + backbone + the head of one task type (``TaskTypeSpec.head``).
 
     Takes images in [0, 1]; see :mod:`pandemonium.models.heads` for output layouts.
     """
@@ -147,22 +139,17 @@ class TaskModel(nn.Module):
         blocks_per_stage: int = 1,
         dropout: float = 0.1,
         decoder_channels: int = 32,
+        head_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.task_type = str(_value(task_type))
         self.normalize = Normalize(mean or [0.5] * in_channels, std or [0.25] * in_channels)
         self.backbone = SmallCNN(in_channels, preset=preset, width=width, depth=depth, blocks_per_stage=blocks_per_stage)
-        channels = self.backbone.out_channels
-        if self.task_type == CLASSIFICATION:
-            self.head: nn.Module = ClassificationHead(channels, num_classes, dropout)
-        elif self.task_type == MULTILABEL:
-            self.head = MultilabelHead(channels, num_classes, dropout)
-        elif self.task_type == SEGMENTATION:
-            self.head = SegmentationHead(channels, num_classes, decoder_channels)
-        elif self.task_type == REGRESSION:
-            self.head = RegressionHead(channels, dropout)
-        else:
-            raise ModelBuildError(f"TaskModel: no head for task type {self.task_type!r} (detection uses CenterDetector)")
+        spec = task_type_spec(self.task_type)
+        if spec.head is None:
+            raise ModelBuildError(f"TaskModel: task type {self.task_type!r} has no head (TaskTypeSpec.head)")
+        self.head: nn.Module = spec.head(self.backbone.out_channels, num_classes, dropout=dropout,
+                                         decoder_channels=decoder_channels, **dict(head_options or {}))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalize(x)), tuple(x.shape[-2:]))
@@ -177,21 +164,27 @@ def task_model(
     dropout: float = 0.1,
     decoder_channels: int = 32,
     detection: Mapping[str, Any] | None = None,
+    head_options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """The built-in model for ``struct``: :class:`TaskModel` or, for detection, :class:`CenterDetector`.
+    """The built-in model for ``struct``: :class:`TaskModel` with the task type's head, or the task type's
+    own model (``TaskTypeSpec.model``; detection's :class:`~pandemonium.models.detector.CenterDetector`).
 
-    ``detection`` holds extra :class:`CenterDetector` kwargs (``stride``, ``head_channels``).
+    ``detection`` holds extra :class:`CenterDetector` kwargs (``stride``, ``head_channels``);
+    ``head_options`` extra kwargs of any task type's head or model.
     """
     info = StructSummary.from_struct(struct)
+    spec = spec_of(info)
     common = {"in_channels": info.channels, "mean": info.mean, "std": info.std, "preset": preset, "width": width, "depth": depth}
-    if info.task_type == DETECTION:
-        return CenterDetector(num_classes=info.num_classes, **common, **dict(detection or {}))
+    if spec.model is not None:
+        options = {**dict(detection or {}), **dict(head_options or {})}
+        return spec.model(num_classes=info.num_classes, **common, **options)
     return TaskModel(
         info.task_type,
         info.num_classes,
         blocks_per_stage=blocks_per_stage,
         dropout=dropout,
         decoder_channels=decoder_channels,
+        head_options=head_options,
         **common,
     )
 
@@ -298,17 +291,7 @@ def _with_task_kwargs(factory: Any, kwargs: dict[str, Any], info: StructSummary,
 
 def expected_output(info: StructSummary, batch: int) -> str:
     """Human-readable expected output layout of a model for the task type of ``info``."""
-    h, w = info.image_size
-    c = info.num_classes
-    return {
-        CLASSIFICATION: f"logits of shape (B, num_classes) = ({batch}, {c})",
-        MULTILABEL: f"logits of shape (B, num_classes) = ({batch}, {c})",
-        SEGMENTATION: f"logits of shape (B, num_classes, H, W) = ({batch}, {c}, {h}, {w})",
-        REGRESSION: f"values of shape (B,) or (B, 1) = ({batch},)",
-        DETECTION: (
-            f'a dict {{"boxes": (B, N, 4), "objectness": (B, N), "class_scores": (B, N, {c})}} with B = {batch}'
-        ),
-    }[info.task_type]
+    return spec_of(info).describe_output(info.num_classes, info.image_size, batch)
 
 
 def _shape(x: Any) -> str:
@@ -323,29 +306,7 @@ def _shape(x: Any) -> str:
 
 def output_fits(output: Any, info: StructSummary, batch: int) -> bool:
     """Whether ``output`` has the layout the task type of ``info`` expects for a batch of ``batch``."""
-    c = info.num_classes
-    t = info.task_type
-    if t == DETECTION:
-        if not isinstance(output, Mapping) or any(k not in output for k in DETECTION_KEYS):
-            return False
-        boxes, obj, cls = (output[k] for k in DETECTION_KEYS)
-        if not all(isinstance(v, torch.Tensor) for v in (boxes, obj, cls)):
-            return False
-        n = boxes.shape[1] if boxes.dim() == 3 else -1
-        return (
-            tuple(boxes.shape) == (batch, n, 4)
-            and tuple(obj.shape) == (batch, n)
-            and tuple(cls.shape) == (batch, n, c)
-        )
-    if not isinstance(output, torch.Tensor):
-        return False
-    if t in (CLASSIFICATION, MULTILABEL):
-        return tuple(output.shape) == (batch, c)
-    if t == SEGMENTATION:
-        return tuple(output.shape) == (batch, c, *info.image_size)
-    if t == REGRESSION:
-        return tuple(output.shape) in ((batch,), (batch, 1))
-    return False
+    return spec_of(info).fits_output(output, info.num_classes, info.image_size, batch)
 
 
 def check_model_output(model: nn.Module, struct: Any, batch: int = 2) -> None:

@@ -13,9 +13,7 @@ task type is one new entry there plus its yaml files)::
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping, MutableMapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -25,41 +23,34 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
 
+from pandemonium.build import import_target, instantiate
 from pandemonium.errors import ConfigError
 from pandemonium.models.metrics import metric_inputs
-from pandemonium.tasks.attributes import KORNIA_VALID_MODALITIES, Modality, TaskType
+from pandemonium.plugins import BUILTIN_CONFIGS, config_search_path, load_group_config, merged_group_config
+from pandemonium.tasks.attributes import Modality, TaskType
+from pandemonium.tasks.geometry import apply_kornia
+from pandemonium.tasktypes import task_type_spec
 
-BUILTIN_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def config_search_path() -> list[Path]:
-    """Config folders, first match wins: ``PANDEMONIUM_CONFIGS_PATH`` (user copy), then the built-in tree."""
-    paths = []
-    user = os.environ.get("PANDEMONIUM_CONFIGS_PATH")
-    if user:
-        paths += [Path(p).expanduser() for p in user.split(os.pathsep) if p]
-    return [*paths, BUILTIN_CONFIGS]
-
-
-def load_group_config(group: str, name: str) -> dict[str, Any]:
-    """``<configs>/<group>/<name>.yaml`` as a plain dict; :class:`ConfigError` names group and name."""
-    for root in config_search_path():
-        path = root / group / f"{name}.yaml"
-        if path.is_file():
-            try:
-                data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-            except Exception as err:
-                raise ConfigError(f"configs/{group}/{name}.yaml ({path}) is malformed: {err}") from None
-            return dict(data or {})
-    raise ConfigError(f"no config {group}/{name}.yaml in {[str(p) for p in config_search_path()]}")
-
+__all__ = [
+    "BUILTIN_CONFIGS",
+    "CONFIGS_ROUTES",
+    "TaskLightningModule",
+    "apply_kornia",
+    "build_gpu_augmentation",
+    "build_loss",
+    "build_metrics",
+    "config_search_path",
+    "instantiate_with",
+    "load_group_config",
+    "metrics_config",
+]
 
 class _Routes(MutableMapping):
     """Task type -> ``{"loss", "metrics"}`` config names.
 
-    Entries set in code (``CONFIGS_ROUTES[my_type] = {...}``, e.g. by a plugin that registers a task
-    type) win; everything else is read through from ``configs/{loss,metrics}/defaults.yaml`` (user
-    config folder first), so editing those files needs no code.
+    Entries set in code (``CONFIGS_ROUTES[my_type] = {...}``) win, then entries of
+    ``configs/{loss,metrics}/defaults.yaml`` (user folder, built-in tree and plugin folders, merged), then
+    the task type's own ``TaskTypeSpec.loss`` / ``TaskTypeSpec.metrics``.
     """
 
     def __init__(self) -> None:
@@ -73,14 +64,15 @@ class _Routes(MutableMapping):
         task_type = self._key(task_type)
         if task_type in self._registered:
             return dict(self._registered[task_type])
-        loss = load_group_config("loss", "defaults")
-        metrics = load_group_config("metrics", "defaults")
-        if task_type.value not in loss or task_type.value not in metrics:
+        spec = task_type_spec(task_type)
+        loss = merged_group_config("loss", "defaults").get(task_type.value) or spec.loss
+        metrics = merged_group_config("metrics", "defaults").get(task_type.value) or spec.metrics
+        if not loss or not metrics:
             raise ConfigError(
-                f"task type {task_type.value!r} has no entry in configs/loss/defaults.yaml or "
-                "configs/metrics/defaults.yaml; add one naming its loss and metrics configs"
+                f"task type {task_type.value!r} names no training loss or metrics: set TaskTypeSpec.loss and "
+                ".metrics, or add an entry to configs/loss/defaults.yaml and configs/metrics/defaults.yaml"
             )
-        return {"loss": str(loss[task_type.value]), "metrics": str(metrics[task_type.value])}
+        return {"loss": str(loss), "metrics": str(metrics)}
 
     def __setitem__(self, task_type: Any, route: Mapping[str, str]) -> None:
         if set(route) != {"loss", "metrics"}:
@@ -91,8 +83,9 @@ class _Routes(MutableMapping):
         del self._registered[self._key(task_type)]
 
     def __iter__(self):
-        listed = load_group_config("loss", "defaults")
-        return iter([t for t in TaskType if t in self._registered or t.value in listed])
+        listed = merged_group_config("loss", "defaults")
+        return iter([t for t in TaskType
+                     if t in self._registered or t.value in listed or task_type_spec(t).loss is not None])
 
     def __len__(self) -> int:
         return len(list(iter(self)))
@@ -102,32 +95,21 @@ class _Routes(MutableMapping):
 CONFIGS_ROUTES: MutableMapping[Any, dict[str, str]] = _Routes()
 
 
-def _import(target: str) -> Any:
-    from hydra.utils import get_object
-
-    try:
-        return get_object(target)
-    except Exception as err:
-        raise ConfigError(f"_target_ {target!r} does not import ({err})") from None
-
-
 def instantiate_with(spec: Mapping[str, Any], what: str, **optional: Any) -> Any:
-    """Call ``spec["_target_"]`` with the other keys, adding ``optional`` kwargs the callable accepts."""
-    spec = dict(spec)
-    if "_target_" not in spec:
-        raise ConfigError(f"{what}: config {spec} has no _target_")
-    target = _import(str(spec.pop("_target_")))
+    """Call ``spec["_target_"]`` with the other keys, adding the ``optional`` kwargs its signature names.
+
+    Only explicitly named parameters get them: torchmetrics classes take ``**kwargs`` and refuse
+    unknown ones further down.
+    """
+    plain = dict(_container(spec) or {})
+    if "_target_" not in plain:
+        raise ConfigError(f"{what}: config {plain} has no _target_")
+    target = import_target(str(plain["_target_"]), what=what)
     try:
-        params = inspect.signature(target).parameters
+        named = set(inspect.signature(target).parameters)
     except (TypeError, ValueError):
-        params = {}
-    for key, value in optional.items():
-        if key in params and key not in spec:
-            spec[key] = value
-    try:
-        return target(**spec)
-    except Exception as err:
-        raise ConfigError(f"{what}: {getattr(target, '__name__', target)}(**{spec}) failed: {err}") from None
+        named = set()
+    return instantiate(plain, what=what, optional={k: v for k, v in optional.items() if k in named})
 
 
 def _container(cfg: Any) -> Any:
@@ -194,7 +176,7 @@ class TaskLightningModule(L.LightningModule):
         optimizer: ``_target_`` + kwargs of a ``torch.optim`` optimiser.
         lr_schedule: ``"onecycle"``, ``"cosine"`` or ``None``.
         gpu_augmentations: Kornia augmentation configs applied to training batches on the device; only
-            modalities in ``KORNIA_VALID_MODALITIES`` follow the geometry, the rest pass unchanged.
+            every modality moves by its :class:`~pandemonium.tasks.attributes.Geometry`.
         seed: seeds the augmentation draws (together with the step), independent of global RNG state.
     """
 
@@ -307,52 +289,3 @@ class TaskLightningModule(L.LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def apply_kornia(augmentation: nn.Module, batch: dict) -> dict:
-    """Apply a Kornia ``AugmentationSequential`` to the Kornia-valid modalities of a collated batch.
-
-    Images and masks go through as tensors; boxes (a list of ``(N_i, 4)`` tensors) are padded to one
-    tensor for Kornia and cut back afterwards, clipped to the image, and boxes that left the image
-    are dropped together with their labels.
-    """
-    image_key = Modality.IMAGE.value
-    inputs: list[torch.Tensor] = [batch[image_key]]
-    keys = [KORNIA_VALID_MODALITIES[Modality.IMAGE]]
-    has_mask = Modality.MASK.value in batch and Modality.MASK in KORNIA_VALID_MODALITIES
-    has_boxes = Modality.BOXES.value in batch and Modality.BOXES in KORNIA_VALID_MODALITIES
-    if has_mask:
-        mask = batch[Modality.MASK.value]
-        inputs.append(mask.unsqueeze(1).float())
-        keys.append(KORNIA_VALID_MODALITIES[Modality.MASK])
-    counts: list[int] = []
-    if has_boxes:
-        boxes = batch[Modality.BOXES.value]
-        counts = [len(b) for b in boxes]
-        padded = torch.zeros(len(boxes), max(max(counts, default=0), 1), 4, device=inputs[0].device)
-        for i, b in enumerate(boxes):
-            padded[i, : len(b)] = b
-        inputs.append(padded)
-        keys.append(KORNIA_VALID_MODALITIES[Modality.BOXES])
-    out = augmentation(*inputs, data_keys=keys)
-    out = out if isinstance(out, list | tuple) else [out]
-    result = dict(batch)
-    result[image_key] = out[0].clamp(0, 1)
-    idx = 1
-    if has_mask:
-        result[Modality.MASK.value] = out[idx].squeeze(1).round().long()
-        idx += 1
-    if has_boxes:
-        h, w = result[image_key].shape[-2:]
-        new_boxes, new_labels = [], []
-        labels = batch.get("labels") or [torch.zeros(c, dtype=torch.long) for c in counts]
-        for i, c in enumerate(counts):
-            b = out[idx][i, :c].clone()
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            keep = ((b[:, 2] - b[:, 0]) > 1) & ((b[:, 3] - b[:, 1]) > 1)
-            new_boxes.append(b[keep])
-            new_labels.append(labels[i][keep.to(labels[i].device)])
-        result[Modality.BOXES.value] = new_boxes
-        result["labels"] = new_labels
-    return result

@@ -2,7 +2,7 @@
 
 ``metric_inputs(task_type, outputs, batch)`` turns model outputs and a batch into the ``(preds, target)``
 pair every metric of that task type is updated with, so the Lightning module, the test mode's
-bootstrap and the evaluate layer share one convention:
+bootstrap and the evaluate layer share one convention (each ``TaskTypeSpec.metric_inputs``):
 
 * classification: ``(logits (B, C), class (B,))``; multilabel: ``(logits (B, C), classes (B, C))``,
 * segmentation: ``(predicted mask (B, H, W), mask (B, H, W))`` (argmax, so metric states stay small),
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from pandemonium.models.detector import decode
+from pandemonium.tasktypes import task_type_spec
 
 
 class DetectionMAP(Metric):
@@ -143,22 +143,11 @@ def coco_map(
     return max(value, 0.0)  # COCO reports -1 for "undefined"; treat it as nothing found
 
 
-def metric_inputs(task_type: str, outputs: Any, batch: dict, score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
-    """``(preds, target)`` for the metrics of ``task_type`` from model ``outputs`` and a collated ``batch``."""
-    task_type = str(getattr(task_type, "value", task_type))
-    if task_type == "classification":
-        return outputs.detach(), batch["class"].long()
-    if task_type == "multilabel_classification":
-        return outputs.detach(), batch["classes"].long()
-    if task_type == "semantic_segmentation":
-        return outputs.detach().argmax(dim=1), batch["mask"].long()
-    if task_type == "detection":
-        preds = decode(outputs, score_thr=score_thr, nms_iou=nms_iou, image_size=tuple(batch["image"].shape[-2:]))
-        target = [{"boxes": b, "labels": lab} for b, lab in zip(batch["boxes"], batch["labels"])]
-        return preds, target
-    if task_type == "regression":
-        return outputs.detach().reshape(-1).float(), batch["value"].reshape(-1).float()
-    raise ValueError(f"metric_inputs: no metric convention for task type {task_type!r}")
+def metric_inputs(task_type: Any, outputs: Any, batch: dict, score_thr: float = 0.05, nms_iou: float = 0.5) -> tuple[Any, Any]:
+    """``(preds, target)`` for the metrics of ``task_type`` from model ``outputs`` and a collated ``batch``
+    (``TaskTypeSpec.metric_inputs``)."""
+    convert = task_type_spec(task_type).need("metric_inputs")
+    return convert(outputs, batch, score_thr=score_thr, nms_iou=nms_iou)
 
 
 def _take(values: Any, index: np.ndarray) -> Any:

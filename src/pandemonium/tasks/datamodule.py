@@ -174,7 +174,7 @@ class TaskDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         if cpu_augmentations is not None and not callable(cpu_augmentations):
-            cpu_augmentations = build_cpu_augmentations(cpu_augmentations, struct.task_type, seed)
+            cpu_augmentations = build_cpu_augmentations(cpu_augmentations, struct.task_type, seed, struct.modalities)
         self.cpu_augmentations = cpu_augmentations
         self.datasets: dict[str, TaskDataset] = {}
 
@@ -249,7 +249,7 @@ class TaskDataModule(L.LightningDataModule):
             "sample_num": None if sample_num is None else int(sample_num),
             "eval_batch_size": sampling.get("eval_batch_size", None),
             "seed": seed,
-            "cpu_augmentations": build_cpu_augmentations(aug_cfg, struct.task_type, seed),
+            "cpu_augmentations": build_cpu_augmentations(aug_cfg, struct.task_type, seed, struct.modalities),
             "normalize": normalize_flag(aug_cfg),
             "loaders": build_loaders(OmegaConf.select(cfg, "loaders", default=None)),
         }
