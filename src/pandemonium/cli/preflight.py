@@ -21,8 +21,8 @@ from pandemonium.errors import ConfigError, ContinueError
 
 #: sweep combinations checked before a multirun (each one is composed; more are checked by the jobs)
 MAX_SWEEP_CHECKS = 16
-#: overrides that are not part of what a run computes, so ``continue`` may change them freely
-_NOT_COMPARED = frozenset({"continue", "allow_changes", "mode"})
+#: overrides that say where a run is rather than what it computes, so ``continue`` may restate them
+_NOT_COMPARED = frozenset({"continue", "allow_changes", "mode", "proj", "out_dir", "data_dir"})
 
 
 @dataclass
