@@ -1,7 +1,8 @@
 """``pandemonium predict``: the stored model's predictions for every split of each task.
 
 One file per split through the FileManager (key ``predictions``), attached as
-``struct.paths["predictions"] = {split: path}``:
+``struct.paths["predictions"] = {split: path}``; the task type's ``TaskTypeSpec.prediction_table``
+decides the content. For the built-in task types:
 
 * classification / multilabel / regression: CSV, one row per sample (``sample_id``, target, prediction,
   class probabilities),
@@ -67,45 +68,43 @@ class PredictScheduler(AbstractBaseScheduler):
 
 
 def write_predictions(fm: Any, struct: Any, split: str, outputs: dict[str, Any]) -> Path:
-    """Store the :func:`~pandemonium.models.training.run_model` ``outputs`` of one split; returns the path."""
+    """Store the :func:`~pandemonium.models.training.run_model` ``outputs`` of one split; returns the path.
+
+    The task type's ``TaskTypeSpec.prediction_table`` decides the content; its kind decides the file: a
+    ``pandas.DataFrame`` -> CSV (``sample_id`` and ``split`` first), a list of per-sample dicts -> JSON,
+    a dict of arrays -> ``.npz`` (with ``sample_ids`` and ``class_names``).
+    """
     import pandas as pd
 
-    task_type = struct.task_type.value
+    from pandemonium.tasktypes import task_type_spec
+
     ids = outputs["sample_ids"]
     names = list(struct.class_names)
-    if task_type == "detection":
-        records = [
-            {"sample_id": sid, "boxes": p["boxes"].tolist(), "scores": p["scores"].tolist(),
-             "labels": p["labels"].tolist(), "label_names": [names[i] for i in p["labels"].tolist()] if names else []}
-            for sid, p in zip(ids, outputs["preds"])
-        ]
-        path = fm.construct_saving_path(obj=records, key=PREDICTIONS_KEY, task_name=struct.name, file_name=f"{split}.json")
-        Path(path).write_text(json.dumps({"task": struct.name, "split": split, "class_names": names,
-                                          "predictions": records}))
-        return Path(path)
-    if task_type == "semantic_segmentation":
-        masks = outputs["preds"].numpy()
-        masks = masks.astype(np.uint8 if len(names) <= 256 else np.int16)
-        path = fm.construct_saving_path(obj=masks, key=PREDICTIONS_KEY, task_name=struct.name, file_name=f"{split}.npz")
+    table = task_type_spec(struct.task_type).need("prediction_table")(outputs, names, split)
+
+    def path_for(obj: Any, suffix: str) -> Path:
+        return Path(fm.construct_saving_path(obj=obj, key=PREDICTIONS_KEY, task_name=struct.name,
+                                             file_name=f"{split}.{suffix}"))
+
+    if isinstance(table, pd.DataFrame):
+        table = table.reset_index(drop=True)
+        table.insert(0, "split", split)
+        table.insert(0, "sample_id", ids)
+        path = path_for(table, "csv")
+        table.to_csv(path, index=False)
+        return path
+    if isinstance(table, list):
+        records = [{"sample_id": sid, **record} for sid, record in zip(ids, table)]
+        path = path_for(records, "json")
+        path.write_text(json.dumps({"task": struct.name, "split": split, "class_names": names,
+                                    "predictions": records}))
+        return path
+    if isinstance(table, dict):
+        path = path_for(table, "npz")
         with open(path, "wb") as fh:
-            np.savez_compressed(fh, sample_ids=np.asarray(ids), masks=masks, class_names=np.asarray(names))
-        return Path(path)
-    frame = pd.DataFrame({"sample_id": ids, "split": split})
-    preds = outputs["preds"]
-    if task_type == "classification":
-        frame["target"] = outputs["target"].numpy()
-        frame["pred"] = preds.argmax(dim=1).numpy()
-        frame["pred_name"] = [names[i] for i in frame["pred"]] if names else frame["pred"]
-        for i, name in enumerate(names or range(preds.shape[1])):
-            frame[f"prob_{name}"] = outputs["scores"][:, i].numpy()
-    elif task_type == "multilabel_classification":
-        for i, name in enumerate(names or range(preds.shape[1])):
-            frame[f"target_{name}"] = outputs["target"][:, i].numpy()
-            frame[f"pred_{name}"] = (outputs["scores"][:, i] > 0.5).int().numpy()
-            frame[f"prob_{name}"] = outputs["scores"][:, i].numpy()
-    else:
-        frame["target"] = outputs["target"].numpy()
-        frame["pred"] = preds.numpy()
-    path = fm.construct_saving_path(obj=frame, key=PREDICTIONS_KEY, task_name=struct.name, file_name=f"{split}.csv")
-    frame.to_csv(path, index=False)
-    return Path(path)
+            np.savez_compressed(fh, sample_ids=np.asarray(ids), class_names=np.asarray(names), **table)
+        return path
+    raise ConfigError(
+        f"task {struct.name!r}: prediction_table of task type {struct.task_type.value!r} returned "
+        f"{type(table).__name__}; expected a DataFrame, a list of dicts or a dict of arrays"
+    )
