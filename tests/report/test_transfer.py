@@ -9,11 +9,9 @@ import torch
 
 from pandemonium.boxes import box_iou
 from pandemonium.report.transfer import (
-    classification_success,
-    detection_disappearance,
     matrix_pivot,
     robustness_curve,
-    segmentation_flip,
+    success_from_eval_table,
     summarise_rate,
     transfer_matrix,
     wilson_interval,
@@ -28,10 +26,11 @@ def test_wilson_matches_textbook_values():
     assert lo == pytest.approx(0.0, abs=1e-12) and 0.1 < hi < 0.2  # non-degenerate at a rate of 0
 
 
-def test_summarise_rate_binary_uses_wilson_and_weighted_uses_bootstrap():
+def test_summarise_rate_bootstraps_and_uses_wilson_at_the_edges():
     s = summarise_rate([1, 1, 0, 1])
-    assert s.rate == 0.75 and s.n == 4
-    assert (s.ci_low, s.ci_high) == pytest.approx(wilson_interval(3, 4))
+    assert s.rate == 0.75 and s.n == 4 and s.ci_low < 0.75 < s.ci_high
+    s = summarise_rate([1, 1, 1, 1])  # a bootstrap would give [1, 1]
+    assert (s.ci_low, s.ci_high) == pytest.approx(wilson_interval(4, 4)) and s.ci_low < 1.0
 
     success = np.array([1.0, 0.5, 0.0, 1.0])
     weight = np.array([2, 4, 1, 0])  # last row has no trials: dropped
@@ -60,45 +59,28 @@ def test_bootstrap_interval_covers_the_true_rate_most_of_the_time():
     assert covered >= 32  # nominal 95%; generous for 40 draws
 
 
-def test_classification_success_untargeted_and_targeted():
-    labels = torch.tensor([0, 1, 2, 2])
-    control = torch.tensor([0, 1, 1, 2])  # third sample already wrong
-    patched = torch.tensor([1, 1, 0, 0])
-    s, w = classification_success(patched, control, labels)
-    assert w.tolist() == [1, 1, 0, 1] and s.tolist() == [1, 0, 0, 1]
-    logits = torch.nn.functional.one_hot(torch.tensor([2, 2, 2, 0]), 3).float()
-    s, w = classification_success(logits, control, labels, target_class=2)
-    assert w.tolist() == [1, 1, 0, 0] and s.tolist() == [1, 1, 0, 0]
+def test_success_from_eval_table_reads_hits_and_trials():
+    table = pd.DataFrame({"object_vanished_hits": [1.0, 0.0, 2.0], "object_vanished_trials": [2.0, 0.0, 2.0]})
+    s, w = success_from_eval_table(table, "object_vanished")
+    assert s.tolist() == [0.5, 0.0, 1.0] and w.tolist() == [2.0, 0.0, 2.0]
+    assert summarise_rate(s, w).rate == pytest.approx(3 / 4)
+    with pytest.raises(KeyError, match="no rate 'disappearance'.*object_vanished"):
+        success_from_eval_table(table, "disappearance")
+
+
+def test_transfer_matrix_resamples_scenes_when_rows_carry_them():
+    rows = pd.DataFrame({"patch_id": "p", "model_id": "m", "success": np.repeat([1.0, 0.0] * 10, 8),
+                         "scene_id": np.repeat(np.arange(20), 8)})
+    by_scene = transfer_matrix(rows).iloc[0]
+    by_row = transfer_matrix(rows.drop(columns="scene_id")).iloc[0]
+    assert by_scene["n_scenes"] == 20 and by_row["n_scenes"] == 160
+    assert by_scene["ci_high"] - by_scene["ci_low"] > 2 * (by_row["ci_high"] - by_row["ci_low"])
 
 
 def test_box_iou():
     a = torch.tensor([[0.0, 0, 10, 10]])
     b = torch.tensor([[0.0, 0, 10, 10], [5.0, 0, 15, 10], [20.0, 20, 30, 30]])
     assert box_iou(a, b)[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
-
-
-def test_detection_disappearance_counts_objects_found_without_patch():
-    gt = [torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), torch.tensor([[0.0, 0, 10, 10]])]
-    boxes = torch.tensor([[[0.0, 0, 10, 10], [20.0, 20, 30, 30]], [[0.0, 0, 10, 10], [0.0, 0, 1, 1]]])
-    control = {"boxes": boxes, "objectness": torch.tensor([[0.9, 0.9], [0.2, 0.1]])}
-    patched = {"boxes": boxes, "objectness": torch.tensor([[0.1, 0.8], [0.9, 0.1]])}
-    s, w = detection_disappearance(patched, control, gt)
-    # image 0: both found without patch, one of them hidden; image 1: nothing found -> no trial
-    assert w.tolist() == [2, 0] and s.tolist() == [0.5, 0.0]
-    s, w = detection_disappearance(patched, control)  # image-level variant
-    assert w.tolist() == [1, 0] and s.tolist() == [0, 0]
-
-
-def test_segmentation_flip_ignores_wrong_and_patch_pixels():
-    mask = torch.zeros(1, 2, 2, dtype=torch.long)
-    control = torch.zeros(1, 2, 2, 2)
-    control[:, 0] = 1  # all right
-    control[0, 0, 1, 1], control[0, 1, 1, 1] = 0, 1  # except one pixel
-    patched = torch.zeros(1, 2, 2, 2)
-    patched[:, 1] = 1  # all wrong
-    ignore = torch.tensor([[[True, False], [False, False]]])
-    s, w = segmentation_flip(patched, control, mask, ignore)
-    assert w.tolist() == [2] and s.tolist() == [1.0]
 
 
 def _records():
