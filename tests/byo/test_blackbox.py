@@ -1,0 +1,116 @@
+"""The black-box patch attack (Sparse-RS-style random search) on torch and query-only victims."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pandemonium.attack.blackbox import (
+    BlackBoxError,
+    FunctionObjective,
+    PipelineObjective,
+    SparseRSPatch,
+    square_fraction,
+)
+
+TARGET = 2
+
+
+class RedDetector(nn.Module):
+    """Class 2 wins when some pixel is strongly red; dark scenes are class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.mix.weight.copy_(torch.tensor([[0.0, 0, 0], [0, 0, 0], [4.0, -4, -4]]).view(3, 3, 1, 1))
+            self.mix.bias.copy_(torch.tensor([2.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        return self.mix(x).amax((2, 3))
+
+
+def scenes(n=16):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.3
+
+
+def implant(images, patch):
+    out = images.clone()
+    out[:, :, 2:8, 2:8] = patch
+    return out
+
+
+def targeted_objective(model, images):
+    return FunctionObjective(lambda p: F.cross_entropy(model(implant(images, p)), torch.full((len(images),), TARGET),
+                                                       reduction="none"))
+
+
+def success(model, images, patch=None):
+    x = images if patch is None else implant(images, patch)
+    return float((model(x).argmax(1) == TARGET).float().mean())
+
+
+def test_black_box_raises_targeted_success_within_budget_and_is_seeded():
+    model, images = RedDetector().eval(), scenes()
+    objective = targeted_objective(model, images)
+    objective.batch_size = len(images)
+    result = SparseRSPatch(objective, (3, 6, 6), query_budget=16 * 40, seed=0).run(torch.zeros(3, 6, 6))
+    assert result.queries <= 16 * 40 and result.queries == objective.queries
+    assert success(model, images) == 0.0 and success(model, images, result.patch) == 1.0
+    again = SparseRSPatch(targeted_objective(model, images), (3, 6, 6), query_budget=16 * 40, seed=0)
+    again.objective.batch_size = 16
+    assert torch.equal(again.run(torch.zeros(3, 6, 6)).patch, result.patch)
+
+
+def test_black_box_on_an_onnx_victim(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pandemonium.models.onnx_model import OnnxModel
+
+    torch.onnx.export(RedDetector().eval(), (scenes(2),), str(tmp_path / "v.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}}, dynamo=False)
+    victim, images = OnnxModel(tmp_path / "v.onnx"), scenes(8)
+    objective = targeted_objective(victim, images)
+    objective.batch_size = 8
+    result = SparseRSPatch(objective, (3, 6, 6), query_budget=8 * 30, seed=3).run(torch.zeros(3, 6, 6))
+    assert victim.queries == result.queries <= 240
+    assert success(victim, images, result.patch) > success(victim, images)
+
+
+def test_pipeline_objective_replays_the_same_scenes():
+    class Shifted:
+        """A two-stage stand-in honouring the replay contract: random brightness, then the model."""
+
+        def __init__(self):
+            self.gen, self.last = torch.Generator().manual_seed(0), None
+
+        def __call__(self, batch, params=None):
+            shift = torch.rand(len(batch), generator=self.gen) if params is None else params["shift"]
+            self.last = {"shift": shift}
+            images = implant(scenes(len(batch)), batch) * (0.5 + shift.view(-1, 1, 1, 1))
+            return RedDetector()(images), {"targets": torch.full((len(batch),), TARGET)}
+
+        def get_last_sample_as_dict(self):
+            return self.last
+
+    def loss(outputs, targets):
+        return {"target": F.cross_entropy(outputs, targets, reduction="none"), "logged": outputs[:, 0]}
+
+    objective = PipelineObjective(Shifted(), loss, {"target": 1.0}, batch_size=4)
+    objective.resample()
+    patch = torch.rand(3, 6, 6)
+    first = objective(patch)
+    assert torch.equal(objective(patch), first) and objective.queries == 8
+    objective.resample()
+    assert not torch.equal(objective(patch), first)
+    with pytest.raises(BlackBoxError, match=r"loss terms \['missing'\] not returned"):
+        PipelineObjective(Shifted(), loss, {"missing": 1.0}, batch_size=2)(patch)
+
+
+def test_schedule_and_budget_errors():
+    assert square_fraction(0.4, 0, 1000) == 0.4 and square_fraction(0.4, 999, 1000) == pytest.approx(0.4 / 512)
+    objective = FunctionObjective(lambda p: p.mean().view(1))
+    objective.batch_size = 10
+    with pytest.raises(BlackBoxError, match="budget of 15 queries does not cover two batches of 10"):
+        SparseRSPatch(objective, (3, 4, 4), query_budget=15).run()
