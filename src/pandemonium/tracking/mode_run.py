@@ -91,6 +91,9 @@ class ModeTracking:
         mode_id = str((cfg.get("mode") or {}).get("id"))
         tags = {"pandemonium.mode": mode_id, "pandemonium.proj": str(cfg.proj),
                 "pandemonium.run_dir": str(scheduler.run_dir), "pandemonium.tasks": ",".join(scheduler.task_list)}
+        from pandemonium.tracking.multirun import multirun_tags
+
+        tags.update(multirun_tags(tracking_uri=uri))  # a job of a multirun: child of the sweep's parent run
         from omegaconf import OmegaConf
 
         params = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -1,0 +1,453 @@
+"""The ``tune`` mode: hyperparameter search of an attack with Optuna.
+
+Plan: ``train_model`` per task (a model is needed before any trial), one ``run_trial`` step per
+trial slot (independent steps: ``executor=ray`` runs them in parallel), then ``summarize_study``
+(history, parameter importance and parallel-coordinate plots as PNG plus one HTML page, into the
+project's ``plots`` folder, and ``tune_best.json``).
+
+A trial applies its sampled values to config keys (``tune.space.<name>.key``, e.g. ``attack.lr``),
+fits the patch of every task with the attack mode's own step (:func:`~pandemonium.modes.steps.fit.fit_patch`)
+evaluating on the **validation** fold (never the test split), reports the intermediate evaluation
+metric to the pruner and returns the mean best value. Each trial is an MLflow child run of the
+mode's parent run, with its parameters.
+
+The study lives in ``tune.storage`` (default ``sqlite:///<run_dir>/optuna.db``; any RDB URL lets
+several machines share it). ``<project>/studies.json`` remembers where each study is, so running
+the same ``tune.study`` again continues it (only the missing trials run) and
+``pandemonium tune use_best=<study>`` reruns the attack plan with the study's best parameters.
+
+    pandemonium tune task_list=[digits] tune.study=lr_search tune.n_trials=16 executor=ray
+
+Refused before work: an inverted or empty range, an unknown type or key, a study name reused with
+a different search space, ``use_best`` naming a study with no finished trial.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from pandemonium.attack.spec import AttackSpec
+from pandemonium.build import instantiate
+from pandemonium.errors import ConfigError
+from pandemonium.modes.steps.context import (
+    ModeContext,
+    check_reuse,
+    finish_tracking,
+    start_tracking,
+    step_seed_of,
+    tracked,
+)
+from pandemonium.modes.steps.fit import fit_patch
+from pandemonium.modes.steps.models import ModelSource
+from pandemonium.plain import to_plain
+from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_scheduler
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TuneError", "TuneScheduler", "parse_space", "PruningCallback"]
+
+STUDIES_FILE = "studies.json"
+RUN_FILE = "tune.json"
+SPACE_ATTR = "pandemonium_space"
+SUBROUTINES = ("train", "tune", "plots")
+_MISSING = object()
+
+
+class TuneError(ConfigError):
+    """A search space, study name or ``use_best`` that cannot work (bad input, exit code 2)."""
+
+
+def parse_space(space: Mapping[str, Any], cfg: DictConfig | None = None) -> dict[str, tuple[str, Any]]:
+    """``{name: (config key, optuna distribution)}`` from the ``tune.space`` config.
+
+    >>> parse_space({"lr": {"key": "attack.lr", "type": "float", "low": 0.01, "high": 0.1, "log": True}})["lr"][0]
+    'attack.lr'
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = to_plain(space) or {}
+    if not space:
+        raise TuneError("tune.space is empty: name at least one parameter (see configs/tune/default.yaml)")
+    out: dict[str, tuple[str, Any]] = {}
+    for name, spec in space.items():
+        where = f"tune.space.{name}"
+        if not isinstance(spec, Mapping) or not spec.get("key"):
+            raise TuneError(f"{where}: needs a config `key` (e.g. attack.lr) and a `type`")
+        key, kind = str(spec["key"]), str(spec.get("type", "float"))
+        if cfg is not None and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise TuneError(f"{where}.key={key!r} is not a key of the composed config")
+        if kind == "categorical":
+            choices = list(spec.get("choices") or [])
+            if not choices:
+                raise TuneError(f"{where}: categorical with no choices")
+            out[name] = (key, CategoricalDistribution(choices))
+            continue
+        if kind not in ("float", "int"):
+            raise TuneError(f"{where}.type={kind!r}: use float, int or categorical")
+        low, high, use_log = spec.get("low"), spec.get("high"), bool(spec.get("log", False))
+        if low is None or high is None:
+            raise TuneError(f"{where}: {kind} needs low and high")
+        if not float(low) < float(high):
+            raise TuneError(f"{where}: empty or inverted range low={low} >= high={high}")
+        if use_log and float(low) <= 0:
+            raise TuneError(f"{where}: a log range needs low > 0, got low={low}")
+        step = spec.get("step")
+        if kind == "int":
+            out[name] = (key, IntDistribution(int(low), int(high), log=use_log, step=int(step or 1)))
+        else:
+            out[name] = (key, FloatDistribution(float(low), float(high), log=use_log,
+                                                step=None if step is None else float(step)))
+    return out
+
+
+def space_fingerprint(space: Mapping[str, tuple[str, Any]]) -> str:
+    from optuna.distributions import distribution_to_json
+
+    return json.dumps({n: [k, json.loads(distribution_to_json(d))] for n, (k, d) in sorted(space.items())},
+                      sort_keys=True)
+
+
+class PruningCallback:
+    """PatchTrainer hook: report the evaluation metric to the trial after each evaluation, stop the
+    fit (``optuna.TrialPruned``) when the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_validation_end(self, trainer: Any, step: int, result: Any) -> None:
+        import optuna
+
+        value = result.summary.get(self.metric)
+        if value is None:
+            return
+        self.trial.report(float(value), int(step))
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.metric}={float(value):.4g})")
+
+
+class TuneScheduler(AbstractBaseScheduler):
+    """See the module docstring. ``run()`` returns the study summary (with ``use_best``: the attack
+    mode's headline)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
+        self.best_from = cfg.get("use_best")
+        self.tune = to_plain(cfg.get("tune")) or {}
+        self.space = parse_space(self.tune.get("space") or {}, cfg) if not self.best_from else {}
+        self.ctx = ModeContext.of(self)
+        self.models = ModelSource(self.ctx)
+        self.slots = 0
+        self.study_summary: dict[str, Any] | None = None
+
+    def run(self) -> Any:
+        if self.best_from:
+            return self.run_best(str(self.best_from))
+        with tracked(self.ctx):
+            return super().run()
+
+    # ------------------------------------------------------------------ study
+    def _studies_file(self) -> Path:
+        return self.proj_path / STUDIES_FILE
+
+    def study_name(self) -> str:
+        return str(self.tune.get("study_name") or self.tune.get("study") or f"tune_{'_'.join(self.task_list)}")
+
+    def storage_url(self) -> str:
+        if self.tune.get("storage"):
+            return str(self.tune["storage"])
+        known = self._registry().get(self.study_name())
+        return str(known["storage"]) if known else f"sqlite:///{self.run_dir / 'optuna.db'}"
+
+    def _registry(self) -> dict[str, Any]:
+        path = self._studies_file()
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def storage(self, url: str | None = None) -> Any:
+        import optuna
+
+        url = url or str(self.tune.get("storage_url") or self.storage_url())
+        kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many kinds for a bad URL
+            raise TuneError(f"tune.storage={url!r}: cannot open the Optuna storage ({exc})") from None
+
+    def load_study(self, seed: int | None = None) -> Any:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = instantiate(self.tune.get("sampler") or {"_target_": "optuna.samplers.TPESampler"},
+                              what="tune.sampler", optional={"seed": seed})
+        pruner = instantiate(self.tune.get("pruner") or {"_target_": "optuna.pruners.MedianPruner"},
+                             what="tune.pruner")
+        return optuna.load_study(study_name=self.study_name(),
+                                 storage=self.storage(), sampler=sampler, pruner=pruner)
+
+    def _open_study(self) -> Any:
+        """Create or reopen the study (driver only); refuse a reused name with another search space."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        name, url = self.study_name(), self.storage_url()
+        study = optuna.create_study(study_name=name, storage=self.storage(url), load_if_exists=True,
+                                    direction=str(self.tune.get("direction", "maximize")))
+        fingerprint = space_fingerprint(self.space)
+        stored = study.user_attrs.get(SPACE_ATTR)
+        if stored is not None and stored != fingerprint:
+            raise TuneError(f"tune.study={name!r} exists in {url} with another search space "
+                            f"(stored: {stored}; now: {fingerprint}); pick a new tune.study name")
+        study.set_user_attr(SPACE_ATTR, fingerprint)
+        self.proj_path.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self._studies_file()) + ".lock"):
+            registry = self._registry()
+            registry[name] = {"storage": url, "run_dir": str(self.run_dir)}
+            self._studies_file().write_text(json.dumps(registry, indent=1))
+        with open_dict(self.cfg):  # workers read the resolved study and storage from the config
+            self.cfg.tune.study_name = name
+            self.cfg.tune.storage_url = url
+        self.tune = to_plain(self.cfg.tune)
+        return study
+
+    def best_config(self, name: str) -> DictConfig:
+        """The attack mode's config with study ``name``'s best values written to their keys."""
+        import optuna
+
+        known = self._registry().get(name)
+        url = str(self.tune.get("storage") or (known or {}).get("storage") or "")
+        if not url:
+            raise TuneError(f"use_best={name}: no study of that name in project {self.cfg.proj!r} "
+                            f"(known: {', '.join(sorted(self._registry())) or 'none'})")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.load_study(study_name=name, storage=self.storage(url))
+        except KeyError:
+            raise TuneError(f"use_best={name}: no study of that name in {url}") from None
+        try:
+            best = study.best_trial
+        except ValueError:
+            raise TuneError(f"use_best={name}: the study has no finished trial yet") from None
+        space = json.loads(study.user_attrs.get(SPACE_ATTR, "{}"))
+        cfg = self.cfg.copy()
+        with open_dict(cfg):
+            for param, value in best.params.items():
+                OmegaConf.update(cfg, space[param][0], value, force_add=True)
+            cfg.use_best = None
+            cfg.tune_best = {"study": name, "trial": best.number, "value": best.value, "params": best.params}
+            # the attack plan: workers of a remote executor rebuild the attack scheduler from this config
+            cfg.mode.id = "attack"
+            cfg.mode.scheduler = {"_target_": "pandemonium.modes.attack.AttackScheduler"}
+            cfg.mode.subroutines = None
+        log.info("use_best=%s: trial %d (value %.4g) with %s", name, best.number, best.value, best.params)
+        return cfg
+
+    def run_best(self, name: str) -> Any:
+        """Run the attack plan (train, attack, evaluate) in this run folder with the study's best values."""
+        cfg = self.best_config(name)
+        with active_run_dir(self.run_dir):
+            return build_scheduler(cfg).run()
+
+    # ------------------------------------------------------------------ plan
+    def after_preparation_hook(self) -> None:
+        if not self.task_list:
+            raise TuneError("mode tune: task_list is empty")
+        check_reuse(self.ctx)
+        if "train" not in self.subroutines:
+            for task in self.task_list:
+                if self.ctx.model_path(self.get_struct(task)) is None:
+                    raise TuneError(f"task {task!r} has no stored model in project {self.cfg.proj!r}: "
+                                    "enable the `train` subroutine or run `pandemonium train` first")
+        for task in self.task_list:  # an attack that does not fit a task is refused here, not per trial
+            AttackSpec.from_config(self.cfg.get("attack") or {}, self.get_struct(task))
+        study = self._open_study()
+        record = self.run_dir / RUN_FILE
+        if self.continuing and record.is_file():
+            slots = int(json.loads(record.read_text())["slots"])
+            self._fail_stale_trials(study)
+        else:
+            import optuna
+
+            finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                               optuna.trial.TrialState.PRUNED)]
+            slots = max(0, int(self.tune.get("n_trials", 8)) - len(finished))
+            record.write_text(json.dumps({"study": self.study_name(), "storage": self.storage_url(), "slots": slots}))
+        self.slots = slots
+        start_tracking(self.ctx, self)
+
+    def before_finishing_hook(self) -> None:
+        summary = self.study_summary or {}
+        finish_tracking(self.ctx, {"best_value": summary["best_value"]} if "best_value" in summary else {})
+
+    def _fail_stale_trials(self, study: Any) -> None:
+        """Trials of this run left RUNNING by a kill count as failed (their slot runs again)."""
+        import optuna
+
+        storage = self.storage()
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.user_attrs.get("run_dir") == str(self.run_dir):
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+    def create_routine(self) -> None:
+        if "train" in self.subroutines:
+            for task in self.task_list:
+                self.commands.append(self.train_model)
+                self.params.append([task])
+        if "tune" in self.subroutines:
+            for slot in range(self.slots):
+                self.commands.append(self.run_trial)
+                self.params.append([slot])
+        if "plots" in self.subroutines:
+            self.commands.append(self.summarize_study)
+            self.params.append([])
+
+    # ------------------------------------------------------------------ steps (names are journal entries)
+    def train_model(self, task_name: str) -> dict[str, Any]:
+        """The attack mode's step: train the task's model unless one is stored already."""
+        return self.models.ensure(self.get_struct(task_name), self.create_datamodule, step_seed_of(self))
+
+    def run_trial(self, slot: int) -> dict[str, Any]:
+        """Ask the study for a trial, fit every task's patch with its values, tell the result."""
+        import optuna
+
+        study = self.load_study(seed=self.step_seed)
+        trial = study.ask({name: dist for name, (_key, dist) in self.space.items()})
+        trial.set_user_attr("run_dir", str(self.run_dir))
+        trial.set_user_attr("slot", int(slot))
+        cfg = self.cfg.copy()
+        with open_dict(cfg):
+            for name, (key, _dist) in self.space.items():
+                OmegaConf.update(cfg, key, trial.params[name], force_add=True)
+        ctx = dataclasses.replace(self.ctx, cfg=cfg)
+        values: list[float] = []
+        state, error = optuna.trial.TrialState.COMPLETE, None
+        try:
+            for task in self.task_list:
+                struct = self.get_struct(task)
+                model, _meta = self.models.load(struct)
+                spec = validation_spec(AttackSpec.from_config(cfg.get("attack") or {}, struct), struct,
+                                       ctx.data_dir, ctx.fold)
+                # intermediate values of one task are comparable across trials; of several, not
+                callbacks = [PruningCallback(trial, spec.success_metric)] if len(self.task_list) == 1 else []
+                outcome = fit_patch(ctx, [(struct, model, spec)], name=f"{self.study_name()}_t{trial.number}",
+                                    seed=step_seed_of(self),
+                                    callbacks=callbacks)
+                values.append(float(outcome.summary["best_value"]))
+        except optuna.TrialPruned as pruned:
+            state, error = optuna.trial.TrialState.PRUNED, str(pruned)
+        except ConfigError as bad:  # values that make no valid attack: a failed trial, not a failed run
+            state, error = optuna.trial.TrialState.FAIL, str(bad)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        value = sum(values) / len(values) if values and state == optuna.trial.TrialState.COMPLETE else None
+        study.tell(trial, value, state=state)
+        self._log_trial(trial.number, trial.params, value, state.name, error)
+        return {"trial": trial.number, "state": state.name.lower(), "value": value, "params": dict(trial.params)}
+
+    def _log_trial(self, number: int, params: Mapping[str, Any], value: float | None, state: str,
+                   error: str | None) -> None:
+        """An MLflow child run of the mode's parent run (read from the run folder: workers too)."""
+        from pandemonium.tracking.mode_run import ModeTracking
+
+        record = self.run_dir / ModeTracking.FILE
+        if not record.is_file():
+            return
+        parent = json.loads(record.read_text())
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=parent.get("tracking_uri"))
+        experiment = client.get_run(parent["run_id"]).info.experiment_id
+        tags = {"mlflow.parentRunId": parent["run_id"], "pandemonium.step": "tune", "study": self.study_name(),
+                "trial": str(number), "state": state}
+        run = client.create_run(experiment, run_name=f"trial {number}", tags=tags)
+        for key, val in params.items():
+            client.log_param(run.info.run_id, key, val)
+        if value is not None:
+            client.log_metric(run.info.run_id, "value", float(value))
+        if error:
+            client.set_tag(run.info.run_id, "error", error[:500])
+        client.set_terminated(run.info.run_id, "FINISHED" if state in ("COMPLETE", "PRUNED") else "FAILED")
+
+    def summarize_study(self) -> dict[str, Any]:
+        """Best trial (``tune_best.json``) and the study's plots (PNG + one HTML page) under ``plots``."""
+        import optuna
+
+        study = self.load_study()
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        summary: dict[str, Any] = {
+            "study": self.study_name(), "storage": self.storage_url(), "n_trials": len(study.trials),
+            "n_complete": len(complete),
+            "n_pruned": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))),
+        }
+        if complete:
+            summary.update(best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number)
+        owner = self.study_name()
+        best_path = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_best.json")
+        best_path.write_text(json.dumps(to_plain(summary), indent=1))
+        pngs = save_study_plots(study, lambda fname: self.fm.construct_saving_path(
+            obj=None, key="plots", task_name=owner, file_name=fname))
+        html = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_study.html")
+        html.write_text(study_html(study, summary, pngs))
+        summary["plots"] = [str(p) for p in [*pngs, html]]
+        self.study_summary = summary
+        return summary
+
+    def finish(self) -> Any:
+        return self.study_summary or self.last_result
+
+
+def validation_spec(spec: AttackSpec, struct: Any, data_dir: str, fold: int) -> AttackSpec:
+    """The spec with the task's own image bank evaluating on the validation fold (never the test split)."""
+    bank = {"task": struct.name, "data_dir": str(data_dir), "train_split": "train", "eval_split": "val",
+            "fold": int(fold)}
+    stages = tuple({**stage, "bank": dict(bank)} if stage.get("bank", "") in (None, "task") else dict(stage)
+                   for stage in spec.stages)
+    return dataclasses.replace(spec, stages=stages)
+
+
+def save_study_plots(study: Any, path_for: Any) -> list[Path]:
+    """History, parameter importance and parallel coordinates as PNGs (those the study supports)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    saved: list[Path] = []
+    for fname, plot in (("tune_history.png", ovm.plot_optimization_history),
+                        ("tune_importance.png", ovm.plot_param_importances),
+                        ("tune_parallel.png", ovm.plot_parallel_coordinate)):
+        try:
+            ax = plot(study)
+        except Exception as exc:  # noqa: BLE001 - e.g. importance needs two finished trials
+            log.info("tune: no %s (%s)", fname, exc)
+            continue
+        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+        path = path_for(fname)
+        figure.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(figure)
+        saved.append(path)
+    return saved
+
+
+def study_html(study: Any, summary: Mapping[str, Any], pngs: Sequence[Path]) -> str:
+    """One self-contained page: the summary, the plots and the trials table."""
+    import html
+
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+    images = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+                     for p in pngs)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>study {html.escape(str(summary['study']))}"
+            f"</title></head><body><h1>Study {html.escape(str(summary['study']))}</h1>"
+            f"<pre>{html.escape(json.dumps(to_plain(summary), indent=1))}</pre>{images}"
+            f"{frame.to_html(index=False)}</body></html>")
