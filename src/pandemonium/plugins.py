@@ -6,9 +6,13 @@ function. The registry offers::
     registry.add_config_path(path)                      # a folder with config groups (mode/..., tasks/...)
     registry.add_scheduler(name, "pkg.mod.MyScheduler")  # listed by `pandemonium --help`
     registry.add_task_creator(name, func)                # like @register_taskcreator(name)
-    registry.add_modality("HEATMAP", "heatmap", loader_cls=..., verifier=...)
-    registry.add_task_type("KEYPOINTS", "keypoints", requires=[...], target=...)
+    registry.add_modality("HEATMAP", "heatmap", loader_cls=..., verifier=..., geometry="dense")
+    registry.add_task_type(TaskTypeSpec(name="heatmap_regression", ...))  # a whole task type
+    registry.add_stage("my_pkg.stages.MyStage")         # or the class; usable as `_target_: MyStage`
     registry.add_artifact_key("heatmaps", "{proj_path}/HEATMAPS/{task_name}/{file_name}")
+
+Config folders added by plugins are searched for every group (``mode``, ``tasks``, ``loss``,
+``metrics``, ``loaders``, ``attack``, ...), after a user folder and the built-in tree.
 
 In ``pyproject.toml`` of the plugin package::
 
@@ -47,7 +51,8 @@ class PluginRegistry:
     schedulers: dict[str, str] = field(default_factory=dict)
     task_creators: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = field(default_factory=dict)
     modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
-    task_types: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_types: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, type | str] = field(default_factory=dict)
     artifact_keys: dict[str, str] = field(default_factory=dict)
     #: plugin name -> version of its distribution ("?" when unknown)
     loaded: dict[str, str] = field(default_factory=dict)
@@ -95,15 +100,32 @@ class PluginRegistry:
         self._note(f"task:{name}")
 
     def add_modality(self, name: str, value: str, loader_cls: type | None = None,
-                     verifier: Callable[..., None] | None = None) -> None:
-        """Add a ``Modality`` member (and optionally its default loader and verifier)."""
-        self.modalities[value] = {"name": name, "loader_cls": loader_cls, "verifier": verifier}
+                     verifier: Callable[..., None] | None = None, geometry: str | None = None) -> None:
+        """Add a ``Modality`` member, optionally with its default loader, verifier and ``Geometry``
+        (``"image"``, ``"dense"``, ``"label_map"``, ``"boxes"``, ``"points"`` or ``"none"``): how it
+        follows geometric augmentations on both the CPU and the GPU path."""
+        self.modalities[value] = {"name": name, "loader_cls": loader_cls, "verifier": verifier, "geometry": geometry}
         self._note(f"modality:{value}")
 
-    def add_task_type(self, name: str, value: str, requires: Iterable[Any], target: Any) -> None:
-        """Add a ``TaskType`` member with its required modalities and target modality."""
-        self.task_types[value] = {"name": name, "requires": list(requires), "target": target}
-        self._note(f"task_type:{value}")
+    def add_task_type(self, spec: Any, value: str | None = None, requires: Iterable[Any] = (),
+                      target: Any = None) -> None:
+        """Add a task type: a whole :class:`pandemonium.tasktypes.TaskTypeSpec` (head, loss, metrics,
+        predictions, attack preset, success metrics), or the bare form ``add_task_type(NAME, value,
+        requires, target)`` for a type that is only created and loaded."""
+        if isinstance(spec, str):
+            self.task_types[str(value)] = {"name": spec, "requires": list(requires), "target": target}
+            self._note(f"task_type:{value}")
+            return
+        self.task_types[spec.name] = spec
+        self._note(f"task_type:{spec.name}")
+
+    def add_stage(self, stage: type | str, name: str | None = None) -> None:
+        """Register a pipeline stage class (or its import path, imported when a mode runs) under ``name``
+        (default: the class's ``name``, else its class name), usable as ``_target_: <name>``."""
+        key = name or (stage.rsplit(".", 1)[-1] if isinstance(stage, str) else
+                       getattr(stage, "name", None) or stage.__name__)
+        self.stages[key] = stage
+        self._note(f"stage:{key}")
 
     def add_artifact_key(self, key: str, template: str) -> None:
         """Register a FileManager key (see ``FileManager.add_assignment_path``)."""
@@ -124,23 +146,34 @@ class PluginRegistry:
             with self._applying(f"artifact:{key}"):
                 FileManager.add_assignment_path(key, template)
         if self.modalities or self.task_types or self.task_creators:
+            from pandemonium import tasktypes
             from pandemonium.tasks import attributes, creators, loaders, verifiers
 
             for value, spec in self.modalities.items():
                 with self._applying(f"modality:{value}"):
-                    modality = attributes.register_modality(spec["name"], value)
+                    modality = attributes.register_modality(spec["name"], value, geometry=spec.get("geometry"))
                     if spec["loader_cls"] is not None:
                         loaders.register_modality_loader(modality, spec["loader_cls"])
                     if spec["verifier"] is not None:
                         verifiers.MODALITY_VERIFIER_MAP[modality] = spec["verifier"]
             for value, spec in self.task_types.items():
                 with self._applying(f"task_type:{value}"):
-                    attributes.register_task_type(spec["name"], value, spec["requires"], spec["target"])
+                    if isinstance(spec, tasktypes.TaskTypeSpec):
+                        tasktypes.register_task_type(spec)
+                    else:
+                        attributes.register_task_type(spec["name"], value, spec["requires"], spec["target"])
             for name, (creator, meta) in self.task_creators.items():
                 with self._applying(f"task:{name}"):
                     existing = creators.TASK_CREATORS.get(name)
                     if existing is None or existing.fn is not creator:
                         creators.register_taskcreator(name, **meta)(creator)
+        if self.stages:
+            from pandemonium.attack.stages.registry import register_stage
+
+            for name, stage in self.stages.items():
+                with self._applying(f"stage:{name}"):
+                    cls = _import_path(stage) if isinstance(stage, str) else stage
+                    register_stage(name)(cls)
         self.activated = True
         return self
 
@@ -150,6 +183,12 @@ class PluginRegistry:
                  for name, version in self.loaded.items()]
         lines += [f"{name}: FAILED ({reason})" for name, reason in self.failed.items()]
         return lines
+
+
+def _import_path(path: str) -> Any:
+    from pandemonium.build import import_target
+
+    return import_target(path, what="plugin stage")
 
 
 _REGISTRY: PluginRegistry | None = None

@@ -322,7 +322,8 @@ class TaskWriter:
         if len(set(ids)) != len(ids):
             raise TaskCreationError(f"task {self.name!r}: duplicate sample ids")
         strata = None
-        if self.task_type is TaskType.CLASSIFICATION and all("class" in s for s in self.samples):
+        # single-label targets are stratified, so every fold sees every class
+        if TaskType(self.task_type).target is Modality.CLASS and all("class" in s for s in self.samples):
             strata = [s["class"] for s in self.samples]
         split_rng = np.random.default_rng([seed, 0x5EED])  # independent of the creator's stream
         folds, test = make_splits(ids, split_rng, num_folds, test_fraction, strata)
