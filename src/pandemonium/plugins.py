@@ -177,6 +177,32 @@ class PluginRegistry:
         self.activated = True
         return self
 
+    def deactivate(self) -> PluginRegistry:
+        """Undo :meth:`activate` (tests; the process-wide registries are left as before activation)."""
+        if not self.activated:
+            return self
+        from pandemonium import tasktypes
+        from pandemonium.attack.stages.registry import STAGE_REGISTRY
+        from pandemonium.runs.file_manager import FileManager
+        from pandemonium.tasks import attributes, creators, loaders, verifiers
+
+        for key in self.artifact_keys:
+            FileManager.remove_assignment_path(key)
+        for name in self.stages:
+            STAGE_REGISTRY.pop(name, None)
+        for name in self.task_creators:
+            creators.TASK_CREATORS.pop(name, None)
+        for value in self.task_types:
+            tasktypes.unregister_task_type(value)
+        for value in self.modalities:
+            if value in attributes.Modality._value2member_map_:
+                modality = attributes.Modality(value)
+                loaders.DEFAULT_LOADERS.pop(modality, None)
+                verifiers.MODALITY_VERIFIER_MAP.pop(modality, None)
+                attributes.unregister_modality(modality)
+        self.activated = False
+        return self
+
     def describe(self) -> list[str]:
         """One line per plugin: name, version and what it added (or why it failed)."""
         lines = [f"{name} {version}: {', '.join(self.contributions.get(name, [])) or 'nothing registered'}"

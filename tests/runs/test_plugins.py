@@ -100,12 +100,9 @@ def test_example_plugin_is_installed_and_registers_everything():
 @pytest.fixture
 def example_plugin_active():
     """Activate the installed plugins for one test and undo the registrations afterwards."""
-    from pandemonium.tasks.creators import TASK_CREATORS
-
     registry = load_plugins(reload=True, activate=True)
     yield registry
-    TASK_CREATORS.pop("example_stripes", None)
-    FileManager.remove_assignment_path("example_counts")
+    registry.deactivate()
     load_plugins(reload=True)
 
 
@@ -138,3 +135,76 @@ def test_a_registration_clash_names_the_plugin():
         "clashing_plugin", lambda r: r.add_task_type("CLASSIFICATION", "not_classification", ["class"], "class"))])
     with pytest.raises(PluginError, match="plugin 'clashing_plugin': could not register task_type:not_classification"):
         registry.activate()
+
+
+def test_registry_adds_stages_task_type_specs_and_modality_geometry(tmp_path):
+    import torch
+
+    from pandemonium.attack.stages.registry import STAGE_REGISTRY
+    from pandemonium.tasks.attributes import (
+        KORNIA_VALID_MODALITIES,
+        Geometry,
+        Modality,
+        TaskType,
+        modality_geometry,
+    )
+    from pandemonium.tasktypes import TaskTypeSpec, task_type_spec
+    from pandemonium.testing import check_stage
+
+    spec = TaskTypeSpec(name="heat_spec_test", requires=frozenset({"heat_spec_modality"}),
+                        target="heat_spec_modality", loss="heat_loss_test", metrics="regression")
+
+    def register(registry):
+        registry.add_modality("HEAT_SPEC_MODALITY", "heat_spec_modality", geometry="dense")
+        registry.add_task_type(spec)
+        registry.add_stage("pandemonium_example_plugin.stages.ExampleDesaturate", name="DesaturateTest")
+
+    registry = load_plugins(entry_points=[FakeEntryPoint("spec_plugin", register)])
+    assert registry.contributions["spec_plugin"] == [
+        "modality:heat_spec_modality", "task_type:heat_spec_test", "stage:DesaturateTest"]
+    assert "DesaturateTest" not in STAGE_REGISTRY  # recorded, not applied yet
+    registry.activate()
+    try:
+        heat = Modality("heat_spec_modality")
+        assert modality_geometry(heat) is Geometry.DENSE and KORNIA_VALID_MODALITIES[heat] == "mask"
+        assert task_type_spec("heat_spec_test") is spec and spec.enum.requires() == {
+            Modality.IMAGE, Modality.SAMPLE_ID, heat}
+        stage = STAGE_REGISTRY["DesaturateTest"](max_amount=0.4)
+        stage.set_seed(0, 0)
+        check_stage(stage, torch.rand(4, 3, 16, 16))
+    finally:
+        registry.deactivate()
+    assert "DesaturateTest" not in STAGE_REGISTRY
+    assert "heat_spec_test" not in {t.value for t in TaskType}
+    assert "heat_spec_modality" not in {m.value for m in Modality}
+
+
+def test_plugin_config_folders_are_searched_for_every_group(tmp_path):
+    from pandemonium.models.lightning_module import CONFIGS_ROUTES, build_loss, metrics_config
+    from pandemonium.plugins import config_search_path, load_group_config
+    from pandemonium.tasks import TaskType
+
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "loss" / "plugin_l1_test.yaml").write_text("_target_: pandemonium.models.losses.RegressionLoss\n")
+    (tmp_path / "loss" / "defaults.yaml").write_text("regression: plugin_l1_test\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "plugin_metrics_test.yaml").write_text(
+        "monitor: mae\nmode: min\nmetrics:\n  mae:\n    _target_: torchmetrics.regression.MeanAbsoluteError\n")
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "plugin_preset_test.yaml").write_text("name: plugin_preset_test\n")
+
+    import pandemonium.plugins as plugins
+
+    before = plugins._REGISTRY
+    plugins._REGISTRY = load_plugins(entry_points=[FakeEntryPoint("cfg_plugin", lambda r: r.add_config_path(tmp_path))])
+    try:
+        assert config_search_path()[-1] == tmp_path
+        assert load_group_config("attack", "plugin_preset_test") == {"name": "plugin_preset_test"}
+        assert metrics_config("regression", "plugin_metrics_test")["monitor"] == "mae"
+        # a plugin's defaults.yaml adds routes without hiding the built-in ones
+        assert CONFIGS_ROUTES[TaskType.REGRESSION]["loss"] == "plugin_l1_test"
+        assert CONFIGS_ROUTES[TaskType.CLASSIFICATION]["loss"] == "cross_entropy"
+        assert type(build_loss("regression")).__name__ == "RegressionLoss"
+    finally:
+        plugins._REGISTRY = before
+    assert CONFIGS_ROUTES[TaskType.REGRESSION]["loss"] == "smooth_l1"
