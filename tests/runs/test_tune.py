@@ -53,10 +53,10 @@ def test_pruning_callback_stops_a_bad_trial():
     class Result:
         summary = {"targeted_success": 0.9}
 
-    hook.on_validation_end(None, 2, Result())  # above the threshold: the fit goes on
+    hook.on_evaluation_end(None, 2, Result())  # above the threshold: the fit goes on
     Result.summary = {"targeted_success": 0.1}
     with pytest.raises(optuna.TrialPruned, match="step 4"):
-        hook.on_validation_end(None, 4, Result())
+        hook.on_evaluation_end(None, 4, Result())
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {2: 0.9, 4: 0.1}
 
 

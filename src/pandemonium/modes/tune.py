@@ -24,11 +24,10 @@ a different search space, ``use_best`` naming a study with no finished trial.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from pandemonium.modes.steps.fit import fit_patch
 from pandemonium.modes.steps.models import ModelSource
 from pandemonium.plain import to_plain
 from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_scheduler
+from pandemonium.tracking.study_plots import save_study_plots, study_html
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class PruningCallback:
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial, self.metric = trial, metric
 
-    def on_validation_end(self, trainer: Any, step: int, result: Any) -> None:
+    def on_evaluation_end(self, trainer: Any, step: int, result: Any) -> None:
         import optuna
 
         value = result.summary.get(self.metric)
@@ -132,6 +132,8 @@ class PruningCallback:
         self.trial.report(float(value), int(step))
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} ({self.metric}={float(value):.4g})")
+
+    on_validation_end = on_evaluation_end  # the hook's name before the trainer moved to attack/training
 
 
 class TuneScheduler(AbstractBaseScheduler):
@@ -352,7 +354,10 @@ class TuneScheduler(AbstractBaseScheduler):
         value = sum(values) / len(values) if values and state == optuna.trial.TrialState.COMPLETE else None
         study.tell(trial, value, state=state)
         self._log_trial(trial.number, trial.params, value, state.name, error)
-        return {"trial": trial.number, "state": state.name.lower(), "value": value, "params": dict(trial.params)}
+        if error:
+            log.warning("tune: trial %d %s: %s", trial.number, state.name.lower(), error)
+        return {"trial": trial.number, "state": state.name.lower(), "value": value, "params": dict(trial.params),
+                **({"error": error} if error else {})}
 
     def _log_trial(self, number: int, params: Mapping[str, Any], value: float | None, state: str,
                    error: str | None) -> None:
@@ -395,7 +400,7 @@ class TuneScheduler(AbstractBaseScheduler):
         best_path = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_best.json")
         best_path.write_text(json.dumps(to_plain(summary), indent=1))
         pngs = save_study_plots(study, lambda fname: self.fm.construct_saving_path(
-            obj=None, key="plots", task_name=owner, file_name=fname))
+            obj=None, key="plots", task_name=owner, file_name=fname)) if complete else []
         html = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_study.html")
         html.write_text(study_html(study, summary, pngs))
         summary["plots"] = [str(p) for p in [*pngs, html]]
@@ -413,41 +418,3 @@ def validation_spec(spec: AttackSpec, struct: Any, data_dir: str, fold: int) -> 
     stages = tuple({**stage, "bank": dict(bank)} if stage.get("bank", "") in (None, "task") else dict(stage)
                    for stage in spec.stages)
     return dataclasses.replace(spec, stages=stages)
-
-
-def save_study_plots(study: Any, path_for: Any) -> list[Path]:
-    """History, parameter importance and parallel coordinates as PNGs (those the study supports)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    saved: list[Path] = []
-    for fname, plot in (("tune_history.png", ovm.plot_optimization_history),
-                        ("tune_importance.png", ovm.plot_param_importances),
-                        ("tune_parallel.png", ovm.plot_parallel_coordinate)):
-        try:
-            ax = plot(study)
-        except Exception as exc:  # noqa: BLE001 - e.g. importance needs two finished trials
-            log.info("tune: no %s (%s)", fname, exc)
-            continue
-        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        path = path_for(fname)
-        figure.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(figure)
-        saved.append(path)
-    return saved
-
-
-def study_html(study: Any, summary: Mapping[str, Any], pngs: Sequence[Path]) -> str:
-    """One self-contained page: the summary, the plots and the trials table."""
-    import html
-
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
-    images = "".join(f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                     for p in pngs)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>study {html.escape(str(summary['study']))}"
-            f"</title></head><body><h1>Study {html.escape(str(summary['study']))}</h1>"
-            f"<pre>{html.escape(json.dumps(to_plain(summary), indent=1))}</pre>{images}"
-            f"{frame.to_html(index=False)}</body></html>")
