@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pandemonium.attack.spec import DEFAULTS, AttackConfigError, AttackSpec, Att
 from pandemonium.build import BuildError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "src" / "pandemonium" / "configs" / "attack"
-
+SRC = Path(__file__).resolve().parents[2] / "src" / "pandemonium"
 
 
 @dataclass
@@ -77,6 +78,14 @@ def test_one_default_per_setting():
     assert spec.batch_size == DEFAULTS["batch_size"] and spec.eval_every == DEFAULTS["eval_every"]
     assert spec.optimizer == DEFAULTS["optimizer"] and spec.schedule == DEFAULTS["schedule"]
     assert spec.patch["parameterisation"] == DEFAULTS["parameterisation"]
+
+
+def test_no_mode_or_step_keeps_its_own_evaluation_default():
+    """Evaluation settings have one default (in spec.py), not a literal per call site."""
+    literal = re.compile(r"""get\(\s*["'](num_eval|eval_batch_size|batch_size)["']\s*,\s*\d""")
+    offenders = [f"{p.relative_to(SRC)}: {m.group(0)}" for p in (SRC / "modes").rglob("*.py")
+                 for m in literal.finditer(p.read_text())]
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize(("change", "struct", "message"), [
@@ -146,16 +155,20 @@ def test_spec_builds_pipeline_loss_and_patch(fake_task, pandemonium_roots):
 
 
 def test_success_metric_defaults_to_the_task_type_headline():
+    from pandemonium.tasktypes import task_type_spec
+
+    classification = task_type_spec("classification")
     targeted = preset("classification_targeted")
     targeted.pop("success_metric")
-    assert AttackSpec.from_config(targeted, FakeStruct()).success_metric == "targeted_success"
-    assert AttackSpec.from_config(targeted, FakeStruct()).with_target(None).target_class is None
+    assert AttackSpec.from_config(targeted, FakeStruct()).success_metric == classification.headline_metric(0)
     untargeted = preset("classification_untargeted")
     untargeted.pop("success_metric")
-    assert AttackSpec.from_config(untargeted, FakeStruct()).success_metric == "untargeted_success"
+    assert AttackSpec.from_config(untargeted, FakeStruct()).success_metric == classification.headline_metric(None)
+    assert classification.headline_metric(0) != classification.headline_metric(None)
     seg = preset("segmentation", task_types=None)
     seg.pop("success_metric")
-    assert AttackSpec.from_config(seg, FakeStruct(task_type="semantic_segmentation")).success_metric == "pixel_flip"
+    assert (AttackSpec.from_config(seg, FakeStruct(task_type="semantic_segmentation")).success_metric
+            == task_type_spec("semantic_segmentation").headline_metric(None))
     seg["loss"] = {"_target_": "pandemonium.attack.losses.TotalVariation"}
     with pytest.raises(AttackConfigError, match="no success metric known for no_such_type tasks"):
         AttackSpec.from_config(seg, FakeStruct(task_type="no_such_type"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from pandemonium.attack.presets import AttackConfigError, patch_shape_for, select_preset, stage_configs
+from pandemonium.attack.spec import AttackConfigError, patch_shape_for, select_preset, stage_configs
 from pandemonium.modes.attack import AttackScheduler
 from pandemonium.modes.evaluate import EvaluateScheduler
 from pandemonium.modes.report import ReportScheduler, summary_table
@@ -176,7 +176,7 @@ def test_mode_configs_name_importable_schedulers(roots):
 def test_robustness_override_touches_only_the_named_stage_param():
     import numpy as np
 
-    from pandemonium.modes.evaluate import _override
+    from pandemonium.modes.steps.transfer import override_param as _override
 
     conditions = [{"0_FusedImplantAugment/scale": np.array([1.0, 2.0]), "1_KorniaAugment/scale": np.array([3.0, 3.0]),
                    "0_RectangleImplanter/patch_a.scale": np.array([1.0, 1.0])}]
@@ -206,7 +206,7 @@ def test_demo_config_targets_star_with_a_patch_under_a_tenth_of_the_image(roots)
 
 
 def test_stored_patch_is_judged_by_its_own_target_class(roots):
-    from pandemonium.attack.presets import with_patch_target
+    from pandemonium.attack.spec import with_patch_target
 
     cfg = compose("attack", roots)
     preset = select_preset(cfg.attack, "shapes_cls", "classification")

@@ -57,7 +57,9 @@ def select_preset(attack_cfg: Mapping[str, Any], task_name: str, task_type: str)
     if not cfg:
         raise AttackConfigError("no attack configuration: the `attack` config group is empty (use attack=default)")
     if "presets" in cfg:
-        presets = cfg.get("presets") or {}
+        presets = dict(cfg.get("presets") or {})
+        if task_type not in presets:  # a task type a plugin added: its spec names its default preset
+            presets.update(_spec_default_preset(task_type))
         if task_type not in presets:
             raise AttackConfigError(
                 f"task {task_name!r} is a {task_type} task, but the attack config has no preset for that "
@@ -116,6 +118,19 @@ def _loss_targets(spec: Any) -> list[str]:
     if isinstance(spec, list):
         return [t for v in spec for t in _loss_targets(v)]
     return []
+
+
+def _spec_default_preset(task_type: str) -> dict[str, Any]:
+    """``{task_type: preset}`` from ``configs/attack/<TaskTypeSpec.attack_preset>.yaml`` (any config folder,
+    plugins' included); empty when the type names no preset."""
+    from pandemonium.plugins import load_group_config
+    from pandemonium.tasktypes import task_type_spec
+
+    try:
+        name = task_type_spec(task_type).attack_preset
+    except LookupError:
+        return {}
+    return {task_type: load_group_config("attack", name)} if name else {}
 
 
 def _check_loss_fits(preset: Mapping[str, Any], task_name: str, task_type: str) -> None:
@@ -203,8 +218,9 @@ class EvaluationPlan:
     curve_pairs: str = DEFAULTS["curve_pairs"]
 
     @classmethod
-    def from_mode(cls, mode: Mapping[str, Any] | None) -> EvaluationPlan:
-        """The settings of the ``evaluate`` / ``demo`` mode config (``mode.num_eval``, ``mode.scales``, ...)."""
+    def from_mode(cls, mode: Mapping[str, Any] | None, check: bool = True) -> EvaluationPlan:
+        """The plan of the ``evaluate`` / ``demo`` mode config (``mode.num_eval``, ``mode.scales``, ...);
+        ``check=False`` defers :meth:`check` (a mode checks its input before any work, not when built)."""
         mode = to_plain(mode) or {}
 
         def get(key: str, default: Any) -> Any:
@@ -215,7 +231,8 @@ class EvaluationPlan:
                        scales=tuple(float(s) for s in get("scales", ())),
                        angles=tuple(float(a) for a in get("angles", ())),
                        curve_pairs=str(get("curve_pairs", DEFAULTS["curve_pairs"])))
-        settings.check("mode")
+        if check:
+            settings.check("mode")
         return settings
 
     def check(self, where: str) -> None:

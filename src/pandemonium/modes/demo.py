@@ -18,11 +18,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pandemonium.modes.attack import AttackScheduler
-from pandemonium.modes.evaluate import EvaluateSteps, read_summary
-from pandemonium.modes.report import REPORT_KEY, ReportSteps
+from pandemonium.attack.spec import EvaluationPlan
 from pandemonium.modes.steps import EVAL_SUMMARY_KEY
+from pandemonium.modes.steps.checks import check_attack_inputs
+from pandemonium.modes.steps.context import (
+    ModeContext,
+    finish_tracking,
+    start_tracking,
+    step_seed_of,
+    tracked,
+)
+from pandemonium.modes.steps.evaluate_patch import PatchEvaluation, evaluation_headline
+from pandemonium.modes.steps.fit import PatchFit
+from pandemonium.modes.steps.models import ModelSource
+from pandemonium.modes.steps.report_builder import REPORT_KEY, ReportBuilder
+from pandemonium.modes.steps.transfer import Transfer, read_summary
 from pandemonium.plain import as_float
+from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +43,37 @@ __all__ = ["DemoScheduler"]
 SUBROUTINES = ("create", "train", "attack", "evaluate", "transfer", "robustness", "report")
 
 
-class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
+class DemoScheduler(AbstractBaseScheduler):
     """create → train → attack → evaluate → transfer → robustness → report; ``run()`` returns the
     headline figures ``{"<task>/<metric>": rate}``."""
 
     requires_existing_tasks = False
 
     def __init__(self, cfg: DictConfig) -> None:
-        AttackScheduler.__init__(self, cfg, available_subroutines=SUBROUTINES)
+        super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.started = time.perf_counter()
+        self.ctx = ModeContext.of(self)
+        self.plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
+        self.models = ModelSource(self.ctx)
+        self.fitting = PatchFit(self.ctx, self.models)
+        self.evaluation = PatchEvaluation(self.ctx, self.models)
+        self.transfers = Transfer(self.ctx, self.models, self.plan)
+        self.builder = ReportBuilder(self.ctx)
 
     # ------------------------------------------------------------------ plan
     def after_preparation_hook(self) -> None:
         if "create" in self.subroutines:
             self.create_missing_tasks()
-        super().after_preparation_hook()
+        check_attack_inputs(self.ctx, self.subroutines)
+        self.plan.check("mode")
+        start_tracking(self.ctx, self)
 
-    def preflight(self) -> None:
-        AttackScheduler.preflight(self)
-        self.check_evaluation_settings()
+    def before_finishing_hook(self) -> None:
+        finish_tracking(self.ctx, evaluation_headline(self.ctx))
+
+    def run(self) -> Any:
+        with tracked(self.ctx):
+            return super().run()
 
     def create_missing_tasks(self) -> None:
         """Materialise the demo tasks that are not on disk yet (existing ones are kept)."""
@@ -81,6 +105,25 @@ class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
                 self.commands.append(command)
                 self.params.append([])
 
+    # ------------------------------------------------------------------ steps (names are journal entries)
+    def train_model(self, task_name: str) -> dict[str, Any]:
+        return self.models.ensure(self.get_struct(task_name), self.create_datamodule, step_seed_of(self))
+
+    def attack_task(self, task_name: str) -> dict[str, Any]:
+        return self.fitting.attack_task(task_name, step_seed_of(self))
+
+    def evaluate_patch(self, task_name: str) -> dict[str, Any]:
+        return self.evaluation.evaluate_patch(task_name)
+
+    def transfer(self) -> dict[str, Any]:
+        return self.transfers.transfer()
+
+    def robustness(self) -> dict[str, Any]:
+        return self.transfers.robustness()
+
+    def report(self) -> dict[str, Any]:
+        return self.builder.report()
+
     # ------------------------------------------------------------------ result
     def headline_rows(self) -> list[dict[str, Any]]:
         """One row per task: metric, rate, CI, patch area and the bar from ``mode.targets``."""
@@ -99,7 +142,7 @@ class DemoScheduler(ReportSteps, EvaluateSteps, AttackScheduler):
     def finish(self) -> Any:
         rows = self.headline_rows()
         report = self.get_struct(self.task_list[0]).paths.get(REPORT_KEY) if self.task_list else None
-        tracking = self._tracking
+        tracking = self.ctx.tracking
         uri = tracking.tracking_uri if tracking is not None else None
         lines = ["", "=" * 78, f"pandemonium demo finished in {time.perf_counter() - self.started:.0f} s",
                  "=" * 78]

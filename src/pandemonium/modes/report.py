@@ -3,215 +3,56 @@
 Per task of ``task_list`` the newest patch, its fixed-condition evaluation (summary with CIs,
 before/after examples with the model's predictions) and its optimisation curves; then the newest
 transfer matrix and robustness curves of the project; then the command and the composed config.
-Artifacts attached to the structs in this run win over older ones found in the project, so a run
-that attacks and reports (the demo) reports exactly what it produced.
+The page is built by :class:`~pandemonium.modes.steps.report_builder.ReportBuilder`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pandemonium.attack.presets import AttackConfigError
-from pandemonium.modes.attack import AttackScheduler
-from pandemonium.modes.evaluate import TRANSFER_KEY, read_summary
-from pandemonium.modes.steps import CURVES_KEY, EVAL_SUMMARY_KEY, EXAMPLES_KEY
-from pandemonium.modes.steps.evaluate_patch import load_patch
-from pandemonium.plain import as_float
-from pandemonium.report.html import (
-    ExamplePair,
-    Prediction,
-    ReportData,
-    TaskSection,
-    read_table,
-    write_report,
-)
-from pandemonium.runs.provenance import artifact_id, command_line
+from pandemonium.modes.steps.checks import check_report_inputs
+from pandemonium.modes.steps.context import ModeContext, finish_tracking, start_tracking, tracked
+from pandemonium.modes.steps.report_builder import REPORT_KEY, ReportBuilder, example_pairs, summary_table
+from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportScheduler", "ReportSteps", "REPORT_KEY", "summary_table"]
-
-REPORT_KEY = "reports"
-SUMMARY_SUFFIXES = ("_ci_low", "_ci_high", "_se", "_n")
+__all__ = ["REPORT_KEY", "ReportScheduler", "example_pairs", "summary_table"]
 
 
-def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """``quantity, mean, ci_low, ci_high, n`` for every summarised column of an evaluation summary."""
-    rows = []
-    for key, value in summary.items():
-        if f"{key}_ci_low" not in summary or isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
-            continue
-        # JSON null is a mean over no samples (e.g. no detections to hide): shown as nan
-        rows.append({"quantity": key, "mean": as_float(value), "ci_low": as_float(summary.get(f"{key}_ci_low")),
-                     "ci_high": as_float(summary.get(f"{key}_ci_high")), "n": as_float(summary.get(f"{key}_n"))})
-    return pd.DataFrame(rows, columns=["quantity", "mean", "ci_low", "ci_high", "n"])
-
-
-def _prediction(entry: dict[str, Any] | None) -> Prediction:
-    entry = dict(entry or {})
-    return Prediction(label=entry.get("label"), score=entry.get("score"), boxes=entry.get("boxes"),
-                      box_scores=entry.get("box_scores"), box_labels=entry.get("box_labels"),
-                      mask=entry.get("mask"))
-
-
-def example_pairs(examples: dict[str, Any], limit: int) -> list[ExamplePair]:
-    """The stored examples of an evaluation (see ``attack.collect_examples``) as report pairs."""
-    pairs = []
-    before, after = examples.get("before"), examples.get("after")
-    if before is None or after is None:
-        return pairs
-    truth = list(examples.get("truth") or [])
-    for i in range(min(int(limit), len(before))):
-        pairs.append(ExamplePair(
-            before=before[i], after=after[i],
-            pred_before=_prediction((examples.get("pred_before") or [{}] * (i + 1))[i]),
-            pred_after=_prediction((examples.get("pred_after") or [{}] * (i + 1))[i]),
-            truth=truth[i] if i < len(truth) else "",
-        ))
-    return pairs
-
-
-class ReportSteps:
-    """The ``report`` step; mixed into schedulers with :class:`AttackScheduler`'s helpers."""
-
-    cfg: DictConfig
-
-    def _artifact(self, struct: Any, key: str, suffix: str | None = None, owner: str | None = None) -> Path | None:
-        path = struct.paths.get(key)
-        if path and Path(path).is_file():
-            return Path(path)
-        return self._newest(key, owner or struct.name, suffix)
-
-    def _project_newest(self, key: str, file_prefix: str) -> Path | None:
-        found = [p for p in self.fm.list_artifacts(key) if p.name.startswith(file_prefix)]
-        return found[-1] if found else None
-
-    def task_section(self, task: str) -> TaskSection | None:
-        struct = self.get_struct(task)
-        patch_path = self.patch_path(struct)
-        if patch_path is None:
-            log.warning("report: task %s has no patch; section skipped", task)
-            return None
-        owner = patch_path.parent.name
-        payload = load_patch(patch_path)
-        summary = read_summary(self._artifact(struct, EVAL_SUMMARY_KEY))
-        examples_path = self._artifact(struct, EXAMPLES_KEY)
-        examples = torch.load(examples_path, map_location="cpu", weights_only=False) if examples_path else {}
-        curves_path = self._artifact(struct, CURVES_KEY, owner=owner)
-        curves = read_table(curves_path) if curves_path else None
-        metrics: dict[str, float] = {}
-        if summary:
-            metric = summary.get("metric", "rate")
-            metrics = {metric: summary.get("rate"), f"{metric} CI low": summary.get("rate_ci_low"),
-                       f"{metric} CI high": summary.get("rate_ci_high"),
-                       "patch area / image area": summary.get("patch_area_fraction")}
-            # an undefined rate (nothing to attack, e.g. a detector that finds nothing) shows as nan
-            metrics = {k: as_float(v) for k, v in metrics.items()}
-        patch_note = f"patch of run {payload['run_dir']}" if payload.get("run_dir") else ""
-        if payload.get("command"):
-            patch_note += f", made by `{payload['command']}`"
-        if payload.get("universal"):
-            patch_note = "universal patch (one patch for " + ", ".join(payload.get("tasks", [])) + "); " + patch_note
-        tables = {"evaluation": summary_table(summary)} if summary else {}
-        return TaskSection(
-            task=task, task_type=struct.task_type.value,
-            model_id=summary.get("model_id") or artifact_id(self.model_path(struct)),
-            patch_id=artifact_id(patch_path), patch=payload["patch"],
-            examples=example_pairs(examples, self.num_examples) if examples else [],
-            curves=curves, metrics=metrics, tables=tables, notes=patch_note,
-        )
-
-    def report_data(self) -> ReportData:
-        sections = [s for s in (self.task_section(t) for t in self.task_list) if s is not None]
-        if not sections:
-            raise AttackConfigError(
-                f"report: no patches for {', '.join(self.task_list)} in project {self.cfg.proj!r}; run "
-                "`pandemonium attack` first (or reuse.patches=<project>)"
-            )
-        headline = {}
-        for section in sections:
-            for key, value in section.metrics.items():
-                if "CI" not in key and "area" not in key:
-                    headline[f"{section.task}/{key}"] = value
-        transfer_path = None
-        for task in self.task_list:
-            path = self.get_struct(task).paths.get(TRANSFER_KEY)
-            if path and Path(path).is_file():
-                transfer_path = Path(path)
-        transfer_path = transfer_path or self._project_newest(TRANSFER_KEY, "transfer")
-        transfer_path = transfer_path if transfer_path and transfer_path.suffix == ".csv" else None
-        robustness = {}
-        for condition in ("scale", "angle"):
-            path = None
-            for task in self.task_list:
-                candidate = self.get_struct(task).paths.get(f"robustness_{condition}")
-                if candidate and Path(candidate).is_file():
-                    path = Path(candidate)
-            path = path or self._project_newest(TRANSFER_KEY, f"robustness_{condition}")
-            if path is not None:
-                robustness[condition] = read_table(path)
-        try:
-            config_yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
-        except Exception:  # noqa: BLE001 - an unresolvable interpolation: show it unresolved
-            config_yaml = OmegaConf.to_yaml(self.cfg)
-        links = {"run directory": str(self.run_dir), "results of project": str(self.proj_path)}
-        if self._tracking is not None and self._tracking.tracking_uri:
-            links["MLflow"] = f"mlflow ui --backend-store-uri {self._tracking.tracking_uri}"
-        links["TensorBoard"] = f"tensorboard --logdir {self.proj_path}"
-        return ReportData(
-            title=f"pandemonium report: {self.cfg.proj} ({', '.join(self.task_list)})",
-            command=command_line(), config_yaml=config_yaml, headline=headline, sections=sections,
-            transfer=read_table(transfer_path) if transfer_path else None,
-            robustness=robustness, links=links,
-        )
-
-    def report(self) -> dict[str, Any]:
-        """Render the HTML report and store it (FileManager key ``reports``)."""
-        data = self.report_data()
-        path = self.fm.construct_saving_path(obj=None, key=REPORT_KEY, file_name="report.html")
-        write_report(data, path)
-        for task in self.task_list:
-            self.get_struct(task).paths[REPORT_KEY] = path
-        log.info("report written to %s", path)
-        finite = {k: v for k, v in data.headline.items() if isinstance(v, float) and math.isfinite(v)}
-        return {"report": str(path), "headline": finite}
-
-
-class ReportScheduler(ReportSteps, AttackScheduler):
+class ReportScheduler(AbstractBaseScheduler):
     """``pandemonium report``: the HTML report of the project's stored results; returns its path."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        AttackScheduler.__init__(self, cfg, available_subroutines=("report",))
-        self.num_examples = int((cfg.get("mode") or {}).get("num_examples", 4))
+        super().__init__(cfg=cfg, available_subroutines=("report",))
+        self.ctx = ModeContext.of(self)
+        self.builder = ReportBuilder(self.ctx)
 
     def create_routine(self) -> None:
         if "report" in self.subroutines:
             self.commands.append(self.report)
             self.params.append([])
 
-    def preflight(self) -> None:
-        if not self.task_list:
-            raise AttackConfigError("report: task_list is empty")
-        self._check_reuse(list(self.task_list))
-        if not any(self.patch_path(self.get_struct(t)) for t in self.task_list):
-            raise AttackConfigError(
-                f"report: no patches for {', '.join(self.task_list)} in project {self.cfg.proj!r}; run "
-                "`pandemonium attack` first (or reuse.patches=<project>)"
-            )
+    def after_preparation_hook(self) -> None:
+        check_report_inputs(self.ctx)
+        start_tracking(self.ctx, self)
 
-    def headline(self) -> dict[str, float]:
-        return {}
+    def before_finishing_hook(self) -> None:
+        finish_tracking(self.ctx, {})
+
+    def run(self) -> Any:
+        with tracked(self.ctx):
+            return super().run()
+
+    def report(self) -> dict[str, Any]:
+        """Render the HTML report and store it (FileManager key ``reports``)."""
+        return self.builder.report()
 
     def finish(self) -> Any:
         path = self.get_struct(self.task_list[0]).paths.get(REPORT_KEY)
         if path:
             print(f"report: {path}")
         return str(path) if path else None
-

@@ -11,12 +11,13 @@ group), writes one artifact file through the FileManager (key ``models``) and at
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from pandemonium.modes.steps.context import step_seed_of
+from pandemonium.modes.steps.models import train_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -36,47 +37,9 @@ class TrainScheduler(AbstractBaseScheduler):
                 self.params.append([task])
 
     def train_task(self, task_name: str) -> dict[str, Any]:
-        from pandemonium.models.factory import build_model, model_config_from
-        from pandemonium.models.storage import save_model_artifact
-        from pandemonium.models.training import fit, make_loggers
-
+        """Fit and store the task's model (see :func:`pandemonium.modes.steps.models.train_task`)."""
         struct = self.get_struct(task_name)
-        model_cfg = model_config_from(OmegaConf.select(self.cfg, "model", default=None))
-        model = build_model(struct, model_cfg)
-        datamodule = self.create_datamodule(struct)
-        fold = int(OmegaConf.select(self.cfg, "fold", default=0) or 0)
-        run_name = f"train_{task_name}_fold{fold}"
-        loggers = make_loggers(
-            OmegaConf.select(self.cfg, "logging", default=None), Path(str(self.cfg.out_dir)), self.run_dir, run_name
-        )
-        for logger in loggers:
-            logger.log_hyperparams({"task": task_name, "fold": fold, "model": model_cfg,
-                                    "trainer": OmegaConf.select(self.cfg, "trainer", default=None)})
-        outcome = fit(
-            model,
-            struct,
-            datamodule,
-            trainer_cfg=OmegaConf.select(self.cfg, "trainer", default=None),
-            root_dir=self.run_dir / "train" / task_name,
-            loggers=loggers,
-            device=str(OmegaConf.select(self.cfg, "device", default="auto")),
-            seed=int(self.step_seed if self.step_seed is not None else self.cfg.seed),
-            log_every_n_steps=OmegaConf.select(self.cfg, "logging.log_every_n_steps", default=None),
-        )
-        path = save_model_artifact(
-            model,
-            struct,
-            model_cfg,
-            fm=self.fm,
-            fold=fold,
-            metrics=outcome["metrics"],
-            extra={"seconds": outcome["seconds"], "epochs": outcome["epochs"], "monitor": outcome["monitor"],
-                   "stopped_by_time_cap": outcome["stopped_by_time_cap"], "run_dir": str(self.run_dir)},
-        )
-        struct.paths["models"] = path
-        log.info("task %s: model stored at %s (%s, %.1fs)", task_name, path, outcome["metrics"], outcome["seconds"])
-        result = {"task": task_name, "path": str(path), "monitor": outcome["monitor"], **outcome["metrics"],
-                  "seconds": outcome["seconds"], "epochs": outcome["epochs"]}
+        result = train_task(struct, self.create_datamodule(struct), self.cfg, self.fm, self.run_dir, step_seed_of(self))
         self.results[task_name] = result
         return result
 

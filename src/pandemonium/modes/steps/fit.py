@@ -1,4 +1,9 @@
-"""The patch-fitting step shared by the attack-like modes."""
+"""The patch-fitting step shared by the attack-like modes: fit a patch with PatchTrainer and store it.
+
+:func:`fit_patch` fits one patch against one or more ``(struct, model, AttackSpec)`` members;
+:class:`PatchFit` is the ``attack`` step that loads the task's model, fits and stores the patch, its
+checkpoint, the pipeline YAML, the curves and a PNG.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from omegaconf import OmegaConf
+
 from pandemonium.attack.multitask import MultiTaskLoss, MultiTaskPipeline
-from pandemonium.attack.presets import (
-    AttackConfigError,
-    build_loss,
-    build_patch,
-    build_task_pipeline,
-    patch_shape_for,
-    success_metric,
-)
-from pandemonium.modes.steps import UNIVERSAL_TASK
+from pandemonium.attack.spec import AttackConfigError, AttackSpec
+from pandemonium.modes.steps import CURVES_KEY, UNIVERSAL_TASK
+from pandemonium.modes.steps.context import ModeContext
+from pandemonium.modes.steps.models import ModelSource
 from pandemonium.plain import to_plain
-from pandemonium.runs.base import AbstractBaseScheduler
+from pandemonium.runs.base import read_continue_changes
+from pandemonium.runs.provenance import artifact_id, command_line
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ class FitOutcome:
     summary: dict[str, Any]
     curves: Any
     pipeline_configs: dict[str, Any]
-    presets: dict[str, Any]
+    specs: dict[str, AttackSpec]
     checkpoint: Path | None
     run_id: str | None
 
@@ -54,39 +58,37 @@ def _curves_frame(history: list[dict[str, float]], evals: list[dict[str, float]]
     return train.merge(ev, on="step", how="outer").sort_values("step").reset_index(drop=True)
 
 
-def _fit_dir(scheduler: AbstractBaseScheduler, owner: str) -> Path:
+def fit_dir(ctx: ModeContext, owner: str) -> Path:
     """The trainer's folder for one fit (checkpoints, eval tables, TensorBoard). Recorded in the run
     directory so that ``continue`` resumes an interrupted fit from its last checkpoint."""
-    record = scheduler.run_dir / "attack_fits.json"
+    record = ctx.run_dir / "attack_fits.json"
     fits = json.loads(record.read_text()) if record.exists() else {}
     if owner in fits:
         return Path(fits[owner])
-    marker = scheduler.fm.construct_saving_path(obj=None, key="patch_checkpoints", task_name=owner,
-                                                file_name="fit.txt")
-    marker.write_text(f"patch fit of {owner}, run {scheduler.run_dir}\n")
+    marker = ctx.fm.construct_saving_path(obj=None, key="patch_checkpoints", task_name=owner, file_name="fit.txt")
+    marker.write_text(f"patch fit of {owner}, run {ctx.run_dir}\n")
     folder = marker.with_suffix("")
     fits[owner] = str(folder)
     record.write_text(json.dumps(fits, indent=1))
     return folder
 
 
-def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, dict, dict]], name: str,
+def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], name: str, seed: int,
               callbacks: Sequence[Any] = ()) -> FitOutcome:
-    """Fit one patch against the (struct, model, model meta, preset) members with PatchTrainer
-    (``callbacks``: trainer hooks, e.g. the tune mode's pruning)."""
+    """Fit one patch against the ``(struct, model, spec)`` members with PatchTrainer; several members
+    share one patch (the universal attack: losses summed). ``callbacks``: trainer hooks, e.g. the tune
+    mode's pruning."""
     from pandemonium.attack.trainer import PatchTrainer
 
-    cfg = scheduler.cfg
-    seed = int(scheduler.step_seed if scheduler.step_seed is not None else cfg.seed)
-    pipelines, losses, weights, presets = {}, {}, {}, {}
-    lead = members[0][3]
-    for struct, model, _meta, preset in members:
-        presets[struct.name] = preset
-        pipelines[struct.name] = build_task_pipeline(preset, struct, model, cfg.data_dir, seed, int(cfg.get("fold", 0)))
-        losses[struct.name] = build_loss(preset, struct.name)
-        weights[struct.name] = {str(k): float(v) for k, v in (preset.get("weights") or {}).items()}
+    cfg = ctx.cfg
+    pipelines, losses, weights, specs = {}, {}, {}, {}
+    lead = members[0][2]
+    for struct, model, spec in members:
+        specs[struct.name] = spec
+        pipelines[struct.name] = spec.build_pipeline(model, struct, ctx.data_dir, seed, ctx.fold)
+        losses[struct.name] = spec.build_loss()
+        weights[struct.name] = dict(spec.weights)
     universal = len(members) > 1 or name == UNIVERSAL_TASK
-    shape = patch_shape_for(lead, members[0][0].image_size, members[0][0].channels, members[0][0].name)
     if universal:
         pipeline = MultiTaskPipeline(pipelines)
         loss = MultiTaskLoss(losses)
@@ -95,34 +97,33 @@ def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, di
     else:
         struct = members[0][0]
         pipeline, loss, all_weights = pipelines[struct.name], losses[struct.name], weights[struct.name]
-        metric, mode = success_metric(lead, struct.task_type.value), "max"
-        target_class = lead.get("target_class")
-    tracking = scheduler._tracking
-    out_dir = _fit_dir(scheduler, name)
+        metric, mode, target_class = lead.success_metric, "max", lead.target_class
+    tracking = ctx.tracking
+    out_dir = fit_dir(ctx, name)
     resume = out_dir / "checkpoints" / "last.pt"
-    optimizer = dict(lead.get("optimizer") or {"name": "adam", "lr": 0.03})
-    schedule = dict(lead.get("schedule") or {"name": "none"})
+    optimizer_name, optimizer = lead.named("optimizer")
+    schedule_name, schedule = lead.named("schedule")
     try:
         trainer = PatchTrainer(
             pipeline, loss, all_weights,
-            patch=build_patch(lead, shape, seed),
-            batch_size=int(lead.get("batch_size", 16)),
-            eval_batch_size=int(lead.get("eval_batch_size", lead.get("batch_size", 16))),
-            num_eval=int(lead.get("num_eval", 64)),
-            optimizer=str(optimizer.pop("name", "adam")), optimizer_kwargs=optimizer,
-            schedule=str(schedule.pop("name", "none")), schedule_kwargs=schedule,
+            patch=lead.build_patch(seed),
+            batch_size=lead.batch_size,
+            eval_batch_size=lead.evaluation.batch_size,
+            num_eval=lead.evaluation.num_eval,
+            optimizer=optimizer_name, optimizer_kwargs=optimizer,
+            schedule=schedule_name, schedule_kwargs=schedule,
             best_metric=metric, best_mode=mode,
-            eval_every=int(lead.get("eval_every", 50)),
+            eval_every=lead.eval_every,
             seed=seed, out_dir=out_dir,
             mlflow=tracking.tracking_uri if tracking is not None and tracking.enabled else False,
             mlflow_experiment=tracking.experiment if tracking is not None else None,
             tensorboard=bool(((cfg.get("logging") or {}).get("tensorboard") or {}).get("enabled", True)),
-            run_name=f"attack/{name}", device=scheduler.device, target_class=target_class,
+            run_name=f"attack/{name}", device=ctx.device, target_class=target_class,
             progress=True, callbacks=list(callbacks),
         )
     except (ValueError, TypeError, KeyError) as err:
-        raise AttackConfigError(f"attack of {name!r} (preset {lead.get('name')!r}): {err}") from None
-    result = trainer.fit(int(lead["steps"]), resume_from=resume if resume.is_file() else None)
+        raise AttackConfigError(f"attack of {name!r} (preset {lead.name!r}): {err}") from None
+    result = trainer.fit(lead.steps, resume_from=resume if resume.is_file() else None)
     patch = result.best_patch if not universal else result.patch
     last_eval = result.evals[-1] if result.evals else {}
     summary = {
@@ -131,9 +132,84 @@ def fit_patch(scheduler: AbstractBaseScheduler, members: list[tuple[Any, Any, di
         **{k: v for k, v in last_eval.items() if not k.endswith(("_se", "_n"))},
     }
     configs = {}
-    for task, pipe in pipelines.items():
-        conf = pipe.to_config()
-        conf["stages"][-1]["model"] = {"artifact": str(members[[m[0].name for m in members].index(task)][0].paths.get("models"))}
-        configs[task] = conf
-    return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, presets,
+    for struct, _model, _spec in members:
+        conf = pipelines[struct.name].to_config()
+        conf["stages"][-1]["model"] = {"artifact": str(struct.paths.get("models"))}
+        configs[struct.name] = conf
+    return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
                       result.checkpoint_path, result.run_id)
+
+
+class PatchFit:
+    """The ``attack`` step: fit the patch of a task (or one universal patch for all) and store it."""
+
+    def __init__(self, ctx: ModeContext, models: ModelSource) -> None:
+        self.ctx = ctx
+        self.models = models
+
+    def attack_task(self, task_name: str, seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        """Fit the patch of one task and store patch, checkpoint, pipeline YAML and curves."""
+        struct = self.ctx.get_struct(task_name)
+        model, _meta = self.models.load(struct)
+        result = fit_patch(self.ctx, [(struct, model, self.ctx.spec(struct))], task_name, seed, callbacks)
+        self.store(result, [struct], task_name)
+        return {"patch": str(struct.paths["patches"]), "summary": result.summary}
+
+    def attack_universal(self, seed: int, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        """Fit ONE patch against every task of ``task_list`` (losses summed) and attach it to all."""
+        members = []
+        for task_name in self.ctx.task_list:
+            struct = self.ctx.get_struct(task_name)
+            model, _meta = self.models.load(struct)
+            members.append((struct, model, self.ctx.spec(struct)))
+        result = fit_patch(self.ctx, members, UNIVERSAL_TASK, seed, callbacks)
+        structs = [m[0] for m in members]
+        self.store(result, structs, UNIVERSAL_TASK)
+        return {"patch": str(structs[0].paths["patches"]), "summary": result.summary}
+
+    def store(self, result: FitOutcome, structs: list[Any], owner: str) -> Path:
+        """Patch file (with the specs it was fitted with), PNG, pipeline YAML and curves; attached to the structs."""
+        from PIL import Image
+
+        from pandemonium.report.html import image_to_hwc
+
+        ctx = self.ctx
+        patch = result.patch.detach().cpu()
+        payload = {
+            "format": "pandemonium-patch",
+            "patch": patch,
+            "tasks": [s.name for s in structs],
+            "models": {s.name: str(s.paths.get("models")) for s in structs},
+            # the full spec per task: an evaluation can rebuild exactly what was fitted (AttackSpec.from_dict)
+            "presets": {s.name: result.specs[s.name].to_dict() for s in structs},
+            "pipelines": result.pipeline_configs,
+            "seed": ctx.seed,
+            "summary": result.summary,
+            "universal": owner == UNIVERSAL_TASK,
+            "run_dir": str(ctx.run_dir),
+            "command": command_line(),
+            "continue_changes": read_continue_changes(ctx.run_dir),  # overrides changed by `continue allow_changes=true`
+        }
+        patch_path = ctx.fm.construct_saving_path(obj=payload, key="patches", task_name=owner, file_name="patch.pt")
+        torch.save(payload, patch_path)
+        # the PNG goes under `plots`, not beside the patch: `reuse.patches` takes the newest file there
+        png = ctx.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name=f"{patch_path.stem}.png")
+        Image.fromarray((image_to_hwc(patch) * 255).round().astype("uint8")).save(png)
+        pipe_path = ctx.fm.construct_saving_path(obj=None, key="pipelines", task_name=owner, file_name="pipeline.yaml")
+        pipe_path.write_text(OmegaConf.to_yaml(OmegaConf.create(result.pipeline_configs)))
+        curves_path = ctx.fm.construct_saving_path(obj=None, key=CURVES_KEY, task_name=owner, file_name="curves.csv")
+        result.curves.to_csv(curves_path, index=False)
+        for struct in structs:
+            struct.paths["patches"] = patch_path
+            struct.paths["pipelines"] = pipe_path
+            struct.paths[CURVES_KEY] = curves_path
+            struct.paths["plots"] = png
+            if result.checkpoint is not None:
+                struct.paths["patch_checkpoints"] = Path(result.checkpoint)
+        if ctx.tracking is not None:
+            ctx.tracking.tag_child(result.run_id, tasks=[s.name for s in structs],
+                                   models=[artifact_id(s.paths.get("models")) for s in structs],
+                                   patch=artifact_id(patch_path),
+                                   presets={s.name: result.specs[s.name].to_dict() for s in structs})
+        ctx.results.setdefault("fits", {})[owner] = result.summary
+        return patch_path
