@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PipelineBase": "pandemonium.attack.stages.base",
     "Pipeline": "pandemonium.attack.pipeline",
-    "PatchTrainer": "pandemonium.attack.trainer",
+    "PatchTrainer": "pandemonium.attack.training.trainer",
     "AbstractBaseScheduler": "pandemonium.runs.base",
     "FileManager": "pandemonium.runs.file_manager",
     "TaskStruct": "pandemonium.tasks.struct",

@@ -26,7 +26,7 @@ _MODULES = (
     "pandemonium.attack.optimizers",
     "pandemonium.attack.schedules",
     "pandemonium.attack.evaluation",
-    "pandemonium.attack.trainer",
+    "pandemonium.attack.training",
     "pandemonium.attack.analysis",
 )
 

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 class MultiTaskPipeline(torch.nn.Module):
     """Several task pipelines fed the same patch batch (the universal attack).
 
-    Looks like one pipeline to :class:`~pandemonium.attack.trainer.PatchTrainer`: outputs and
+    Looks like one pipeline to :class:`~pandemonium.attack.training.PatchTrainer`: outputs and
     kwargs are dicts by task, sampled params carry a ``<task>/`` prefix and replay per task.
     """
 

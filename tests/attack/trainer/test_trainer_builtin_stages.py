@@ -12,7 +12,7 @@ from pandemonium.attack.pipeline import Pipeline
 from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.fused import FusedImplantAugment
 from pandemonium.attack.stages.implant import RectangleImplanter
-from pandemonium.attack.trainer import PatchTrainer
+from pandemonium.attack.training import EvaluationSettings, LambdaCallback, PatchTrainer, default_callbacks
 
 from .toys import toy_model
 
@@ -38,8 +38,9 @@ def test_builtin_pipeline_fit_and_exact_rerender(kind, bank, tmp_path):
     pipe = Pipeline(*_stages(kind, bank), toy_model(), seed=0)
     loss = CompositeLoss([ClassificationUntargeted(), TotalVariation()])
     trainer = PatchTrainer(pipe, loss, {"untargeted": 1.0, "tv": 0.1}, patch=SigmoidPatch((3, 8, 8)), batch_size=8,
-                           num_eval=12, eval_batch_size=5, out_dir=tmp_path, mlflow=False, tensorboard=True,
-                           progress=False, eval_every=3, optimizer_kwargs={"lr": 0.1})
+                           evaluation=EvaluationSettings(num_eval=12, batch_size=5, every=3), out_dir=tmp_path,
+                           callbacks=default_callbacks(mlflow=False, progress=False),
+                           optimizer={"_target_": "adam", "lr": 0.1})
     result = trainer.fit(3)
     assert set(trainer.term_names) == {"untargeted", "tv"}
     assert [e["step"] for e in result.evals] == [0, 3]
@@ -60,20 +61,19 @@ def test_builtin_pipeline_fit_and_exact_rerender(kind, bank, tmp_path):
 def test_builtin_pipeline_resumes_bit_for_bit(kind, bank, tmp_path):
     import shutil
 
-    def make(out):
+    def make(out, *extra):
         pipe = Pipeline(*_stages(kind, bank), toy_model(), seed=5)
         return PatchTrainer(pipe, CompositeLoss([ClassificationUntargeted(), TotalVariation()]),
                             {"untargeted": 1.0, "tv": 0.1}, patch=SigmoidPatch((3, 8, 8)), batch_size=4,
-                            num_eval=4, out_dir=out, mlflow=False, tensorboard=False, progress=False,
-                            eval_every=2, optimizer="mifgsm", optimizer_kwargs={"lr": 0.05})
+                            evaluation=EvaluationSettings(num_eval=4, every=2), out_dir=out,
+                            callbacks=[*default_callbacks(mlflow=False, tensorboard=False, progress=False), *extra],
+                            optimizer={"_target_": "mifgsm", "lr": 0.05})
 
-    def keep_step_2(trainer, step, result):
-        if step == 2:
-            shutil.copy(trainer.checkpoint_path, tmp_path / "step2.pt")
+    def keep_step_2(trainer, path):
+        if trainer.step == 2:
+            shutil.copy(path, tmp_path / "step2.pt")
 
-    straight_trainer = make(tmp_path / "a")
-    straight_trainer.on_eval = keep_step_2
-    straight = straight_trainer.fit(5)
+    straight = make(tmp_path / "a", LambdaCallback(on_checkpoint_saved=keep_step_2)).fit(5)
     resumed = make(tmp_path / "b").fit(5, resume_from=tmp_path / "step2.pt")
     assert torch.equal(resumed.patch, straight.patch)
     assert [h["total"] for h in resumed.history] == [h["total"] for h in straight.history]

@@ -8,17 +8,32 @@ import pytest
 import torch
 
 from pandemonium.attack.checkpoint import get_rng_state, load_checkpoint
-from pandemonium.attack.trainer import NonFiniteLossError, PatchTrainer
+from pandemonium.attack.training import (
+    EvaluationSettings,
+    LambdaCallback,
+    NonFiniteLossError,
+    PatchTrainer,
+    default_callbacks,
+)
 
 from .toys import PATCH, ToyLoss, toy_pipeline
+
+
+def ev(**overrides):
+    """The tests' evaluation settings: 16 samples in batches of 8, every 4 steps, target class 0."""
+    return EvaluationSettings(**{"num_eval": 16, "batch_size": 8, "every": 4, "target_class": 0, **overrides})
+
+
+def quiet(**overrides):
+    """The default callbacks without MLflow, TensorBoard and the progress bar (unless overridden)."""
+    return default_callbacks(**{"mlflow": False, "tensorboard": False, "progress": False, **overrides})
 
 
 def make_trainer(tmp_path, **overrides):
     kwargs = dict(
         pipeline=toy_pipeline(seed=3), loss=ToyLoss(), weights={"target": 1.0}, patch=(3, PATCH, PATCH),
-        batch_size=8, eval_batch_size=8, num_eval=16, optimizer="adam", optimizer_kwargs={"lr": 0.2},
-        eval_every=4, seed=1, out_dir=tmp_path / "fit", mlflow=False, tensorboard=False, progress=False,
-        target_class=0,
+        batch_size=8, evaluation=ev(), optimizer={"_target_": "adam", "lr": 0.2}, seed=1,
+        out_dir=tmp_path / "fit", callbacks=quiet(),
     )
     kwargs.update(overrides)
     return PatchTrainer(**kwargs)
@@ -35,7 +50,7 @@ def test_fit_lowers_the_loss_and_keeps_the_best_patch(tmp_path):
     assert result.best_metric == pytest.approx(min(totals))
     ckpt = load_checkpoint(result.checkpoint_path)
     best = trainer.patch.__class__(torch.zeros(3, PATCH, PATCH))
-    best.load_state_dict(ckpt["best_state"])
+    best.load_state_dict(ckpt["callbacks"]["BestPatch"]["best_state"])
     assert torch.equal(best().detach(), result.best_patch)
     assert result.patch.min() >= 0 and result.patch.max() <= 1  # projection after every step
     assert result.eval_table_path.exists()
@@ -72,7 +87,7 @@ def test_bad_optimizer_or_schedule_fails_at_construction(tmp_path):
     with pytest.raises(ValueError, match="unknown optimizer 'adamw'; known optimizers"):
         make_trainer(tmp_path, optimizer="adamw")
     with pytest.raises(ValueError, match="schedule 'exponential' got unknown settings \\['T_max'\\]"):
-        make_trainer(tmp_path, schedule="exponential", schedule_kwargs={"T_max": 3})
+        make_trainer(tmp_path, schedule={"name": "exponential", "T_max": 3})
 
 
 def test_loss_returning_a_scalar_is_rejected(tmp_path):
@@ -94,7 +109,7 @@ class PoisonableLoss(ToyLoss):
 
 
 class Recorder:
-    """Lightning-named hooks; records what was called."""
+    """A duck-typed callback (no base class); records which hooks were called."""
 
     def __init__(self):
         self.calls = []
@@ -102,10 +117,10 @@ class Recorder:
     def on_fit_start(self, trainer):
         self.calls.append("fit_start")
 
-    def on_train_batch_end(self, trainer, step, logs):
+    def on_step_end(self, trainer, step, logs):
         self.calls.append(f"step{step}")
 
-    def on_validation_end(self, trainer, step, result):
+    def on_evaluation_end(self, trainer, step, result):
         self.calls.append(f"eval{step}")
 
     def on_exception(self, trainer, error):
@@ -120,7 +135,7 @@ def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
             loss.poison = True
 
     recorder = Recorder()
-    trainer = make_trainer(tmp_path, loss=loss, on_step=poison_at_6, callbacks=[recorder])
+    trainer = make_trainer(tmp_path, loss=loss, callbacks=[*quiet(), LambdaCallback(on_step_end=poison_at_6), recorder])
     with pytest.raises(NonFiniteLossError, match=r"loss term 'untargeted' became infinite at step 7"):
         trainer.fit(12)
     assert recorder.calls == ["fit_start", "eval0", "step1", "step2", "step3", "step4", "eval4", "step5", "step6",
@@ -131,20 +146,21 @@ def test_nan_loss_stops_with_term_and_step_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_early_stopping_and_unknown_metric(tmp_path):
-    trainer = make_trainer(tmp_path, early_stopping={"metric": "total_patch", "mode": "max", "patience": 1},
-                           schedule="plateau", schedule_kwargs={"mode": "max", "patience": 0, "factor": 0.5})
+    trainer = make_trainer(tmp_path, callbacks=quiet(best_metric="total_patch", best_mode="max",
+                                                     early_stopping={"patience": 1}),
+                           schedule={"name": "plateau", "mode": "max", "patience": 0, "factor": 0.5})
     result = trainer.fit(40)
     assert result.stopped_early and result.steps_run == 8
     # the plateau schedule watches the same (non-improving) metric: halved after the evaluation at step 4
     assert [h["lr"] for h in result.history] == [0.2] * 4 + [0.1] * 4
-    bad = make_trainer(tmp_path, out_dir=tmp_path / "bad", early_stopping={"metric": "success", "mode": "max"})
+    bad = make_trainer(tmp_path, out_dir=tmp_path / "bad", callbacks=quiet(early_stopping={"metric": "success", "mode": "max"}))
     with pytest.raises(KeyError, match="'success' is not produced by the evaluation; available metrics: .*untargeted_success"):
         bad.fit(4)
 
 
 def test_sharpness_aware_step_replays_the_same_conditions(tmp_path):
-    trainer = make_trainer(tmp_path, sharpness_aware=0.05, optimizer="nifgsm", optimizer_kwargs={"lr": 0.05},
-                           schedule="warmup", schedule_kwargs={"warmup_steps": 2, "after": "cosine"},
+    trainer = make_trainer(tmp_path, sharpness_aware=0.05, optimizer={"_target_": "nifgsm", "lr": 0.05},
+                           schedule={"name": "warmup", "warmup_steps": 2, "after": "cosine"},
                            grad_accumulation=2, batch_size=4)
     pipe = trainer.pipeline
     calls = []
@@ -200,7 +216,7 @@ def test_fit_steps_are_exactly_the_hand_written_loop(tmp_path):
     import copy
 
     from pandemonium.attack.losses import weighted_total
-    from pandemonium.attack.trainer import TensorPatch
+    from pandemonium.attack.training import TensorPatch
 
     pipe = toy_pipeline(seed=4)
     bare_pipe = copy.deepcopy(pipe)
@@ -219,12 +235,12 @@ def test_fit_steps_are_exactly_the_hand_written_loop(tmp_path):
 
 
 def test_finished_fit_is_not_overwritten_and_auto_resume_continues_it(tmp_path):
-    first = make_trainer(tmp_path, eval_every=2).fit(2)
+    first = make_trainer(tmp_path, evaluation=ev(every=2)).fit(2)
     with pytest.raises(FileExistsError, match="already holds a fit \\(last.pt at step 2\\); pass resume_from='auto'"):
-        make_trainer(tmp_path, eval_every=2).fit(4)
+        make_trainer(tmp_path, evaluation=ev(every=2)).fit(4)
     assert load_checkpoint(first.checkpoint_path)["step"] == 2  # untouched by the refused fit
-    continued = make_trainer(tmp_path, eval_every=2).fit(4, resume_from="auto")
+    continued = make_trainer(tmp_path, evaluation=ev(every=2)).fit(4, resume_from="auto")
     assert continued.steps_run == 4 and len(continued.history) == 4
     assert continued.history[:2] == first.history
-    fresh = make_trainer(tmp_path, eval_every=2).fit(2, overwrite=True)
+    fresh = make_trainer(tmp_path, evaluation=ev(every=2)).fit(2, overwrite=True)
     assert fresh.history == first.history

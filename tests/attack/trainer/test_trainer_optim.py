@@ -112,3 +112,33 @@ def test_schedule_errors_name_the_culprit():
         build_schedule("triangular", opt)
     with pytest.raises(ValueError, match="'cosine'.*unknown settings \\['gamma'\\]"):
         build_schedule("cosine", opt, total_steps=5, gamma=0.1)
+
+
+def test_one_build_path_for_short_names_specs_and_import_paths():
+    from pandemonium.attack.optimizers import BIM, SignGradientOptimizer
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert isinstance(build_optimizer({"_target_": "bim", "lr": 0.1}, [p]), BIM)
+    assert isinstance(build_optimizer({"name": "MI-FGSM", "lr": 0.1}, [p]), MIFGSM)  # the presets' spelling
+    adamw = build_optimizer({"_target_": "torch.optim.AdamW", "lr": 0.3}, [p])
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["lr"] == 0.3
+    assert build_optimizer("adam", [p]).param_groups[0]["lr"] == 1e-2  # the short name's default
+    assert all(issubclass(c, SignGradientOptimizer) for c in (BIM, MIFGSM, NIFGSM))
+    with pytest.raises(ValueError, match="MIFGSM: momentum mu must be >= 0, got -1"):
+        MIFGSM([p], mu=-1)
+
+
+@pytest.mark.parametrize("name", ["bim", "mifgsm", "nifgsm"])
+def test_sign_optimizers_run_the_closure_and_return_its_loss(name):
+    p = torch.nn.Parameter(torch.tensor([0.5, 0.5]))
+    opt = build_optimizer(name, [p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p * torch.tensor([1.0, -1.0])).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(0.0)
+    assert torch.allclose(p.detach(), torch.tensor([0.4, 0.6]))  # one sign step downhill

@@ -9,11 +9,11 @@ import torch
 from pandemonium.attack.analysis import failure_report, param_importance, plot_metric_vs_param
 from pandemonium.attack.evaluation import final_stage_input, load_table, render_row
 
-from .test_trainer_fit import make_trainer
+from .test_trainer_fit import ev, make_trainer
 
 
 def test_render_row_gives_the_identical_image(tmp_path):
-    trainer = make_trainer(tmp_path, num_eval=12, eval_batch_size=5)  # batches of 5, 5, 2
+    trainer = make_trainer(tmp_path, evaluation=ev(num_eval=12, batch_size=5))  # batches of 5, 5, 2
     with torch.no_grad():
         trainer.patch.patch.copy_(torch.rand(trainer.patch.patch.shape, generator=torch.Generator().manual_seed(0)))
     result = trainer.evaluate(step=0)
@@ -41,7 +41,7 @@ def test_render_row_gives_the_identical_image(tmp_path):
 def test_csv_fallback_also_rerenders_exactly(tmp_path, monkeypatch):
     from pandemonium.attack.evaluation import save_table
 
-    trainer = make_trainer(tmp_path, num_eval=6, eval_batch_size=6)
+    trainer = make_trainer(tmp_path, evaluation=ev(num_eval=6, batch_size=6))
     result = trainer.evaluate(step=0)
 
     def no_parquet(*args, **kwargs):
@@ -78,7 +78,7 @@ def test_param_importance_finds_the_driving_param(tmp_path):
 
 
 def test_failure_report_on_a_real_evaluation_table(tmp_path):
-    trainer = make_trainer(tmp_path, num_eval=24, eval_batch_size=12)
+    trainer = make_trainer(tmp_path, evaluation=ev(num_eval=24, batch_size=12))
     table = trainer.evaluate(step=0).table
     paths = failure_report(table, tmp_path / "report", metric="target_patch", top=2)
     importance = pd.read_csv(paths["importance"], index_col="param")

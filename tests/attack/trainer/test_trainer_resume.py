@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pandemonium.attack.checkpoint import load_checkpoint
-from pandemonium.attack.trainer import PatchTrainer
+from pandemonium.attack.training import EvaluationSettings, PatchTrainer, default_callbacks
 
 from .toys import PATCH, ToyLoss, toy_pipeline
 
@@ -18,15 +18,13 @@ STEPS = 10
 KILL_AT = 7  # checkpoints are written at steps 0, 3, 6, 9, 10
 
 
-def make_resume_trainer(out_dir: Path, **overrides) -> PatchTrainer:
-    kwargs = dict(
-        pipeline=toy_pipeline(seed=11), loss=ToyLoss(), weights={"target": 1.0, "logit0": 0.1},
-        patch=(3, PATCH, PATCH), batch_size=6, eval_batch_size=8, num_eval=8, optimizer="mifgsm",
-        optimizer_kwargs={"lr": 0.03, "mu": 0.9}, schedule="cosine", eval_every=3, seed=2,
-        out_dir=out_dir, mlflow=False, tensorboard=True, progress=False,
+def make_resume_trainer(out_dir: Path, *extra_callbacks) -> PatchTrainer:
+    return PatchTrainer(
+        toy_pipeline(seed=11), ToyLoss(), {"target": 1.0, "logit0": 0.1}, patch=(3, PATCH, PATCH), batch_size=6,
+        evaluation=EvaluationSettings(num_eval=8, batch_size=8, every=3),
+        optimizer={"_target_": "mifgsm", "lr": 0.03, "mu": 0.9}, schedule="cosine", seed=2, out_dir=out_dir,
+        callbacks=[*default_callbacks(mlflow=False, progress=False), *extra_callbacks],
     )
-    kwargs.update(overrides)
-    return PatchTrainer(**kwargs)
 
 
 @pytest.mark.slow  # spawns a Python process (imports torch) and kills it

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 import yaml
 
+from pandemonium.attack.training import MLflowLogger
 from pandemonium.tracking.mlflow_utils import (
     MlflowUnreachableError,
     check_tracking_uri,
@@ -20,24 +21,28 @@ from pandemonium.tracking.mlflow_utils import (
     use_tracking_uri,
 )
 
-from .test_trainer_fit import make_trainer
+from .test_trainer_fit import ev, make_trainer, quiet
 
 
 @pytest.fixture(scope="module")
 def tracked_fit(tmp_path_factory):
     out = tmp_path_factory.mktemp("tracked")
-    trainer = make_trainer(out, mlflow=True, tensorboard=True, out_dir=out / "fit")
+    trainer = make_trainer(out, callbacks=quiet(mlflow=True, tensorboard=True), out_dir=out / "fit")
     result = trainer.fit(4)
     return trainer, result
 
 
+def _uri(trainer):
+    return trainer.callback(MLflowLogger).uri
+
+
 def _client(trainer):
-    return mlflow.MlflowClient(tracking_uri=trainer.mlflow_uri)
+    return mlflow.MlflowClient(tracking_uri=_uri(trainer))
 
 
 def test_default_uri_is_sqlite_in_the_results_folder(tracked_fit):
     trainer, result = tracked_fit
-    assert trainer.mlflow_uri == f"sqlite:///{(trainer.out_dir / 'mlflow.db').absolute()}"
+    assert _uri(trainer) == f"sqlite:///{(trainer.out_dir / 'mlflow.db').absolute()}"
     assert (trainer.out_dir / "mlflow.db").is_file()
     assert resolve_tracking_uri("http://x:5000", "/tmp") == "http://x:5000"
 
@@ -82,12 +87,12 @@ def test_tensorboard_events_beside_the_database(tracked_fit):
 
 
 def test_child_run_inside_an_active_parent(tmp_path, tracked_fit):
-    uri = tracked_fit[0].mlflow_uri  # reuse the module's database: creating one costs seconds
+    uri = _uri(tracked_fit[0])  # reuse the module's database: creating one costs seconds
     with use_tracking_uri(uri):
         # the parent's experiment keeps artifacts in tmp_path (MLflow's Default one uses ./mlruns)
         experiment = ensure_experiment("mode-parent", tmp_path / "parent-artifacts")
     with use_tracking_uri(uri), mlflow.start_run(run_name="mode", experiment_id=experiment) as parent:
-        trainer = make_trainer(tmp_path, mlflow=True, out_dir=tmp_path)
+        trainer = make_trainer(tmp_path, callbacks=quiet(mlflow=True), out_dir=tmp_path)
         result = trainer.fit(1)
         child = mlflow.MlflowClient().get_run(result.run_id)
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -104,7 +109,7 @@ def test_unreachable_uri_fails_at_start(tmp_path):
     sock.close()  # nothing listens there now
     start = time.perf_counter()
     with pytest.raises(MlflowUnreachableError, match=f"127.0.0.1:{port}.*unreachable"):
-        make_trainer(tmp_path, mlflow=f"http://127.0.0.1:{port}")
+        make_trainer(tmp_path, callbacks=quiet(mlflow=f"http://127.0.0.1:{port}"))
     assert time.perf_counter() - start < 10
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -116,7 +121,7 @@ def test_unreachable_uri_fails_at_start(tmp_path):
 
 
 def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path, tracked_fit):
-    uri = tracked_fit[0].mlflow_uri
+    uri = _uri(tracked_fit[0])
     cfg = {"short": 1, "nested": {"long": "x" * 7000, "list": [1, 2]}, "bad key!": 3}
     assert flatten_config(cfg) == {"short": 1, "nested.long": "x" * 7000, "nested.list.0": 1,
                                    "nested.list.1": 2, "bad key!": 3}
@@ -132,9 +137,10 @@ def test_long_and_invalid_params_go_to_a_yaml_artifact(tmp_path, tracked_fit):
 
 
 def test_resumed_fit_continues_its_mlflow_run(tmp_path, tracked_fit):
-    uri = tracked_fit[0].mlflow_uri
-    first = make_trainer(tmp_path, mlflow=uri, eval_every=2).fit(4)
-    resumed = make_trainer(tmp_path, mlflow=uri, eval_every=2).fit(6, resume_from=first.checkpoint_path)
+    uri = _uri(tracked_fit[0])
+    first = make_trainer(tmp_path, callbacks=quiet(mlflow=uri), evaluation=ev(every=2)).fit(4)
+    resumed = make_trainer(tmp_path, callbacks=quiet(mlflow=uri), evaluation=ev(every=2)).fit(
+        6, resume_from=first.checkpoint_path)
     assert resumed.run_id == first.run_id
     client = mlflow.MlflowClient(tracking_uri=uri)
     steps = sorted(m.step for m in client.get_metric_history(first.run_id, "train/target"))
