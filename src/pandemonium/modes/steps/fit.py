@@ -78,7 +78,7 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     """Fit one patch against the ``(struct, model, spec)`` members with PatchTrainer; several members
     share one patch (the universal attack: losses summed). ``callbacks``: trainer hooks, e.g. the tune
     mode's pruning."""
-    from pandemonium.attack.trainer import PatchTrainer
+    from pandemonium.attack.training import EvaluationSettings, PatchTrainer, default_callbacks
 
     cfg = ctx.cfg
     pipelines, losses, weights, specs = {}, {}, {}, {}
@@ -105,21 +105,17 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     schedule_name, schedule = lead.named("schedule")
     try:
         trainer = PatchTrainer(
-            pipeline, loss, all_weights,
-            patch=lead.build_patch(seed),
-            batch_size=lead.batch_size,
-            eval_batch_size=lead.evaluation.batch_size,
-            num_eval=lead.evaluation.num_eval,
-            optimizer=optimizer_name, optimizer_kwargs=optimizer,
-            schedule=schedule_name, schedule_kwargs=schedule,
-            best_metric=metric, best_mode=mode,
-            eval_every=lead.eval_every,
-            seed=seed, out_dir=out_dir,
-            mlflow=tracking.tracking_uri if tracking is not None and tracking.enabled else False,
-            mlflow_experiment=tracking.experiment if tracking is not None else None,
-            tensorboard=bool(((cfg.get("logging") or {}).get("tensorboard") or {}).get("enabled", True)),
-            run_name=f"attack/{name}", device=ctx.device, target_class=target_class,
-            progress=True, callbacks=list(callbacks),
+            pipeline, loss, all_weights, patch=lead.build_patch(seed), batch_size=lead.batch_size,
+            evaluation=EvaluationSettings(num_eval=lead.evaluation.num_eval, batch_size=lead.evaluation.batch_size,
+                                          every=lead.eval_every, target_class=target_class),
+            optimizer={"_target_": optimizer_name, **optimizer}, schedule={"name": schedule_name, **schedule},
+            seed=seed, out_dir=out_dir, run_name=f"attack/{name}", device=ctx.device,
+            callbacks=[*default_callbacks(
+                best_metric=metric, best_mode=mode,
+                mlflow=tracking.tracking_uri if tracking is not None and tracking.enabled else False,
+                mlflow_experiment=tracking.experiment if tracking is not None else None,
+                tensorboard=bool(((cfg.get("logging") or {}).get("tensorboard") or {}).get("enabled", True)),
+            ), *callbacks],
         )
     except (ValueError, TypeError, KeyError) as err:
         raise AttackConfigError(f"attack of {name!r} (preset {lead.name!r}): {err}") from None
