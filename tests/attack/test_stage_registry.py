@@ -6,12 +6,21 @@ newly registered stage without a row in ``BUILTIN`` fails ``test_every_registere
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from pandemonium.attack import Pipeline
+from pandemonium.attack.evaluation import load_table, save_table
 from pandemonium.attack.replay import check_replay
+from pandemonium.attack.rows import (
+    expand_patch,
+    final_stage_input,
+    params_to_rows,
+    render_row,
+    rows_to_params,
+)
 from pandemonium.attack.stages.base import stage_convention
 from pandemonium.attack.stages.registry import registered_stages
 from pandemonium.testing import check_stage
@@ -150,3 +159,35 @@ def test_electricmayhem_stage_handles_a_dict_of_patches():
     out, _ = stage({"a": a, "b": b})
     assert torch.equal(out["b"], b) and not torch.equal(out["a"], a)
     assert torch.equal(out["a"], stage(a)[0])
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_any_row_rerenders_alone_from_its_stored_params(name, bank, tmp_path):
+    """A batch of 4 rows is rendered, its sample stored as table rows (Parquet round trip), and single
+    rows, in random order, re-render bit for bit: patched and control (evaluate=True, as render_row
+    does) and, for train-time conditions, through rows_to_params with evaluate=False."""
+    stage, x, _ = build(name, bank)
+    pipe = Pipeline(stage, tiny_model(), seed=3) if name != "ModelStage" else Pipeline(stage, seed=3)
+    patch = x[0]
+    batch = expand_patch(patch, 4)
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(len(name))).tolist()
+    for evaluate in (True, False):
+        with torch.no_grad():
+            pipe(batch, evaluate=evaluate)
+            sample = pipe.get_last_sample_as_dict()
+            images = final_stage_input(pipe, batch, evaluate=evaluate, params=sample)
+            control = final_stage_input(pipe, batch, evaluate=evaluate, control=True, params=sample)
+        cols, spec = params_to_rows(sample, 4)
+        table = pd.DataFrame({"row": range(4), **cols})
+        table.attrs["param_spec"] = spec
+        table = load_table(save_table(table, tmp_path / f"rows_{evaluate}"))
+        for i in order:
+            if evaluate:
+                assert torch.equal(render_row(pipe, patch, table.iloc[i])[0], images[i]), f"row {i}"
+                assert torch.equal(render_row(pipe, patch, table.iloc[[i]], control=True)[0], control[i])
+            else:
+                with torch.no_grad():
+                    alone = final_stage_input(
+                        pipe, expand_patch(patch, 1), evaluate=False, params=rows_to_params(table.iloc[[i]])
+                    )
+                assert torch.equal(alone[0], images[i]), f"row {i} (evaluate=False)"

@@ -34,6 +34,14 @@ import pandas as pd
 import torch
 
 from pandemonium.attack.checkpoint import isolated_rng
+from pandemonium.attack.rows import (  # the row <-> params code lives there (re-exported here)
+    PARAM_PREFIX,
+    expand_patch,
+    final_stage_input,
+    params_to_rows,
+    pipeline_stages,
+    render_row,
+)
 from pandemonium.attack.statistics import (
     CONFIDENCE_LEVEL,
     N_RESAMPLES,
@@ -57,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PARAM_PREFIX = "param:"
 BOOTSTRAP_RESAMPLES = N_RESAMPLES
 SCENE_KEY = "image_index"
 
@@ -141,81 +148,6 @@ def task_metrics(
     return {}
 
 
-# ---------------------------------------------------------------------------------- params <-> rows
-def _param_kind(value: Any) -> dict[str, Any]:
-    if isinstance(value, torch.Tensor):
-        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch.")}
-    if isinstance(value, np.ndarray):
-        return {"kind": "ndarray", "dtype": str(value.dtype)}
-    return {"kind": "list"}
-
-
-def _per_sample(value: Any, batch: int, key: str) -> list[Any]:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        if value.ndim == 0 or value.shape[0] != batch:
-            raise ValueError(f"sampled param {key!r} has shape {value.shape}, expected length {batch} first")
-        return list(value) if value.ndim == 1 else [v for v in value]
-    value = list(value)
-    if len(value) != batch:
-        raise ValueError(f"sampled param {key!r} has {len(value)} values, expected {batch} (the batch size)")
-    return value
-
-
-def _rebuild_param(values: list[Any], spec: Mapping[str, Any], device: torch.device | None) -> Any:
-    kind = spec.get("kind", "list")
-    if kind == "list":
-        return [v.tolist() if isinstance(v, np.ndarray) else (v.item() if isinstance(v, np.generic) else v)
-                for v in values]
-    arr = np.stack([np.asarray(v) for v in values]).astype(_numpy_dtype(spec["dtype"]), copy=False)
-    if kind == "ndarray":
-        return arr
-    return torch.as_tensor(arr, device=device)
-
-
-def _numpy_dtype(name: str) -> np.dtype:
-    # torch dtype names and numpy dtype names coincide for the numeric types params use
-    return np.dtype("bool" if name == "bool" else name)
-
-
-def params_to_rows(params: Mapping[str, Any], batch: int) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """Split a ``get_last_sample_as_dict()`` batch into per-sample column values and a type spec."""
-    cols: dict[str, list[Any]] = {}
-    spec: dict[str, Any] = {}
-    for key, value in params.items():
-        cols[PARAM_PREFIX + key] = _per_sample(value, batch, key)
-        spec[key] = _param_kind(value)
-    return cols, spec
-
-
-def rows_to_params(rows: pd.DataFrame | pd.Series, spec: Mapping[str, Any] | None = None,
-                   device: torch.device | None = None) -> dict[str, Any]:
-    """Rebuild a ``params=`` dict (batch of ``len(rows)``) from table rows, restoring each key's type."""
-    if isinstance(rows, pd.Series):
-        rows = rows.to_frame().T
-    spec = dict(spec or rows.attrs.get("param_spec") or {})
-    out: dict[str, Any] = {}
-    for col in rows.columns:
-        if not str(col).startswith(PARAM_PREFIX):
-            continue
-        key = str(col)[len(PARAM_PREFIX):]
-        values = list(rows[col])
-        if values and isinstance(values[0], str):  # CSV fallback stores per-sample lists as JSON
-            values = [_maybe_json(v) for v in values]
-        out[key] = _rebuild_param(values, spec.get(key, {"kind": "list"}), device)
-    return out
-
-
-def _maybe_json(v: str) -> Any:
-    if v.startswith(("[", "{")):
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            return v
-    return v
-
-
 # ------------------------------------------------------------------------------------------ tables
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Save as Parquet (param types in a ``.params.json`` beside it); CSV if Parquet is unavailable."""
@@ -245,78 +177,6 @@ def load_table(path: str | Path) -> pd.DataFrame:
     spec_path = path.with_suffix(".params.json")
     table.attrs["param_spec"] = json.loads(spec_path.read_text()) if spec_path.exists() else {}
     return table
-
-
-# --------------------------------------------------------------------------------------- rendering
-def pipeline_stages(pipeline: torch.nn.Module) -> list[torch.nn.Module]:
-    """The ordered stages of a Pipeline (``.stages``) or, failing that, its child modules."""
-    stages = getattr(pipeline, "stages", None)
-    if stages is not None:
-        return list(stages.values()) if isinstance(stages, Mapping) else list(stages)
-    return list(pipeline.children())
-
-
-class _StopForward(Exception):
-    def __init__(self, value: Any) -> None:
-        super().__init__("stopped before the final stage")
-        self.value = value
-
-
-def final_stage_input(pipeline: torch.nn.Module, x: Any, **forward_kwargs: Any) -> Any:
-    """Run ``pipeline(x, **forward_kwargs)`` up to its last stage (the model) and return that stage's
-    input: the images the model sees. The model itself is not run."""
-    stages = pipeline_stages(pipeline)
-    if not stages:
-        raise ValueError("pipeline has no stages to stop before")
-
-    def hook(_module: torch.nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
-        raise _StopForward(args[0] if args else _kwargs.get("x"))
-
-    handle = stages[-1].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        pipeline(x, **forward_kwargs)
-    except _StopForward as stop:
-        return stop.value
-    finally:
-        handle.remove()
-    raise RuntimeError("the pipeline's last stage was never called")
-
-
-def _expand_patch(patch: Any, batch: int) -> Any:
-    if isinstance(patch, torch.nn.Module):
-        patch = patch()
-    if isinstance(patch, Mapping):
-        return {k: _expand_patch(v, batch) for k, v in patch.items()}
-    if patch.ndim == 3:
-        patch = patch.unsqueeze(0)
-    return patch.expand(batch, *patch.shape[1:])
-
-
-@torch.no_grad()
-def render_row(
-    pipeline: torch.nn.Module, patch: Any, table_row: pd.Series | Mapping[str, Any], control: bool = False
-) -> torch.Tensor:
-    """Re-render one evaluation sample exactly from its saved params: the image the model saw.
-
-    Args:
-        pipeline: the pipeline that produced the table.
-        patch: the patch (a ``(C, h, w)`` tensor, a patch module, or a dict of them).
-        table_row: one row of an evaluation table (e.g. ``load_table(path).iloc[i]``).
-        control: render the control image (no patch) instead of the patched one.
-
-    Returns:
-        the ``(1, C, H, W)`` input of the pipeline's last stage.
-    """
-    if not isinstance(table_row, pd.Series):
-        table_row = pd.Series(dict(table_row))
-    frame = table_row.to_frame().T
-    frame.attrs = dict(table_row.attrs)
-    device = next((p.device for p in pipeline.parameters()), None)
-    if device is None:
-        device = next((b.device for b in pipeline.buffers()), torch.device("cpu"))
-    params = rows_to_params(frame, device=device)
-    x = _expand_patch(patch, 1)
-    return final_stage_input(pipeline, x, evaluate=True, control=control, params=params)
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -441,7 +301,7 @@ class FixedEvaluation:
         conditions = []
         with isolated_rng(self.pipeline, seed=self.seed):
             for b in self.batch_sizes:
-                self.pipeline(_expand_patch(patch, b), evaluate=True)
+                self.pipeline(expand_patch(patch, b), evaluate=True)
                 conditions.append(dict(self.pipeline.get_last_sample_as_dict()))
         self.conditions = self._spread_scenes(conditions)
         self._cache = []
@@ -498,14 +358,14 @@ class FixedEvaluation:
         depend on the patch)."""
         if b_idx < len(self._cache):
             return self._cache[b_idx]
-        x = _expand_patch(patch, b)
+        x = expand_patch(patch, b)
         y_c, kw_c = self.pipeline(x, evaluate=True, control=True, params=params)
         entry: dict[str, Any] = {"y_control": y_c, "kw_control": kw_c, "terms_control": self.loss(y_c, **kw_c)}
         cols = self._score(y_c, y_c, kw_c, "control")
         if self.baselines:
             generator = torch.Generator().manual_seed(self.seed + 104729)
             for arm in ("random", "grey"):
-                base = _expand_patch(_baseline_patch(patch, arm, generator), b)
+                base = expand_patch(_baseline_patch(patch, arm, generator), b)
                 y_a, kw_a = self.pipeline(base, evaluate=True, params=params)
                 cols.update(self._score(y_a, y_c, kw_a, arm))
         entry["columns"] = cols
@@ -527,7 +387,7 @@ class FixedEvaluation:
         images: dict[str, Any] = {}
         offset = 0
         for b_idx, (b, params) in enumerate(zip(self.batch_sizes, conditions)):
-            x = _expand_patch(patch, b)
+            x = expand_patch(patch, b)
             base = self._baseline_batch(b_idx, patch, b, params)
             captured: list[Any] = []
             handle = None

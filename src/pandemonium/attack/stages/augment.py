@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from pandemonium.attack.stages.base import PipelineBase, StageError
+from pandemonium.attack.stages.contract import SEED_HIGH
 from pandemonium.attack.stages.geometry import (
     focal_from_fov,
     homography_from_quads,
@@ -49,10 +50,9 @@ from pandemonium.attack.stages.registry import register_stage
 __all__ = ["KorniaAugment", "ViewingAngleTilt", "seeded_global_rng", "build_kornia_augmentation", "log_before_after"]
 
 # A sampled Kornia parameter with more values than this per sample (e.g. RandomGaussianNoise's whole
-# noise image) is not stored value by value: the augmentation's 1-D sample is then its RNG seed, and
-# replay re-draws the identical tensor from it.
+# noise image) is not stored value by value: the augmentation's 1-D sample is then one RNG seed per
+# row, and replay re-draws each row's values from its own seed.
 MAX_EXPLICIT_VALUES = 16
-SEED_HIGH = 2**62
 
 
 def log_before_after(stage: PipelineBase, x: Any, writer: Any, step: int) -> None:
@@ -150,26 +150,43 @@ class KorniaAugment(PipelineBase):
         # "/" is the base class's key separator, so parameter names use "." inside a stage
         return f"{i}.{self.aug_keys[i].replace('/', '_')}."
 
+    def _kornia_layout(self, i: int, batch_shape) -> tuple[frozenset[str], bool]:
+        """(names Kornia draws per row, whether rows are stored as seeds) for augmentation ``i``.
+
+        Found by drawing for 1 and for 2 rows: a value whose length follows the row count is per row;
+        any other value (ColorJiggle's ``order``) is drawn once per batch, whatever its length -- even
+        when that length happens to equal the batch size."""
+        key = (i, tuple(int(d) for d in batch_shape[1:]))
+        cache = self.__dict__.setdefault("_layouts", {})
+        if key not in cache:
+            one = self._draw(self.augs[i], 0, (1, *key[1]))
+            two = self._draw(self.augs[i], 0, (2, *key[1]))
+            per_row = frozenset(
+                k for k, v in one.items()
+                if k != "forward_input_shape" and v.ndim and v.shape[0] == 1 and k in two
+                and two[k].ndim and two[k].shape[0] == 2
+            )
+            seeded = any(one[k][0].numel() > MAX_EXPLICIT_VALUES for k in per_row)
+            cache[key] = (per_row, seeded)
+        return cache[key]
+
     def sample_params(self, batch_shape, device, evaluate: bool = False) -> dict[str, Tensor]:
         batch = int(batch_shape[0])
         seeds = self.randint(0, SEED_HIGH, (len(self.augs),))
         params: dict[str, Tensor] = {}
         for i, aug in enumerate(self.augs):
-            seed = int(seeds[i])
-            drawn = self._draw(aug, seed, batch_shape)
             prefix = self._prefix(i)
-            sizes = [v[0].numel() if v.ndim and v.shape[0] == batch else v.numel() for k, v in drawn.items()
-                     if k != "forward_input_shape"]
-            if any(s > MAX_EXPLICIT_VALUES for s in sizes):
-                params[prefix + "seed"] = torch.full((batch,), seed, dtype=torch.long, device=device)
+            per_row, seeded = self._kornia_layout(i, batch_shape)
+            if seeded:
+                params[prefix + "seed"] = self.randint(0, SEED_HIGH, (batch,), device)
                 continue
-            for key, value in drawn.items():
+            for key, value in self._draw(aug, int(seeds[i]), batch_shape).items():
                 if key == "forward_input_shape":
                     continue  # recomputed from the input at apply time
                 value = value.to(device)
-                if value.ndim and value.shape[0] == batch:
+                if key in per_row:
                     params[prefix + key] = value
-                else:  # one value for the whole batch (e.g. ColorJiggle's order): repeat per sample
+                else:  # one value for the whole batch (e.g. ColorJiggle's order): stored in every row
                     params[prefix + key + ".shared"] = value.unsqueeze(0).expand(batch, *value.shape).clone()
         return params
 
@@ -181,9 +198,6 @@ class KorniaAugment(PipelineBase):
     def _aug_params(self, i: int, params: Mapping[str, Tensor], x: Tensor) -> dict[str, Tensor]:
         prefix = self._prefix(i)
         own = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-        if "seed" in own:
-            drawn = self._draw(self.augs[i], int(own["seed"][0]), x.shape)
-            return {k: (v.to(x.device) if isinstance(v, Tensor) else v) for k, v in drawn.items()}
         out: dict[str, Tensor] = {}
         for key, value in own.items():
             if key.endswith(".shared"):
@@ -193,6 +207,24 @@ class KorniaAugment(PipelineBase):
         out["forward_input_shape"] = torch.tensor(tuple(x.shape), dtype=torch.long)
         return out
 
+    def _row_params(self, i: int, seeds: Tensor, x: Tensor) -> list[dict[str, Tensor]]:
+        """Each row's values drawn from that row's seed (for one-row batches)."""
+        one_row = (1, *x.shape[1:])
+        return [
+            {k: (v.to(x.device) if isinstance(v, Tensor) else v) for k, v in self._draw(self.augs[i], int(s), one_row).items()}
+            for s in seeds.tolist()
+        ]
+
+    def _apply_seeded(self, i: int, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        rows = self._row_params(i, params[self._prefix(i) + "seed"], x)
+        per_row, _ = self._kornia_layout(i, x.shape)
+        if all(k in per_row or k == "forward_input_shape" for k in rows[0]):
+            merged = {k: torch.cat([r[k] for r in rows]) for k in rows[0] if k != "forward_input_shape"}
+            merged["forward_input_shape"] = torch.tensor(tuple(x.shape), dtype=torch.long)
+            return self.augs[i](x, params=merged)
+        # values drawn once per batch differ between rows here: apply each row with its own
+        return torch.cat([self.augs[i](x[r : r + 1], params=rows[r]) for r in range(x.shape[0])])
+
     def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
         if not isinstance(x, Tensor) or x.ndim != 4:
             raise StageError(
@@ -201,7 +233,10 @@ class KorniaAugment(PipelineBase):
             )
         for i, aug in enumerate(self.augs):
             try:
-                x = aug(x, params=self._aug_params(i, params, x))
+                if self._prefix(i) + "seed" in params:
+                    x = self._apply_seeded(i, params, x)
+                else:
+                    x = aug(x, params=self._aug_params(i, params, x))
             except (RuntimeError, ValueError) as err:
                 raise StageError(
                     f"stage {self.name!r}: kornia.augmentation.{type(aug).__name__} failed on input of shape "

@@ -18,6 +18,7 @@ from pandemonium.errors import PandemoniumError
 __all__ = [
     "KEY_SEPARATOR",
     "ROLES",
+    "SEED_HIGH",
     "StageError",
     "call_log_vizualizations",
     "check_serialisable",
@@ -25,6 +26,10 @@ __all__ = [
     "params_to_lists",
     "role_of",
 ]
+
+SEED_HIGH = 2**53
+"""Exclusive bound of the integer seeds stages store in their samples: below 2**53 an integer survives
+float64 exactly, so an evaluation row re-renders even after a trip through a float column."""
 
 ROLES = ("create", "implant", "augment", "model", "other")
 """What a stage does in a pipeline (``PipelineBase.role``). ``"implant"`` stages put the patch into

@@ -31,6 +31,7 @@ from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
 from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.contract import SEED_HIGH
 from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
@@ -47,8 +48,6 @@ from pandemonium.attack.stages.implant import MaskSpec, RectangleImplanter, _ran
 from pandemonium.attack.stages.registry import register_stage
 
 __all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix"]
-
-SEED_HIGH = 2**62
 
 
 def colour_matrix(
@@ -210,7 +209,7 @@ class FusedImplantAugment(RectangleImplanter):
         color = self.bernoulli(self.p_color, (batch,), device)
         blur_on = self.bernoulli(self.blur_p, (batch,), device) & color
         sigma = u(*self.blur_sigma) if self.blur_sigma is not None else torch.zeros(batch, device=device)
-        seed = self.randint(0, SEED_HIGH, (1,)).to(device).expand(batch).clone()
+        seed = self.randint(0, SEED_HIGH, (batch,), device)  # one per row: a row re-renders alone
         return {
             "brightness": self._gate(u(-self.brightness, self.brightness), 0.0, color),
             "contrast": self._gate(u(1 - self.contrast, 1 + self.contrast), 1.0, color),
@@ -264,11 +263,17 @@ class FusedImplantAugment(RectangleImplanter):
         return out.clamp(0.0, 1.0)
 
     def _noise(self, images: Tensor, scene: Mapping[str, Tensor]) -> Tensor | None:
+        """Each row's noise field from that row's own seed, so it does not depend on the batch."""
         if self.noise <= 0:
             return None
         generator = torch.Generator(device=images.device)
-        generator.manual_seed(int(scene["noise_seed"][0]))
-        return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        fields = []
+        for seed in scene["noise_seed"].tolist():
+            generator.manual_seed(int(seed))
+            fields.append(
+                torch.randn(images.shape[1:], generator=generator, device=images.device, dtype=images.dtype)
+            )
+        return torch.stack(fields)
 
     def _inner(self, origin: Tensor, size: tuple[int, int], image_hw: tuple[int, int], device) -> Tensor | None:
         """Window pixels whose blur neighbourhood lies inside the window (or the image)."""

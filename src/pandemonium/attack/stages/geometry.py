@@ -37,6 +37,7 @@ __all__ = [
     "box_to_source_homography",
     "homography_grid",
     "warp_homography",
+    "window_grid",
     "warp_patch",
     "composite",
     "warp_composite",
@@ -143,6 +144,33 @@ def homography_grid(h_out2src: torch.Tensor, out_hw: tuple[int, int], source_hw:
     return torch.where(valid, mapped[..., :2] / den.clamp_min(1e-8), torch.full_like(den, 2.0))
 
 
+def window_grid(
+    h_img2src: torch.Tensor, origin: torch.Tensor, out_hw: tuple[int, int], source_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Sampling grid ``(B, H, W, 2)`` of per-sample windows at ``origin`` ``(B, 2)`` (x, y) of the image.
+
+    Each window pixel's image coordinates (integers + 0.5, exact) are mapped with elementwise ops only,
+    so a pixel's grid value does not depend on where its window starts or how large it is -- a row
+    rendered alone (with its own window) gets the same pixels as in its batch.
+    """
+    height, width = out_hw
+    dtype, device = h_img2src.dtype, h_img2src.device
+    m = _normalise_source(h_img2src, source_hw)
+    b = m.shape[0]
+    origin = origin.to(device=device, dtype=dtype)
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5).view(1, 1, width) + origin[:, 0].view(b, 1, 1)
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5).view(1, height, 1) + origin[:, 1].view(b, 1, 1)
+
+    def row(r: int) -> torch.Tensor:
+        return m[:, r, 0].view(b, 1, 1) * xs + m[:, r, 1].view(b, 1, 1) * ys + m[:, r, 2].view(b, 1, 1)
+
+    grid = torch.stack([row(0), row(1)], -1)
+    if bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12)):
+        return grid  # affine: w == 1 everywhere
+    den = row(2).unsqueeze(-1)
+    return torch.where(den > 1e-8, grid / den.clamp_min(1e-8), torch.full_like(den, 2.0))
+
+
 def warp_homography(
     source: torch.Tensor,
     h_out2src: torch.Tensor,
@@ -156,13 +184,19 @@ def warp_homography(
 
 
 def warp_patch(
-    patch: torch.Tensor, alpha: torch.Tensor | None, h_img2patch: torch.Tensor, out_hw: tuple[int, int]
+    patch: torch.Tensor,
+    alpha: torch.Tensor | None,
+    h_img2patch: torch.Tensor,
+    out_hw: tuple[int, int],
+    origin: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample ``patch`` (``(B, C, h, w)``) and its ``alpha`` onto an ``out_hw`` image raster.
 
     ``alpha`` is ``None`` (opaque), ``(h, w)``, ``(1, h, w)`` or ``(B, 1, h, w)`` in [0, 1]. Patch and alpha
     are resampled together, premultiplied, in ONE ``grid_sample`` (zero padding gives the patch a soft,
     anti-aliased border). Returns the premultiplied patch ``(B, C, H, W)`` and coverage ``(B, 1, H, W)``.
+    With ``origin`` ``(B, 2)`` the raster is a per-sample window of the image at that offset (see
+    :func:`window_grid`).
     """
     b, c, h, w = patch.shape
     if alpha is None:
@@ -170,7 +204,11 @@ def warp_patch(
     else:
         alpha_b = alpha.reshape(-1, 1, h, w).to(patch.dtype).expand(b, 1, h, w)
         source = torch.cat([patch * alpha_b, alpha_b], dim=1)
-    warped = warp_homography(source, h_img2patch.to(patch.dtype), out_hw)
+    if origin is None:
+        warped = warp_homography(source, h_img2patch.to(patch.dtype), out_hw)
+    else:
+        grid = window_grid(h_img2patch.to(patch.dtype), origin, out_hw, (h, w))
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # coverage depends only on alpha and the pose, never on patch pixels: detached, autograd skips a
     # whole backward branch through it
     return warped[:, :c], warped[:, c:].detach()

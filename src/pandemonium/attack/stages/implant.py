@@ -47,7 +47,6 @@ from pandemonium.attack.stages.geometry import (
     patch_windows,
     quad_to_box,
     region_mean,
-    translate_homography,
     unit_quad,
     warp_patch,
 )
@@ -289,19 +288,20 @@ class ImplanterBase(PipelineBase):
         scene = crop_windows(images, origin, size)
         out = scene
         coverage_total = torch.zeros_like(scene[:, :1]) if len(patches) > 1 else None
-        scene_lum = luminance(scene) if self.match_brightness and not control else None
+        # the brightness under the patch is averaged over the whole image, not the window: a sum over
+        # a batch-sized window would round differently for a row rendered alone
+        scene_lum = luminance(images) if self.match_brightness and not control else None
         for key, patch in patches.items():
             h_img2patch, _ = placed[key]
-            premultiplied, coverage = warp_patch(
-                patch, self._alpha_for(patch), translate_homography(h_img2patch, origin), size
-            )
+            premultiplied, coverage = warp_patch(patch, self._alpha_for(patch), h_img2patch, size, origin=origin)
             coverage_total = coverage.detach() if len(patches) == 1 else torch.maximum(coverage_total, coverage.detach())
             if control:
                 continue
             gain = None
             if scene_lum is not None:
                 lo, hi = self.brightness_range
-                gain = (region_mean(scene_lum, coverage.detach()) / self.brightness_reference).clamp(lo, hi)
+                under = paste_windows(torch.zeros_like(scene_lum), origin, coverage.detach())
+                gain = (region_mean(scene_lum, under) / self.brightness_reference).clamp(lo, hi)
             out = composite(out, premultiplied, coverage, gain)
         return out, origin, size, coverage_total, {k: b.to(images.device) for k, (_, b) in placed.items()}
 
