@@ -37,7 +37,7 @@ from pandemonium.attack.losses import weighted_total
 from pandemonium.attack.patches import RawPatch
 from pandemonium.attack.pipeline import Pipeline
 from pandemonium.attack.stages.fused import FusedImplantAugment
-from pandemonium.attack.trainer import PatchTrainer
+from pandemonium.attack.training import EvaluationSettings, LambdaCallback, PatchTrainer, default_callbacks
 
 from common import PeakMemory, conv_net, make_bank
 
@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         bare_opt.load_state_dict(fresh[1].state_dict())
         trainer = PatchTrainer(
             pipeline, loss, weights, patch=RawPatch(shape, init="grey"), batch_size=args.batch,
-            eval_batch_size=args.batch, num_eval=args.num_eval, optimizer="adam", optimizer_kwargs={"lr": 0.01},
-            eval_every=steps, seed=0, out_dir=tmp / "fit", mlflow=True, tensorboard=True, device=device,
-            on_step=on_step, progress=True,
+            evaluation=EvaluationSettings(num_eval=args.num_eval, batch_size=args.batch, every=steps),
+            optimizer={"_target_": "adam", "lr": 0.01}, seed=0, out_dir=tmp / "fit", device=device,
+            callbacks=[*default_callbacks(mlflow=True, tensorboard=True, progress=True),
+                       LambdaCallback(on_step_end=on_step)],
         )
         t0 = time.perf_counter()
         result = trainer.fit(steps)

@@ -21,3 +21,5 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert result.patch.shape == (3, 12, 12)
     assert torch.equal(namespace["y"], namespace["y_again"])
     assert (tmp_path / "patch_run").is_dir()
+    assert result.best_patch.shape == (3, 12, 12) and result.best_step in (0, 10, 20)
+    assert (tmp_path / "patch_run" / "checkpoints" / "last.pt").is_file()  # the default Checkpoint callback
