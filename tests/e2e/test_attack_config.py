@@ -214,3 +214,19 @@ def test_stored_patch_is_judged_by_its_own_target_class(roots):
     assert aimed["target_class"] == 3 and aimed["loss"]["losses"][0]["target_class"] == 3
     assert preset["target_class"] == 0  # the configured preset is not modified
     assert with_patch_target(preset, {"presets": {"other": {"target_class": 3}}}, "shapes_cls")["target_class"] == 0
+
+
+@pytest.mark.parametrize("mode", ["attack", "evaluate", "report", "demo", "train"])
+def test_mode_schedulers_keep_the_base_api_callable(roots, mode):
+    """A step object stored on a mode must not shadow a scheduler method (``plan``, ``run``, ...)."""
+    from hydra.utils import get_class
+
+    from pandemonium.runs.base import AbstractBaseScheduler
+
+    cfg = compose(mode, roots, "task_list=[fake_cls]")
+    scheduler = get_class(cfg.mode.scheduler._target_)(cfg)
+    assert isinstance(scheduler, AbstractBaseScheduler)
+    methods = [n for n, v in vars(AbstractBaseScheduler).items() if callable(v) and not n.startswith("__")]
+    assert "plan" in methods and "run" in methods
+    shadowed = [n for n in methods if not callable(getattr(scheduler, n))]
+    assert not shadowed, shadowed

@@ -53,11 +53,11 @@ class DemoScheduler(AbstractBaseScheduler):
         super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.started = time.perf_counter()
         self.ctx = ModeContext.of(self)
-        self.plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
+        self.evaluation_plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
         self.models = ModelSource(self.ctx)
         self.fitting = PatchFit(self.ctx, self.models)
         self.evaluation = PatchEvaluation(self.ctx, self.models)
-        self.transfers = Transfer(self.ctx, self.models, self.plan)
+        self.transfers = Transfer(self.ctx, self.models, self.evaluation_plan)
         self.builder = ReportBuilder(self.ctx)
 
     # ------------------------------------------------------------------ plan
@@ -65,7 +65,7 @@ class DemoScheduler(AbstractBaseScheduler):
         if "create" in self.subroutines:
             self.create_missing_tasks()
         check_attack_inputs(self.ctx, self.subroutines)
-        self.plan.check("mode")
+        self.evaluation_plan.check("mode")
         start_tracking(self.ctx, self)
 
     def before_finishing_hook(self) -> None:

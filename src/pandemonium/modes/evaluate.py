@@ -43,8 +43,8 @@ class EvaluateScheduler(AbstractBaseScheduler):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg=cfg, available_subroutines=("transfer", "robustness"))
         self.ctx = ModeContext.of(self)
-        self.plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
-        self.transfers = Transfer(self.ctx, ModelSource(self.ctx), self.plan)
+        self.evaluation_plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
+        self.transfers = Transfer(self.ctx, ModelSource(self.ctx), self.evaluation_plan)
 
     def create_routine(self) -> None:
         if "transfer" in self.subroutines:
@@ -55,7 +55,7 @@ class EvaluateScheduler(AbstractBaseScheduler):
             self.params.append([])
 
     def after_preparation_hook(self) -> None:
-        self.plan.check("mode")
+        self.evaluation_plan.check("mode")
         check_evaluation_inputs(self.ctx, self.subroutines)
         start_tracking(self.ctx, self)
 
