@@ -71,7 +71,7 @@ def test_demo_prints_where_everything_is(demo):
     assert f"report      : {structs['shapes_cls']['reports']}" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "mlflow.db" in out
     assert "tensorboard --logdir" in out
-    for task, metric in (("shapes_cls", "targeted_success"), ("shapes_det", "disappearance")):
+    for task, metric in (("shapes_cls", "targeted_success"), ("shapes_det", "object_vanished")):
         summary = json.loads(Path(structs[task]["eval_summaries"]).read_text())
         assert summary["metric"] == metric
         line = next(line for line in out.splitlines() if line.strip().startswith(task))
