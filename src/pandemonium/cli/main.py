@@ -319,7 +319,7 @@ def _run_mode(cfg: Any) -> Any:
         print(f"{PROG}: error: {exc} (details in {run_dir / 'pandemonium.log'})", file=sys.stderr)
         sys.exit(1)
     log.info("mode %s finished in %s; result: %s", mode, scheduler.run_dir, reprlib.repr(result))
-    for line in scheduler.summary():
+    for line in scheduler.summary_lines():
         print(line)
     return result
 

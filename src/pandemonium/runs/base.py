@@ -360,7 +360,7 @@ class AbstractBaseScheduler:
         self.before_finishing_hook()
         return self.finish()
 
-    def summary(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """The lines the CLI prints when the mode ends: run folder, artifacts made, warnings."""
         mode = str((self.cfg.get("mode") or {}).get("id"))
         return run_warnings.summary_lines(mode, self.run_dir, self.fm.created_paths(), self.run_warnings)
