@@ -92,7 +92,7 @@ def test_tune_study_runs_continues_and_use_best_reruns_attack(compose, pandemoni
     with pytest.raises(TuneError, match="exists in .* with another search space"):
         run("tune.study=s1", "tune.space.lr.high=0.5")
     best = json.loads(next((first.proj_path).rglob("tune_best.json")).read_text())
-    attack, headline = run("use_best=s1", "mode.num_eval=8", "mode.batch_size=8")
+    attack, headline = run("use_best=s1")
     assert headline and all(0.0 <= v <= 1.0 for v in headline.values())
     stored = json.loads((attack.run_dir / "plan.json").read_text())
     assert stored["mode"] == "attack" and "best_params" in best
