@@ -7,7 +7,10 @@ step, clamp.
 
 * ``bare``   : the victim's forward + backward (to its input) on an already-composited batch
 * ``fused``  : FusedImplantAugment (implant + pose jitter in one resampling, RGB colour ops) -> victim
-* ``kornia`` : RectangleImplanter -> KorniaAugment(ColorJiggle, RandomAffine) -> victim
+* ``fused_scene`` : RectangleImplanter -> KorniaAugment(ColorJiggle, RandomAffine) -> victim as a Kornia
+  config now runs (``Pipeline(fuse=True)``, the default): one FusedImplantWarp that warps the scene too,
+  like for like with ``kornia``
+* ``kornia`` : the same config on Kornia's own path (``Pipeline(fuse=False)``), for reference
 
 Victims: ``anchor`` is a 4-layer conv net with stride 2 in EVERY layer (a light victim, so pipeline
 overhead is not hidden behind a heavy first convolution); ``project`` is the 4-layer net of
@@ -52,9 +55,10 @@ from pandemonium.attack.stages.implant import RectangleImplanter
 
 from common import PeakMemory, conv_net, make_bank
 
-#: targets of the issue: pipeline step over the bare victim, at every cell
-TARGETS = {"fused": 1.15, "kornia": 1.3}
-PATHS = ("fused", "kornia")
+#: targets of the issue: pipeline step over the bare victim, at every cell ("Kornia-configured attacks"
+#: run fused_scene; the unfused kornia path is shown for reference, without a target)
+TARGETS = {"fused": 1.15, "fused_scene": 1.3}
+PATHS = ("fused", "fused_scene", "kornia")
 
 
 def stride2_net(num_classes: int = 10) -> nn.Module:
@@ -82,7 +86,7 @@ def build(path: str, bank: str, model: nn.Module) -> Pipeline:
             "ColorJiggle": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "p": 1.0},
             "RandomAffine": {"degrees": 15, "scale": [0.9, 1.1], "p": 1.0},
         }),
-        model, seed=0,
+        model, seed=0, fuse=path == "fused_scene",
     )
 
 
@@ -208,14 +212,14 @@ def print_table(results: list[dict], paths: list[str], device: torch.device) -> 
         for r in (r for r in results if r["victim"] == victim):
             cells = []
             for p in paths:
-                over = r["ratio"][p] > TARGETS[p]
+                over = r["ratio"][p] > TARGETS.get(p, float("inf"))
                 ok &= not over or victim != "anchor"
                 cells.append(f"{r['ratio'][p]:.2f} [{r['ratio_min'][p]:.2f}-{r['ratio_max'][p]:.2f}]"
                              + (" OVER" if over else ""))
             ops = " / ".join(str(r["ops"][n]) for n in ["bare", *paths])
             mem = " / ".join(f"{r['memory_mib'][n]:.0f}" for n in ["bare", *paths])
             print(f"| {r['batch']} x {r['size']} | {r['bare_ms']:.1f} | " + " | ".join(cells) + f" | {ops} | {mem} |")
-    print("\ntargets (anchor victim, every cell): " + ", ".join(f"{p} <= {TARGETS[p]}" for p in paths))
+    print("\ntargets (anchor victim, every cell): " + ", ".join(f"{p} <= {TARGETS[p]}" for p in paths if p in TARGETS))
     return ok
 
 

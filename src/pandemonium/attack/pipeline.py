@@ -35,6 +35,7 @@ from pandemonium.attack.stages.base import (
     call_log_vizualizations,
     role_of,
 )
+from pandemonium.attack.stages.fusion import fuse_stages
 from pandemonium.attack.stages.registry import resolve_stage_class, target_of
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,14 @@ class Pipeline(nn.Module):
     :class:`~pandemonium.attack.stages.model.ModelStage`; nested pipelines are flattened. Every stage is
     seeded with ``stage.set_seed(seed, position)``. Sampled values are addressed by the stable prefix
     ``"{position}_{stage.name}"`` (see :attr:`prefixes`).
+
+    ``fuse=True`` (the default) runs a :class:`RectangleImplanter` directly followed by a fusable
+    ``KorniaAugment`` as one :class:`~pandemonium.attack.stages.fusion.FusedImplantWarp` (see
+    :func:`~pandemonium.attack.stages.fusion.fuse_stages`); :attr:`stages` and :meth:`to_config` keep
+    the stages as given, and the fused step's sample is addressed by ``"{i}_{name}+{j}_{name}"``.
     """
 
-    def __init__(self, *stages: nn.Module, seed: int = 0) -> None:
+    def __init__(self, *stages: nn.Module, seed: int = 0, fuse: bool = True) -> None:
         super().__init__()
         flat: list[nn.Module] = []
         for index, stage in enumerate(stages):
@@ -75,6 +81,13 @@ class Pipeline(nn.Module):
         if not flat:
             raise StageError("Pipeline needs at least one stage")
         self.stages = nn.ModuleList(flat)
+        self.fuse = bool(fuse)
+        plan = fuse_stages(flat) if self.fuse else [((i,), stage) for i, stage in enumerate(flat)]
+        # fused stand-ins are submodules (moved with .to(), their generators found by modules());
+        # they share the originals' banks, whose buffers are not persistent: state_dict is unchanged
+        self.fused = nn.ModuleList(module for positions, module in plan if len(positions) > 1)
+        self._plan = [positions for positions, _ in plan]
+        self._plan_modules = [module for _, module in plan]
         self.seed = int(seed)
         self.set_seed(self.seed)
 
@@ -85,11 +98,24 @@ class Pipeline(nn.Module):
         for position, stage in enumerate(self.stages):
             if hasattr(stage, "set_seed"):
                 stage.set_seed(self.seed, position)
+        for positions, module in zip(self._plan, self._plan_modules):
+            if len(positions) > 1:
+                module.set_seed(self.seed, positions[0])  # the implanter's stream, then the augmentation's
 
     @property
     def prefixes(self) -> list[str]:
         """``"{position}_{name}"`` for each stage: stable as long as the stage list is."""
         return [f"{i}_{getattr(s, 'name', type(s).__name__)}" for i, s in enumerate(self.stages)]
+
+    @property
+    def run_prefixes(self) -> list[str]:
+        """The prefix of each step actually run: a fused step joins its stages' prefixes with ``+``."""
+        prefixes = self.prefixes
+        return ["+".join(prefixes[i] for i in positions) for positions in self._plan]
+
+    def run_plan(self) -> list[tuple[str, nn.Module]]:
+        """``(prefix, module)`` of each step :meth:`forward` runs, fused stand-ins included."""
+        return list(zip(self.run_prefixes, self._plan_modules))
 
     def stages_with_role(self, role: str) -> list[int]:
         """Positions of the stages whose role (see :data:`~pandemonium.attack.stages.contract.ROLES`) is
@@ -118,20 +144,20 @@ class Pipeline(nn.Module):
 
     def __add__(self, other: nn.Module) -> Pipeline:
         if isinstance(other, Pipeline):
-            return Pipeline(*self.stages, *other.stages, seed=self.seed)
+            return Pipeline(*self.stages, *other.stages, seed=self.seed, fuse=self.fuse)
         if isinstance(other, nn.Module):
-            return Pipeline(*self.stages, other, seed=self.seed)
+            return Pipeline(*self.stages, other, seed=self.seed, fuse=self.fuse)
         return NotImplemented
 
     def __radd__(self, other: nn.Module) -> Pipeline:
         if isinstance(other, nn.Module):
-            return Pipeline(other, *self.stages, seed=self.seed)
+            return Pipeline(other, *self.stages, seed=self.seed, fuse=self.fuse)
         return NotImplemented
 
     # ---------------------------------------------------------------- running
     def split_params(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Split a merged sample into one dict per stage; unknown prefixes are an error."""
-        prefixes = self.prefixes
+        prefixes = self.run_prefixes
         per_stage: list[dict[str, Any]] = [{} for _ in prefixes]
         lookup = {p: i for i, p in enumerate(prefixes)}
         for key, value in params.items():
@@ -157,9 +183,9 @@ class Pipeline(nn.Module):
         return y, kwargs
 
     def _run(self, x, control, evaluate, params, kwargs, keep_inputs):
-        per_stage = self.split_params(params) if params is not None else [None] * len(self.stages)
+        per_stage = self.split_params(params) if params is not None else [None] * len(self._plan)
         inputs = []
-        for prefix, stage, stage_params in zip(self.prefixes, self.stages, per_stage):
+        for (prefix, stage), stage_params in zip(self.run_plan(), per_stage):
             if keep_inputs:
                 inputs.append(x)
             try:
@@ -182,7 +208,7 @@ class Pipeline(nn.Module):
     def get_last_sample_as_dict(self) -> dict[str, Any]:
         """Merged samples of all stages, keys prefixed ``"{position}_{name}/"``."""
         merged: dict[str, Any] = {}
-        for prefix, stage in zip(self.prefixes, self.stages):
+        for prefix, stage in self.run_plan():
             sample = stage.get_last_sample_as_dict() if hasattr(stage, "get_last_sample_as_dict") else {}
             for key, value in (sample or {}).items():
                 merged[f"{prefix}{KEY_SEPARATOR}{key}"] = value
@@ -214,7 +240,7 @@ class Pipeline(nn.Module):
             x, True, True, None, dict(kwargs), keep_inputs=True
         )
         if writer is not None:
-            for prefix, stage, x_in, x_ctrl in zip(self.prefixes, self.stages, inputs, control_inputs):
+            for (prefix, stage), x_in, x_ctrl in zip(self.run_plan(), inputs, control_inputs):
                 try:
                     call_log_vizualizations(stage, x_in, x_ctrl, writer, step, logging_to_mlflow)
                 except Exception as err:
@@ -235,7 +261,7 @@ class Pipeline(nn.Module):
     def validate(self, x: Batch, evaluate: bool = True, **kwargs: Any) -> bool:
         """Run every stage's ``validate`` on its own input; log findings; ``True`` if all pass."""
         ok = True
-        for prefix, stage in zip(self.prefixes, self.stages):
+        for prefix, stage in self.run_plan():
             if hasattr(stage, "validate"):
                 try:
                     stage_ok = stage.validate(x)
@@ -282,7 +308,10 @@ class Pipeline(nn.Module):
                 )
                 logger.info(message)
             stages.append(cfg)
-        return {"seed": self.seed, "stages": stages}
+        config: dict[str, Any] = {"seed": self.seed, "stages": stages}
+        if not self.fuse:
+            config["fuse"] = False
+        return config
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text of :meth:`to_config`; also written to ``path`` if given."""
@@ -320,7 +349,7 @@ class Pipeline(nn.Module):
         stages = []
         for position, stage_cfg in enumerate(cfg["stages"]):
             stages.append(_build_stage(position, stage_cfg, model=model, eval_model=eval_model))
-        return cls(*stages, seed=int(cfg.get("seed", 0)))
+        return cls(*stages, seed=int(cfg.get("seed", 0)), fuse=bool(cfg.get("fuse", True)))
 
 
 def _contains_missing(value: Any) -> bool:

@@ -116,6 +116,7 @@ class ImageBank(nn.Module):
     ) -> None:
         super().__init__()
         self.source = source
+        self.spec: dict[str, Any] | None = None  # set by from_spec
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise BankError(f"image bank {source}: 'images' must be an (N, C, H, W) tensor, got {shape}")
@@ -268,13 +269,15 @@ class ImageBank(nn.Module):
         if max_images is not None:
             keep = int(max_images)
             fields = {k: (v[:keep] if v is not None else None) for k, v in fields.items()}
-        return cls(
+        bank = cls(
             **fields,
             eval_fraction=float(spec.get("eval_fraction", 0.25)),
             split_seed=int(spec.get("split_seed", 0)),
             source=source,
             storage=str(spec.get("storage", "float32")),
         )
+        bank.spec = spec  # what rebuilds it: a stage sharing this bank writes it to its params
+        return bank
 
     @staticmethod
     def _load_pt(path: Path, source: str) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class ImplanterBase(PipelineBase):
 
     def __init__(
         self,
-        bank: str | Mapping[str, Any],
+        bank: str | Mapping[str, Any] | ImageBank,
         keys: Sequence[str] | str | None = None,
         mask: MaskSpec = None,
         match_brightness: bool = False,
@@ -130,8 +130,11 @@ class ImplanterBase(PipelineBase):
     ) -> None:
         super().__init__(keys=keys)
         try:
-            spec = normalise_bank_spec(bank)
-            self.bank = ImageBank.from_spec(spec)
+            if isinstance(bank, ImageBank):  # shared with another stage (stage fusion): not loaded twice
+                spec, self.bank = bank.spec, bank
+            else:
+                spec = normalise_bank_spec(bank)
+                self.bank = ImageBank.from_spec(spec)
         except BankError as err:
             raise StageError(f"stage {self.name!r}: {err}") from err
         if self._require == "boxes" and not self.bank.has_boxes:

@@ -1,0 +1,303 @@
+"""Stage fusion: a rectangle implanter followed by a fusable Kornia augmentation runs as ONE implant-and-warp.
+
+``RectangleImplanter -> KorniaAugment({"ColorJiggle": ..., "RandomAffine": ...})`` composites the patch,
+then warps and recolours the whole image with Kornia: two full-image resamplings, an HSV round trip,
+and a backward pass through both over every pixel. :class:`FusedImplantWarp` does the same work
+like for like -- the scene IS warped by the same affine -- in one go:
+
+* the scene (no gradient) is warped once under ``no_grad``;
+* the patch is resampled straight into the warped image (implant homography composed with the
+  affine), inside a per-sample window, so autograd only sees the window;
+* brightness, contrast and saturation act as one colour matrix per sample.
+
+Parameters follow Kornia's generators (ranges from the same arguments, each op gated per row by its
+``p``); ColorJiggle's random order matters only between brightness and contrast (saturation as a
+luma blend commutes with both), so each row draws which comes first. Differences from Kornia, by
+design: saturation is a blend with luma (Kornia's ColorJiggle scales HSV saturation), and there is
+no clamp between the colour steps.
+
+:func:`fuse_stages` is the explicit fusion step :class:`~pandemonium.attack.pipeline.Pipeline` runs
+(``fuse=True``); it returns the plan and logs once which operation keeps a config on the slow path.
+
+Example:
+    >>> plan = fuse_stages([implanter, kornia_augment, model])  # doctest: +SKIP
+    >>> [positions for positions, _ in plan]  # doctest: +SKIP
+    [(0, 1), (2,)]
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kornia.augmentation as KA
+import torch
+import torch.nn.functional as F
+from kornia.geometry.transform import get_affine_matrix2d
+from torch import Tensor, nn
+
+from pandemonium.attack.stages.augment import KorniaAugment
+from pandemonium.attack.stages.base import StageError
+from pandemonium.attack.stages.fused import apply_colour_matrix
+from pandemonium.attack.stages.geometry import (
+    apply_homography_to_points,
+    box_to_quad,
+    crop_windows,
+    invert_affine,
+    paste_windows,
+    quad_to_box,
+    window_grid,
+)
+from pandemonium.attack.stages.implant import ImageBank, RectangleImplanter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FusedImplantWarp", "fuse_stages", "fusion_blocker", "kornia_ranges"]
+
+_LUMA = (0.299, 0.587, 0.114)  # Kornia's rgb_to_grayscale weights
+_logged: set[str] = set()
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    signature = inspect.signature(getattr(KA, name).__init__)
+    return {k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def _around(value: Any, centre: float, floor: float | None) -> list[float]:
+    """Kornia's ``_range_bound``: a number ``f`` is ``[centre - f, centre + f]`` (low end floored), a pair as is."""
+    if isinstance(value, (int, float)):
+        low = centre - float(value)
+        return [max(low, floor) if floor is not None else low, centre + float(value)]
+    return [float(v) for v in value]
+
+
+def _shear(value: Any) -> list[list[float]]:
+    if value is None:
+        return [[0.0, 0.0], [0.0, 0.0]]
+    if isinstance(value, (int, float)):
+        return [[-float(value), float(value)], [0.0, 0.0]]
+    v = [float(s) for s in value]
+    return [v[:2], [0.0, 0.0]] if len(v) == 2 else [v[:2], v[2:]]
+
+
+def kornia_ranges(name: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sampling ranges Kornia's generator derives from ``kornia.augmentation.<name>(**kwargs)``."""
+    args = {**_defaults(name), **dict(kwargs or {})}
+    if name in ("ColorJiggle", "ColorJitter"):
+        return {
+            "op": name, "p": float(args["p"]),
+            "brightness": _around(args["brightness"], 1.0, 0.0),
+            "contrast": _around(args["contrast"], 1.0, 0.0),
+            "saturation": _around(args["saturation"], 1.0, 0.0),
+            "hue": _around(args["hue"], 0.0, None),
+        }
+    if name == "RandomAffine":
+        scale = args.get("scale")
+        scale = [1.0, 1.0, 1.0, 1.0] if scale is None else [float(s) for s in scale]
+        translate = args.get("translate")
+        return {
+            "op": name, "p": float(args["p"]),
+            "degrees": _around(args["degrees"], 0.0, None),
+            "translate": [0.0, 0.0] if translate is None else [float(t) for t in translate],
+            "scale": scale if len(scale) == 4 else scale + scale,  # x range, then y range (y follows x if 2)
+            "scale_y_own": len(scale) == 4,
+            "shear": _shear(args.get("shear")),
+        }
+    raise StageError(f"kornia_ranges: no fused equivalent for {name!r}")
+
+
+def fusion_blocker(augmentations: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """Why a KorniaAugment config cannot run fused (naming the operation), or ``None`` if it can."""
+    seen: set[str] = set()
+    for key, kwargs in augmentations.items():
+        name = str(key).split("@", 1)[0]
+        args = {**(_defaults(name) if hasattr(KA, name) else {}), **dict(kwargs or {})}
+        if name not in ("ColorJiggle", "ColorJitter", "RandomAffine"):
+            return f"{key}: no fused equivalent"
+        kind = "colour" if name != "RandomAffine" else "affine"
+        if kind in seen:
+            return f"{key}: a second {kind} operation"
+        seen.add(kind)
+        if args.get("same_on_batch"):
+            return f"{key}: same_on_batch=True"
+        ranges = kornia_ranges(name, kwargs)
+        if kind == "colour":
+            if ranges["hue"] != [0.0, 0.0]:
+                return f"{key}: hue={args['hue']} (only hue 0 is one colour matrix)"
+            if name == "ColorJitter" and ranges["contrast"] != [1.0, 1.0]:
+                return f"{key}: contrast={args['contrast']} (ColorJitter's contrast blends with the image mean)"
+        else:
+            resample = str(getattr(args.get("resample"), "name", args.get("resample"))).lower()
+            padding = str(getattr(args.get("padding_mode"), "name", args.get("padding_mode"))).lower()
+            if resample != "bilinear" or padding != "zeros":
+                return f"{key}: resample={resample}, padding_mode={padding} (fused: bilinear, zeros)"
+    return None
+
+
+class FusedImplantWarp(RectangleImplanter):
+    """Rectangle implant + Kornia-equivalent colour jiggle and affine warp of the whole image, in one pass.
+
+    ``augmentations`` is the :class:`~pandemonium.attack.stages.augment.KorniaAugment` config it stands in
+    for (ColorJiggle / ColorJitter with hue 0, RandomAffine, in either order); the rest is
+    :class:`RectangleImplanter`'s. Built by :func:`fuse_stages`; usable on its own as well.
+    """
+
+    name = "FusedImplantWarp"
+
+    def __init__(
+        self, bank: str | Mapping[str, Any] | ImageBank, augmentations: Mapping[str, Mapping[str, Any] | None],
+        scale: float | Sequence[float] = (1.0, 1.0), **implanter: Any,
+    ) -> None:
+        blocker = fusion_blocker(augmentations)
+        if blocker is not None:
+            raise StageError(f"stage {self.name!r}: cannot fuse {dict(augmentations)}: {blocker}")
+        super().__init__(bank, scale, **implanter)
+        names = [str(k).split("@", 1)[0] for k in augmentations]
+        ranges = [kornia_ranges(n, augmentations[k]) for n, k in zip(names, augmentations)]
+        self.colour = next((r for r in ranges if r["op"] != "RandomAffine"), None)
+        self.affine = next((r for r in ranges if r["op"] == "RandomAffine"), None)
+        # colour before the warp leaves the zero padding black; after it, padding takes the offset
+        self.colour_first = bool(self.colour and self.affine and names.index(self.colour["op"]) < names.index("RandomAffine"))
+        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 1, 3), persistent=False)
+        self.params = {**self.params, "augmentations": {str(k): dict(v or {}) for k, v in augmentations.items()}}
+
+    # ------------------------------------------------------------ sampling (Kornia's distributions)
+    def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
+        u = lambda pair: self.uniform(pair[0], pair[1], (batch,))  # noqa: E731
+        out: dict[str, Tensor] = {}
+        if self.affine is not None:
+            a = self.affine
+            on = self.bernoulli(a["p"], (batch,))
+            sx = u(a["scale"][:2])
+            sy = u(a["scale"][2:]) if a["scale_y_own"] else sx
+            values = {
+                "angle": (u(a["degrees"]), 0.0), "scale_x": (sx, 1.0), "scale_y": (sy, 1.0),
+                "translate_x": (u([-a["translate"][0], a["translate"][0]]), 0.0),
+                "translate_y": (u([-a["translate"][1], a["translate"][1]]), 0.0),
+                "shear_x": (u(a["shear"][0]), 0.0), "shear_y": (u(a["shear"][1]), 0.0),
+            }
+            out.update({k: torch.where(on, v, torch.full_like(v, identity)) for k, (v, identity) in values.items()})
+        if self.colour is not None:
+            c = self.colour
+            on = self.bernoulli(c["p"], (batch,))
+            values = {"brightness": u(c["brightness"]), "contrast": u(c["contrast"]), "saturation": u(c["saturation"])}
+            out.update({k: torch.where(on, v, torch.ones_like(v)) for k, v in values.items()})
+            # Kornia permutes its four steps; only brightness vs contrast order changes the result
+            out["brightness_first"] = self.bernoulli(0.5, (batch,)).to(torch.float32)
+        return {k: v.to(device) for k, v in out.items()}
+
+    # ------------------------------------------------------------ geometry
+    def _affine(self, scene: Mapping[str, Tensor], image_hw: tuple[int, int]) -> Tensor:
+        """Kornia's forward affine (``get_affine_matrix2d``, index coordinates, centre ``(W/2 - .5, H/2 - .5)``)
+        moved to this package's continuous pixel coordinates: ``(B, 3, 3)`` float64, source -> output."""
+        height, width = image_hw
+        f = {k: v.detach().cpu().double() for k, v in scene.items()}
+        b = f["angle"].shape[0]
+        centre = torch.tensor([[width / 2.0 - 0.5, height / 2.0 - 0.5]], dtype=torch.float64).expand(b, 2)
+        translations = torch.stack([f["translate_x"] * width, f["translate_y"] * height], -1)
+        m = get_affine_matrix2d(
+            translations, centre, torch.stack([f["scale_x"], f["scale_y"]], -1), f["angle"],
+            f["shear_x"] * (math.pi / 180.0), f["shear_y"] * (math.pi / 180.0),
+        )
+        shift = torch.eye(3, dtype=torch.float64)
+        shift[:2, 2] = 0.5
+        unshift = torch.eye(3, dtype=torch.float64)
+        unshift[:2, 2] = -0.5
+        return shift @ m @ unshift
+
+    def _placement(self, values, image_index, patch_hw):
+        h_img2patch, box = super()._placement(values, image_index, patch_hw)
+        forward = self.__dict__.get("_forward_affine")
+        if forward is None:
+            return h_img2patch, box
+        # the patch is resampled straight into the warped image: output -> source image -> patch
+        quad = apply_homography_to_points(forward.to(box.dtype), box_to_quad(box))
+        return h_img2patch @ invert_affine(forward).to(h_img2patch.dtype), quad_to_box(quad)
+
+    # ------------------------------------------------------------ colour
+    def _colour_matrix(self, scene: Mapping[str, Tensor], channels: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        b = scene["brightness"].to(dtype)
+        c = scene["contrast"].to(dtype).view(-1, 1, 1)
+        s = scene["saturation"].to(dtype).view(-1, 1, 1)
+        eye = torch.eye(channels, dtype=dtype, device=b.device)
+        if channels == 3:
+            sat = s * eye + (1 - s) * self.luma.to(device=b.device, dtype=dtype)
+        else:
+            sat = eye.expand(b.shape[0], channels, channels)
+        if self.colour["op"] == "ColorJitter":  # brightness multiplies; it commutes with the luma blend
+            return b.view(-1, 1, 1) * sat, torch.zeros(b.shape[0], channels, dtype=dtype, device=b.device)
+        # ColorJiggle: brightness adds (factor - 1); contrast multiplies, before or after it
+        first = scene["brightness_first"].to(dtype).view(-1, 1)
+        shift = (b - 1).view(-1, 1)
+        offset = shift * (first * c.view(-1, 1) + (1 - first))
+        return c * sat, offset.expand(-1, channels)
+
+    def _recolour(self, images: Tensor, valid: Tensor | None, scene: Mapping[str, Tensor]) -> Tensor:
+        if self.colour is None:
+            return images
+        matrix, offset = self._colour_matrix(scene, images.shape[1], images.dtype)
+        out = apply_colour_matrix(images, matrix, offset)
+        if valid is not None:  # colour came first: what the warp padded with zeros gets no offset
+            out = out - (1 - valid) * offset.view(*offset.shape, 1, 1)
+        return out.clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------ apply
+    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
+        patches, index, images, targets = self._scenes(x, params)
+        scene = {k[len("scene.") :]: v for k, v in params.items() if k.startswith("scene.")}
+        hw = (images.shape[-2], images.shape[-1])
+        valid = None
+        if self.affine is not None:
+            forward = self._affine(scene, hw)
+            with torch.no_grad():  # the scene carries no gradient: warp it (and a validity channel) once
+                ones = images.new_ones(images.shape[0], 1, *hw)
+                # a whole-image "window": elementwise grid maths, so a row warps the same alone or in a batch
+                origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
+                grid = window_grid(invert_affine(forward).to(images.device, images.dtype), origin, hw, hw)
+                warped = F.grid_sample(torch.cat([images, ones], 1), grid, mode="bilinear", padding_mode="zeros",
+                                       align_corners=False)
+            images, valid = warped[:, :-1], warped[:, -1:]
+            self.__dict__["_forward_affine"] = forward
+        try:
+            windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
+        finally:
+            self.__dict__.pop("_forward_affine", None)
+        colour_valid = valid if self.colour_first else None
+        with torch.no_grad():
+            background = self._recolour(images, colour_valid, scene)
+        if control:
+            out = background
+        else:
+            window_valid = crop_windows(colour_valid, origin, size) if colour_valid is not None else None
+            out = paste_windows(background, origin, self._recolour(windows, window_valid, scene))
+        return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
+
+
+def fuse_stages(stages: Sequence[nn.Module]) -> list[tuple[tuple[int, ...], nn.Module]]:
+    """The run plan of ``stages``: ``(positions, module)`` per step, a fused module standing in for a
+    plain :class:`RectangleImplanter` directly followed by a fusable ``KorniaAugment``.
+
+    A KorniaAugment that cannot fuse is logged once per config, naming the operation that blocks it.
+    """
+    plan: list[tuple[tuple[int, ...], nn.Module]] = []
+    i = 0
+    while i < len(stages):
+        stage, after = stages[i], stages[i + 1] if i + 1 < len(stages) else None
+        if type(stage) is RectangleImplanter and type(after) is KorniaAugment and after.keys is None:
+            blocker = fusion_blocker(after.params["augmentations"])
+            if blocker is None:
+                implanter = {k: v for k, v in stage.params.items() if k not in ("bank", "scale")}
+                fused = FusedImplantWarp(stage.bank, after.params["augmentations"], stage.scale, **implanter)
+                plan.append(((i, i + 1), fused))
+                i += 2
+                continue
+            message = f"KorniaAugment {after.params['augmentations']} stays on the slow path: {blocker}"
+            if message not in _logged:
+                _logged.add(message)
+                logger.info(message)
+        plan.append(((i,), stage))
+        i += 1
+    return plan
