@@ -142,7 +142,9 @@ def task_metrics(
         out: dict[str, torch.Tensor] = {}
         for name, value in y_patch.items():
             if name in y_control:
-                sub = task_metrics(value, y_control[name], targets, target_class, conf_threshold, iou_threshold)
+                # several tasks (MultiTaskPipeline): targets by task name; an ensemble shares one set
+                own = targets.get(name) if isinstance(targets.get(name), Mapping) else targets
+                sub = task_metrics(value, y_control[name], own, target_class, conf_threshold, iou_threshold)
                 out.update({f"{name}.{k}": v for k, v in sub.items()})
         return out
     return {}

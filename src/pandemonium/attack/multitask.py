@@ -31,7 +31,9 @@ class MultiTaskPipeline(torch.nn.Module):
                 prefix = f"{name}/"
                 sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
             outputs[name], per_task[name] = pipe(x, control=control, evaluate=evaluate, params=sub)
-        return outputs, {"per_task": per_task}
+        # `targets` by task, so success metrics of each task's output find that task's ground truth
+        targets = {name: kw["targets"] for name, kw in per_task.items() if "targets" in kw}
+        return outputs, {"per_task": per_task, "targets": targets}
 
     def get_description(self) -> str:
         parts = [f"**{name}**:\n{pipe.get_description()}" for name, pipe in self.pipes.items()]
