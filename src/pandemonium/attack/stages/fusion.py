@@ -45,7 +45,6 @@ from pandemonium.attack.stages.fused import apply_colour_matrix
 from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
-    crop_windows,
     invert_affine,
     paste_windows,
     quad_to_box,
@@ -166,28 +165,39 @@ class FusedImplantWarp(RectangleImplanter):
 
     # ------------------------------------------------------------ sampling (Kornia's distributions)
     def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        u = lambda pair: self.uniform(pair[0], pair[1], (batch,))  # noqa: E731
-        out: dict[str, Tensor] = {}
+        # every value of a row from ONE draw of (batch, k) uniforms: a handful of ops per step, not dozens
+        ranges: list[tuple[str, list[float], float]] = []
         if self.affine is not None:
             a = self.affine
-            on = self.bernoulli(a["p"], (batch,))
-            sx = u(a["scale"][:2])
-            sy = u(a["scale"][2:]) if a["scale_y_own"] else sx
-            values = {
-                "angle": (u(a["degrees"]), 0.0), "scale_x": (sx, 1.0), "scale_y": (sy, 1.0),
-                "translate_x": (u([-a["translate"][0], a["translate"][0]]), 0.0),
-                "translate_y": (u([-a["translate"][1], a["translate"][1]]), 0.0),
-                "shear_x": (u(a["shear"][0]), 0.0), "shear_y": (u(a["shear"][1]), 0.0),
-            }
-            out.update({k: torch.where(on, v, torch.full_like(v, identity)) for k, (v, identity) in values.items()})
+            tx, ty = a["translate"]
+            ranges += [
+                ("affine_on", [0.0, 1.0], 0.0), ("angle", a["degrees"], 0.0), ("scale_x", a["scale"][:2], 1.0),
+                ("scale_y", a["scale"][2:], 1.0), ("translate_x", [-tx, tx], 0.0), ("translate_y", [-ty, ty], 0.0),
+                ("shear_x", a["shear"][0], 0.0), ("shear_y", a["shear"][1], 0.0),
+            ]
         if self.colour is not None:
             c = self.colour
-            on = self.bernoulli(c["p"], (batch,))
-            values = {"brightness": u(c["brightness"]), "contrast": u(c["contrast"]), "saturation": u(c["saturation"])}
-            out.update({k: torch.where(on, v, torch.ones_like(v)) for k, v in values.items()})
+            ranges += [
+                ("colour_on", [0.0, 1.0], 0.0), ("brightness", c["brightness"], 1.0), ("contrast", c["contrast"], 1.0),
+                ("saturation", c["saturation"], 1.0), ("brightness_first", [0.0, 1.0], 0.0),
+            ]
+        bounds = torch.tensor([r[1] for r in ranges], dtype=torch.float32)
+        identity = torch.tensor([r[2] for r in ranges], dtype=torch.float32)
+        drawn = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * self.uniform(0.0, 1.0, (batch, len(ranges))).cpu()
+        names = [r[0] for r in ranges]
+        gate = torch.ones(batch, len(ranges), dtype=torch.bool)
+        for flag, p, members in (("affine_on", self.affine, range(1, 8)), ("colour_on", self.colour, range(1, 4))):
+            if p is not None:
+                col = names.index(flag)
+                gate[:, [col + m for m in members]] = (drawn[:, col] < p["p"]).unsqueeze(1)
+        values = torch.where(gate, drawn, identity)
+        if self.affine is not None and not self.affine["scale_y_own"]:
+            values[:, names.index("scale_y")] = values[:, names.index("scale_x")]  # isotropic, as Kornia
+        if self.colour is not None:
             # Kornia permutes its four steps; only brightness vs contrast order changes the result
-            out["brightness_first"] = self.bernoulli(0.5, (batch,)).to(torch.float32)
-        return {k: v.to(device) for k, v in out.items()}
+            col = names.index("brightness_first")
+            values[:, col] = (drawn[:, col] < 0.5).to(values.dtype)
+        return {n: values[:, i].to(device) for i, n in enumerate(names) if not n.endswith("_on")}
 
     # ------------------------------------------------------------ geometry
     def _affine(self, scene: Mapping[str, Tensor], image_hw: tuple[int, int]) -> Tensor:
@@ -235,44 +245,41 @@ class FusedImplantWarp(RectangleImplanter):
         offset = shift * (first * c.view(-1, 1) + (1 - first))
         return c * sat, offset.expand(-1, channels)
 
-    def _recolour(self, images: Tensor, valid: Tensor | None, scene: Mapping[str, Tensor]) -> Tensor:
-        if self.colour is None:
-            return images
+    def _recolour(self, images: Tensor, scene: Mapping[str, Tensor]) -> Tensor:
         matrix, offset = self._colour_matrix(scene, images.shape[1], images.dtype)
-        out = apply_colour_matrix(images, matrix, offset)
-        if valid is not None:  # colour came first: what the warp padded with zeros gets no offset
-            out = out - (1 - valid) * offset.view(*offset.shape, 1, 1)
-        return out.clamp(0.0, 1.0)
+        return apply_colour_matrix(images, matrix.to(images.device), offset.to(images.device)).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------ apply
     def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
         patches, index, images, targets = self._scenes(x, params)
         scene = {k[len("scene.") :]: v for k, v in params.items() if k.startswith("scene.")}
         hw = (images.shape[-2], images.shape[-1])
-        valid = None
+        # colour before the warp (Kornia's order in the config): recolour the scene and the small patch, then
+        # warp; the warp's zero padding stays black and no full-image op runs with a gradient
+        before = self.colour is not None and (self.affine is None or self.colour_first)
+        if before:
+            with torch.no_grad():
+                images = self._recolour(images, scene)
+            patches = {k: self._recolour(p, scene) for k, p in patches.items()}
         if self.affine is not None:
             forward = self._affine(scene, hw)
-            with torch.no_grad():  # the scene carries no gradient: warp it (and a validity channel) once
-                ones = images.new_ones(images.shape[0], 1, *hw)
+            with torch.no_grad():  # the scene carries no gradient: warp it once
                 # a whole-image "window": elementwise grid maths, so a row warps the same alone or in a batch
                 origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
                 grid = window_grid(invert_affine(forward).to(images.device, images.dtype), origin, hw, hw)
-                warped = F.grid_sample(torch.cat([images, ones], 1), grid, mode="bilinear", padding_mode="zeros",
-                                       align_corners=False)
-            images, valid = warped[:, :-1], warped[:, -1:]
+                images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             self.__dict__["_forward_affine"] = forward
         try:
             windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
         finally:
             self.__dict__.pop("_forward_affine", None)
-        colour_valid = valid if self.colour_first else None
+        after = self.colour is not None and not before
         with torch.no_grad():
-            background = self._recolour(images, colour_valid, scene)
+            background = self._recolour(images, scene) if after else images
         if control:
             out = background
         else:
-            window_valid = crop_windows(colour_valid, origin, size) if colour_valid is not None else None
-            out = paste_windows(background, origin, self._recolour(windows, window_valid, scene))
+            out = paste_windows(background, origin, self._recolour(windows, scene) if after else windows)
         return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
 
 
