@@ -15,9 +15,11 @@ from __future__ import annotations
 from importlib import import_module
 
 from pandemonium.tasktypes.base import (
+    HOOK_FIELDS,
     TaskTypeFeatureError,
     TaskTypeSpec,
     UnknownTaskTypeError,
+    hooks_in,
     label_name,
     register_task_type,
     registered_task_types,
@@ -31,9 +33,11 @@ for _module in ("classification", "multilabel", "segmentation", "detection", "re
     import_module(f"pandemonium.tasktypes.{_module}")
 
 __all__ = [
+    "HOOK_FIELDS",
     "TaskTypeFeatureError",
     "TaskTypeSpec",
     "UnknownTaskTypeError",
+    "hooks_in",
     "label_name",
     "register_task_type",
     "registered_task_types",

@@ -9,7 +9,7 @@ dispatches on the task type by name.
 Register a new task type with one call (a plugin does it through ``registry.add_task_type(spec)``):
 
 >>> from pandemonium.tasktypes import TaskTypeSpec, register_task_type, task_type_spec
->>> spec = TaskTypeSpec(name="toy_scores", requires=frozenset({"value"}), target="value")
+>>> spec = TaskTypeSpec(name="toy_scores", target="value")
 >>> register_task_type(spec) is spec
 True
 >>> task_type_spec("toy_scores").enum.value
@@ -17,7 +17,9 @@ True
 >>> unregister_task_type("toy_scores")
 
 Fields left ``None`` mean "this task type does not offer that": asking for it raises
-:class:`TaskTypeFeatureError`, which names the task type and the field to fill in.
+:class:`TaskTypeFeatureError`, which names the task type and the field to fill in. A module that
+declares a task type names its hook functions after the fields (``_head``, ``_metric_inputs``, ...) and
+passes them with ``**hooks_in(globals())``, so the declaration states only data.
 """
 
 from __future__ import annotations
@@ -34,18 +36,6 @@ from pandemonium.tasks.attributes import (
     remove_task_type_member,
 )
 
-__all__ = [
-    "TaskTypeFeatureError",
-    "TaskTypeSpec",
-    "UnknownTaskTypeError",
-    "label_name",
-    "register_task_type",
-    "registered_task_types",
-    "specs_recognising",
-    "task_type_spec",
-    "unregister_task_type",
-]
-
 
 class UnknownTaskTypeError(PandemoniumError, LookupError):
     """A task type name that no :class:`TaskTypeSpec` is registered for; the message lists the known ones."""
@@ -60,12 +50,13 @@ class TaskTypeFeatureError(PandemoniumError, ValueError):
 
 @dataclass(frozen=True)
 class TaskTypeSpec:
-    """One task type. Only ``name``, ``requires`` and ``target`` are mandatory.
+    """One task type. Only ``name`` and ``target`` are mandatory.
 
     Attributes:
         name: the task type's value (``task.json`` ``task_type``), e.g. ``"classification"``.
-        requires: modality values every sample carries (``image`` and ``sample_id`` are always added).
         target: the modality value a model of this type predicts (one of ``requires``).
+        requires: modality values every sample carries (``image``, ``sample_id`` and, when left empty,
+            ``target`` are added).
         enum_name: the ``TaskType`` member name; defaults to ``name.upper()``.
         head: ``head(in_channels, num_classes, **options) -> nn.Module`` on top of the built-in
             backbone; its forward is ``head(features, image_size)``.
@@ -86,6 +77,8 @@ class TaskTypeSpec:
         attack_losses: class names of attack losses that consume this type's outputs.
         recognises: ``recognises(output) -> bool``: whether a model output has this type's layout
             (used where only the output is known, e.g. an evaluation without a task type).
+        success_metric: a :class:`pandemonium.attack.success.SuccessMetric` class; when given, ``success``
+            and ``headline`` default to its per-row columns and its headline.
         success: ``success(y_patch, y_control, targets, target_class=None, conf_threshold=0.5,
             iou_threshold=0.5) -> dict[str, Tensor(B)]`` per-sample attack success metrics.
         headline: ``headline(target_class) -> str``: the column of ``success`` that a patch is judged by.
@@ -94,8 +87,8 @@ class TaskTypeSpec:
     """
 
     name: str
-    requires: frozenset[str]
     target: str
+    requires: frozenset[str] = frozenset()
     enum_name: str = ""
     head: Callable[..., Any] | None = None
     model: Callable[..., Any] | None = None
@@ -111,20 +104,29 @@ class TaskTypeSpec:
     attack_preset: str | None = None
     attack_losses: tuple[str, ...] = ()
     recognises: Callable[[Any], bool] | None = None
+    success_metric: type | None = None
     success: Callable[..., dict[str, Any]] | None = None
     headline: Callable[[int | None], str] | None = None
     success_weights: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self) -> None:
-        values = {str(getattr(m, "value", m)) for m in self.requires} | {"image", "sample_id"}
         target = str(getattr(self.target, "value", self.target))
+        values = {str(getattr(m, "value", m)) for m in self.requires or (target,)} | {"image", "sample_id"}
         object.__setattr__(self, "requires", frozenset(values))
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "enum_name", self.enum_name or self.name.upper())
         object.__setattr__(self, "attack_losses", tuple(self.attack_losses))
         if target not in values:
             raise TaskTypeFeatureError(f"task type {self.name!r}: target {target!r} must be in requires")
+        if self.success_metric is not None:
+            # the success module imports nothing of tasktypes at import time, so this is no cycle
+            from pandemonium.attack.success.columns import SuccessColumns, SuccessHeadline
+
+            if self.success is None:
+                object.__setattr__(self, "success", SuccessColumns(self.success_metric))
+            if self.headline is None:
+                object.__setattr__(self, "headline", SuccessHeadline(self.success_metric))
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -162,6 +164,21 @@ class TaskTypeSpec:
         if self.expected_output is None:
             return f"the output layout of {self.name} models"
         return self.expected_output(num_classes, image_size, batch)
+
+
+#: the spec fields a declaring module may fill from functions named ``_<field>`` (see :func:`hooks_in`)
+HOOK_FIELDS = ("head", "model", "output_fits", "expected_output", "metric_inputs", "scores", "prediction_table",
+               "report_predictions", "report_truth", "recognises", "success", "headline")
+
+
+def hooks_in(namespace: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    """``TaskTypeSpec`` kwargs from the functions of ``namespace`` named ``_<field>`` for a hook field.
+
+    >>> def _scores(outputs): return outputs
+    >>> sorted(hooks_in({"_scores": _scores, "_other": len}))
+    ['scores']
+    """
+    return {name: namespace[f"_{name}"] for name in HOOK_FIELDS if callable(namespace.get(f"_{name}"))}
 
 
 _SPECS: dict[str, TaskTypeSpec] = {}

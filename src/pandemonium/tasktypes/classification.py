@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pandemonium.tasktypes.base import TaskTypeSpec, label_name, register_task_type
+from pandemonium.attack.success.classification import ClassificationSuccess
+from pandemonium.tasktypes.base import TaskTypeSpec, hooks_in, label_name, register_task_type
 
 
 def logits_fit(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
@@ -64,36 +65,11 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 2
 
 
-def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], target_class: int | None = None,
-             **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.success import success_columns
-
-    return success_columns("classification", y_patch, y_control, targets, target_class)
-
-
-def _headline(target_class: int | None) -> str:
-    return "targeted_success" if target_class is not None else "untargeted_success"
-
+# classification and multilabel share the (B, C) logits layout
+_output_fits, _expected_output = logits_fit, logits_expected
 
 SPEC = register_task_type(TaskTypeSpec(
-    name="classification",
-    enum_name="CLASSIFICATION",
-    requires=frozenset({"image", "class", "sample_id"}),
-    target="class",
-    head=_head,
-    output_fits=logits_fit,
-    expected_output=logits_expected,
-    loss="cross_entropy",
-    metrics="classification",
-    metric_inputs=_metric_inputs,
-    scores=_scores,
-    prediction_table=_prediction_table,
-    report_predictions=_report_predictions,
-    report_truth=_report_truth,
-    attack_preset="classification_targeted",
-    attack_losses=("ClassificationTargeted", "ClassificationUntargeted"),
-    recognises=_recognises,
-    success=_success,
-    headline=_headline,
-    description="one class per image",
+    name="classification", target="class", loss="cross_entropy", metrics="classification",
+    attack_preset="classification_targeted", attack_losses=("ClassificationTargeted", "ClassificationUntargeted"),
+    success_metric=ClassificationSuccess, description="one class per image", **hooks_in(globals()),
 ))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pandemonium.tasktypes.base import TaskTypeSpec, label_name, register_task_type
+from pandemonium.attack.success.detection import DetectionSuccess
+from pandemonium.tasktypes.base import TaskTypeSpec, hooks_in, label_name, register_task_type
 
 #: keys of the dense detection layout (same order as ``pandemonium.models.detector.DETECTION_KEYS``)
 LAYOUT_KEYS = ("boxes", "objectness", "class_scores")
@@ -18,7 +19,7 @@ def _model(num_classes: int, **kwargs: Any) -> Any:
     return CenterDetector(num_classes=num_classes, **kwargs)
 
 
-def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+def _output_fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
     import torch
 
     if not isinstance(output, Mapping) or any(k not in output for k in LAYOUT_KEYS):
@@ -31,7 +32,7 @@ def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int
             and tuple(cls.shape) == (batch, n, num_classes))
 
 
-def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+def _expected_output(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
     return f'a dict {{"boxes": (B, N, 4), "objectness": (B, N), "class_scores": (B, N, {num_classes})}} with B = {batch}'
 
 
@@ -83,31 +84,8 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, Mapping) and "objectness" in output and "boxes" in output
 
 
-def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], conf_threshold: float = 0.5,
-             iou_threshold: float = 0.5, **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.success import success_columns
-
-    return success_columns("detection", y_patch, y_control, targets, None, conf_threshold, iou_threshold)
-
-
 SPEC = register_task_type(TaskTypeSpec(
-    name="detection",
-    enum_name="DETECTION",
-    requires=frozenset({"image", "boxes", "sample_id"}),
-    target="boxes",
-    model=_model,
-    output_fits=_fits,
-    expected_output=_expected,
-    loss="centernet",
-    metrics="detection",
-    metric_inputs=_metric_inputs,
-    prediction_table=_prediction_table,
-    report_predictions=_report_predictions,
-    report_truth=_report_truth,
-    attack_preset="detection_disappearance",
-    attack_losses=("DetectionDisappearance", "DetectionClassFlip"),
-    recognises=_recognises,
-    success=_success,
-    headline=lambda target_class: "object_vanished",
-    description="boxes with classes",
+    name="detection", target="boxes", loss="centernet", metrics="detection",
+    attack_preset="detection_disappearance", attack_losses=("DetectionDisappearance", "DetectionClassFlip"),
+    success_metric=DetectionSuccess, description="boxes with classes", **hooks_in(globals()),
 ))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pandemonium.tasktypes.base import TaskTypeSpec, register_task_type
+from pandemonium.tasktypes.base import TaskTypeSpec, hooks_in, register_task_type
 from pandemonium.tasktypes.classification import logits_expected, logits_fit
+
+_output_fits, _expected_output = logits_fit, logits_expected
 
 
 def _head(in_channels: Sequence[int], num_classes: int, dropout: float = 0.1, **_: Any) -> Any:
@@ -35,17 +37,6 @@ def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], sp
 
 
 SPEC = register_task_type(TaskTypeSpec(
-    name="multilabel_classification",
-    enum_name="MULTILABEL_CLASSIFICATION",
-    requires=frozenset({"image", "classes", "sample_id"}),
-    target="classes",
-    head=_head,
-    output_fits=logits_fit,
-    expected_output=logits_expected,
-    loss="binary_cross_entropy",
-    metrics="multilabel",
-    metric_inputs=_metric_inputs,
-    scores=_scores,
-    prediction_table=_prediction_table,
-    description="any number of classes per image",
+    name="multilabel_classification", target="classes", loss="binary_cross_entropy", metrics="multilabel",
+    description="any number of classes per image", **hooks_in(globals()),
 ))

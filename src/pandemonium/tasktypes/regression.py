@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pandemonium.tasktypes.base import TaskTypeSpec, register_task_type
+from pandemonium.tasktypes.base import TaskTypeSpec, hooks_in, register_task_type
 
 
 def _head(in_channels: Sequence[int], num_classes: int, dropout: float = 0.1, **_: Any) -> Any:
@@ -14,13 +14,13 @@ def _head(in_channels: Sequence[int], num_classes: int, dropout: float = 0.1, **
     return RegressionHead(in_channels, dropout)
 
 
-def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+def _output_fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
     import torch
 
     return isinstance(output, torch.Tensor) and tuple(output.shape) in ((batch,), (batch, 1))
 
 
-def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+def _expected_output(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
     return f"values of shape (B,) or (B, 1) = ({batch},)"
 
 
@@ -35,16 +35,6 @@ def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], sp
 
 
 SPEC = register_task_type(TaskTypeSpec(
-    name="regression",
-    enum_name="REGRESSION",
-    requires=frozenset({"image", "value", "sample_id"}),
-    target="value",
-    head=_head,
-    output_fits=_fits,
-    expected_output=_expected,
-    loss="smooth_l1",
-    metrics="regression",
-    metric_inputs=_metric_inputs,
-    prediction_table=_prediction_table,
-    description="one number per image",
+    name="regression", target="value", loss="smooth_l1", metrics="regression",
+    description="one number per image", **hooks_in(globals()),
 ))

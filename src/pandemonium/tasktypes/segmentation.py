@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from pandemonium.tasktypes.base import TaskTypeSpec, register_task_type
+from pandemonium.attack.success.segmentation import SegmentationSuccess
+from pandemonium.tasktypes.base import TaskTypeSpec, hooks_in, register_task_type
 
 
 def _head(in_channels: Sequence[int], num_classes: int, decoder_channels: int = 32, **_: Any) -> Any:
@@ -16,13 +17,13 @@ def _head(in_channels: Sequence[int], num_classes: int, decoder_channels: int = 
     return SegmentationHead(in_channels, num_classes, decoder_channels)
 
 
-def _fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
+def _output_fits(output: Any, num_classes: int, image_size: tuple[int, int], batch: int) -> bool:
     import torch
 
     return isinstance(output, torch.Tensor) and tuple(output.shape) == (batch, num_classes, *image_size)
 
 
-def _expected(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
+def _expected_output(num_classes: int, image_size: tuple[int, int], batch: int) -> str:
     h, w = image_size
     return f"logits of shape (B, num_classes, H, W) = ({batch}, {num_classes}, {h}, {w})"
 
@@ -46,30 +47,8 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 4
 
 
-def _success(y_patch: Any, y_control: Any, targets: Mapping[str, Any], target_class: int | None = None,
-             **_: Any) -> dict[str, Any]:
-    from pandemonium.attack.success import success_columns
-
-    return success_columns("semantic_segmentation", y_patch, y_control, targets, target_class)
-
-
 SPEC = register_task_type(TaskTypeSpec(
-    name="semantic_segmentation",
-    enum_name="SEMANTIC_SEGMENTATION",
-    requires=frozenset({"image", "mask", "sample_id"}),
-    target="mask",
-    head=_head,
-    output_fits=_fits,
-    expected_output=_expected,
-    loss="cross_entropy_dice",
-    metrics="segmentation",
-    metric_inputs=_metric_inputs,
-    prediction_table=_prediction_table,
-    report_predictions=_report_predictions,
-    attack_preset="segmentation",
-    attack_losses=("SegmentationPixelFlip",),
-    recognises=_recognises,
-    success=_success,
-    headline=lambda target_class: "pixels_fooled_outside" if target_class is None else "targeted_pixels_outside",
-    description="one class per pixel",
+    name="semantic_segmentation", target="mask", loss="cross_entropy_dice", metrics="segmentation",
+    attack_preset="segmentation", attack_losses=("SegmentationPixelFlip",), success_metric=SegmentationSuccess,
+    description="one class per pixel", **hooks_in(globals()),
 ))

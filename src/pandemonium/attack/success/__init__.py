@@ -1,12 +1,14 @@
 """Success metrics: each defined once, as in the literature, for every consumer of evaluation numbers.
 
 One metric class per task family, all keeping the contract of :mod:`pandemonium.attack.success.base`
-(per-row hits / trials of named rates). :data:`SUCCESS_METRICS` maps a task type to its metric class;
-:func:`success_metric_for` builds it.
+(per-row hits / trials of named rates). A task type names its metric class in
+``TaskTypeSpec.success_metric``; :data:`SUCCESS_METRICS` is the live view of those,
+:func:`success_metric_for` builds one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pandemonium.attack.success.base import (
@@ -19,6 +21,7 @@ from pandemonium.attack.success.base import (
     patch_region,
 )
 from pandemonium.attack.success.classification import ClassificationSuccess
+from pandemonium.attack.success.columns import SuccessColumns, SuccessHeadline, success_columns
 from pandemonium.attack.success.detection import DetectionSuccess, map50, patched_object_index
 from pandemonium.attack.success.segmentation import SegmentationSuccess
 
@@ -29,6 +32,8 @@ __all__ = [
     "DetectionSuccess",
     "RowCounts",
     "SegmentationSuccess",
+    "SuccessColumns",
+    "SuccessHeadline",
     "SuccessInputs",
     "SuccessMetric",
     "SuccessMetricError",
@@ -41,36 +46,35 @@ __all__ = [
     "success_metric_for",
 ]
 
-SUCCESS_METRICS: dict[str, type[SuccessMetric]] = {
-    "classification": ClassificationSuccess,
-    "detection": DetectionSuccess,
-    "semantic_segmentation": SegmentationSuccess,
-}
+class _SpecMetrics(Mapping[str, type[SuccessMetric]]):
+    """Task type -> success metric class, read live from the task-type registry."""
+
+    def _table(self) -> dict[str, type[SuccessMetric]]:
+        from pandemonium.tasktypes import registered_task_types
+
+        return {s.name: s.success_metric for s in registered_task_types() if s.success_metric is not None}
+
+    def __getitem__(self, task_type: str) -> type[SuccessMetric]:
+        return self._table()[str(task_type)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+#: task type -> its ``TaskTypeSpec.success_metric`` (a live view: a plugin's task type appears once registered)
+SUCCESS_METRICS: Mapping[str, type[SuccessMetric]] = _SpecMetrics()
 
 
 def success_metric_for(task_type: str, **kwargs: Any) -> SuccessMetric:
     """The success metric of ``task_type`` (e.g. ``"detection"``), built with ``kwargs``."""
     try:
-        cls = SUCCESS_METRICS[str(task_type)]
+        cls = SUCCESS_METRICS[str(getattr(task_type, "value", task_type))]
     except KeyError:
         raise SuccessMetricError(f"no success metric for task type {task_type!r}; known: {sorted(SUCCESS_METRICS)}") from None
     return cls(**kwargs)
-
-
-def success_columns(task_type: str, y_arm: Any, y_control: Any, targets: Any, target_class: int | None = None,
-                    conf_threshold: float = 0.5, iou_threshold: float = 0.5, **_: Any) -> dict[str, Any]:
-    """The task-type spec's ``success`` field: per-row ``<rate>_hits`` / ``<rate>_trials`` tensors of one
-    scored arm (``y_arm``) against the control, the patch mask taken from ``targets["patch_mask"]``."""
-    import torch
-
-    kwargs = {"score_threshold": conf_threshold, "iou_threshold": iou_threshold} if task_type == "detection" else {}
-    metric = success_metric_for(task_type, **kwargs)
-    targets = dict(targets or {})
-    counts = metric(SuccessInputs(y_arm, y_control, targets, targets.get("patch_mask"), target_class))
-    out: dict[str, Any] = {}
-    for name, c in counts.items():
-        out[f"{name}_hits"], out[f"{name}_trials"] = torch.from_numpy(c.hits), torch.from_numpy(c.trials)
-    return out
 
 
 def headline_for(task_type: str, target_class: int | None = None) -> str:

@@ -113,6 +113,11 @@ class SuccessMetric(ABC):
     #: families of rates whose names are only known from the data (e.g. one IoU per class: ``iou_outside.c3``)
     prefixes: tuple[str, ...] = ()
 
+    @classmethod
+    def with_thresholds(cls, conf_threshold: float = 0.5, iou_threshold: float = 0.5) -> SuccessMetric:
+        """The metric under an evaluation's score / IoU thresholds (metrics without thresholds ignore them)."""
+        return cls()
+
     def declares(self, key: str) -> bool:
         """Whether ``key`` is one of this metric's rates."""
         return key in self.names or key.startswith(self.prefixes)

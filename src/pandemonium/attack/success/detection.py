@@ -59,6 +59,10 @@ class DetectionSuccess(SuccessMetric):
         self.iou_threshold = float(iou_threshold)
         self.nms_iou = float(nms_iou)
 
+    @classmethod
+    def with_thresholds(cls, conf_threshold: float = 0.5, iou_threshold: float = 0.5) -> DetectionSuccess:
+        return cls(score_threshold=conf_threshold, iou_threshold=iou_threshold)
+
     def detections(self, outputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Per-image kept detections ``{"boxes", "scores", "labels"}`` after NMS."""
         from pandemonium.models.detector import decode
