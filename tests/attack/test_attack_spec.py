@@ -134,7 +134,7 @@ def test_implanter_is_found_by_role_not_position():
     spec = AttackSpec.from_config(preset("classification_untargeted", stages=stages), FakeStruct())
     assert spec.implanter_index() == 1
     no_implanter = AttackSpec.from_config(preset("classification_untargeted", stages=stages[:1]), FakeStruct())
-    with pytest.raises(AttackConfigError, match=r"\(task 't'\): stages no stage puts the patch into the images"):
+    with pytest.raises(AttackConfigError, match=r"\(task 't'\): stages no stage puts the patch into the images \(role 'implant'\)"):
         no_implanter.implanter_index()
 
 
@@ -146,6 +146,7 @@ def test_spec_builds_pipeline_loss_and_patch(fake_task, pandemonium_roots):
     tilt = {"_target_": "ViewingAngleTilt", "max_tilt": 30.0, "p": 1.0}
     pipeline = spec.build_pipeline(model, struct, str(pandemonium_roots.data_dir), seed=0, after_implanter=[tilt])
     assert [p.split("_", 1)[1] for p in pipeline.prefixes] == ["FusedImplantAugment", "ViewingAngleTilt", "ModelStage"]
+    assert pipeline.stages_with_role("implant") == [spec.implanter_index()]  # the pipeline agrees
     patch = spec.build_patch(seed=0)
     x = patch()[None].expand(4, -1, -1, -1)
     y, kwargs = pipeline(x, evaluate=True)

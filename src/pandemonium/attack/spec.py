@@ -292,16 +292,15 @@ class AttackSpec:
         name, task = str(data.get("name", "<unnamed preset>")), str(data.get("task", "<task>"))
         where = f"attack preset {name!r} (task {task!r})"
 
-        def number(key: str, kind: type = int, default: Any = None) -> Any:
+        def number(key: str, default: Any = None) -> int:
             value = default if data.get(key) is None else data[key]
             try:
-                ok = kind(value) > 0
+                ok = not isinstance(value, bool) and float(value) == int(value) > 0
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                what = "integer" if kind is int else "number"
-                raise AttackConfigError(f"{where}: {key} must be a positive {what}, got {value!r}")
-            return kind(value)
+                raise AttackConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
+            return int(value)
 
         try:
             weights = {str(k): float(v) for k, v in (data.get("weights") or {}).items()}
@@ -321,12 +320,12 @@ class AttackSpec:
             weights=weights, steps=number("steps"), patch_shape=tuple(int(s) for s in shape),
             success_metric=success_metric(data, task_type),
             target_class=None if data.get("target_class") is None else int(data["target_class"]),
-            batch_size=number("batch_size", int, DEFAULTS["batch_size"]),
-            eval_every=number("eval_every", int, DEFAULTS["eval_every"]),
+            batch_size=number("batch_size", DEFAULTS["batch_size"]),
+            eval_every=number("eval_every", DEFAULTS["eval_every"]),
             optimizer={**DEFAULTS["optimizer"], **(data.get("optimizer") or {})},
             schedule=dict(data.get("schedule") or DEFAULTS["schedule"]), patch=patch,
-            evaluation=EvaluationPlan(num_eval=number("num_eval", int, DEFAULTS["num_eval"]),
-                                          batch_size=number("eval_batch_size", int, DEFAULTS["eval_batch_size"])),
+            evaluation=EvaluationPlan(num_eval=number("num_eval", DEFAULTS["num_eval"]),
+                                      batch_size=number("eval_batch_size", DEFAULTS["eval_batch_size"])),
             extra={k: v for k, v in data.items() if k not in known and k not in OVERRIDE_KEYS},
         )
         spec.check_parts()
@@ -373,14 +372,15 @@ class AttackSpec:
         return f"attack preset {self.name!r} (task {self.task!r}): {part}"
 
     def implanter_index(self) -> int:
-        """Position of the stage that puts the patch into the images (found by role, not by position)."""
+        """Position of the stage that puts the patch into the images: found by its role (``"implant"``,
+        as ``Pipeline.find_stage`` does), not assumed to be the first."""
+        from pandemonium.attack.stages.contract import role_of
         from pandemonium.attack.stages.registry import resolve_stage_class
 
         for position, stage in enumerate(self.stages):
-            cls = resolve_stage_class(str(stage.get("_target_")))
-            if getattr(cls, "role", None) == "implanter" or getattr(cls, "consumes_patch", False):
+            if role_of(resolve_stage_class(str(stage.get("_target_")))) == "implant":
                 return position
-        raise AttackConfigError(f"{self._what('stages')} no stage puts the patch into the images (an implanter)")
+        raise AttackConfigError(f"{self._what('stages')} no stage puts the patch into the images (role 'implant')")
 
     def build_pipeline(self, model: Any, struct: Any, data_dir: str, seed: int, fold: int = 0,
                        after_implanter: Sequence[Mapping[str, Any]] = ()) -> Any:
