@@ -108,9 +108,6 @@ TASK_KEYS = ["name", "task_type", "modalities", "class_names", "image_size", "ch
              "format_version"]
 
 
-@pytest.mark.xfail(reason="known bug, owned by tasks/ (R1): a corrupt task.json (a list where a number is due, "
-                          "a missing key) raises TypeError/IndexError/KeyError instead of a PandemoniumError naming "
-                          "the file; remove this mark when load_task_struct validates task.json", strict=False)
 @FUZZ
 @given(data=st.data())
 def test_corrupt_task_json_is_one_clear_error(data, pandemonium_roots, fake_task, tmp_path_factory):

@@ -37,6 +37,7 @@ from PIL import Image
 from pandemonium.tasks.attributes import Modality, TaskType
 from pandemonium.tasks.errors import TaskCreationError, TaskFormatError, TaskNameError
 from pandemonium.tasks.struct import TaskStruct
+from pandemonium.tasks.task_json import check_task_meta
 
 FORMAT_VERSION = 1
 TASK_FILE = "task.json"
@@ -97,15 +98,7 @@ def read_task_json(task_dir: str | os.PathLike) -> dict[str, Any]:
     version = meta.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise TaskFormatError(f"task {name!r}: {file} has format_version {version}, expected {FORMAT_VERSION}")
-    try:
-        TaskType(meta["task_type"])
-    except ValueError:
-        known = ", ".join(t.value for t in TaskType)
-        raise TaskFormatError(
-            f"task {name!r}: {file} has unknown task_type {meta['task_type']!r} (known: {known})"
-        ) from None
-    if not isinstance(meta["samples"], list) or not all(isinstance(s, dict) and "id" in s for s in meta["samples"]):
-        raise TaskFormatError(f"task {name!r}: {file} 'samples' must be a list of objects with an 'id'")
+    check_task_meta(meta, file, name)
     return meta
 
 
