@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pandemonium.attack.splits import FIT_SPLIT, REPORT_SPLIT
 from pandemonium.build import import_target, instantiate
 from pandemonium.errors import ConfigError
 from pandemonium.plain import to_plain
@@ -179,10 +180,12 @@ def _max_scale(stages: Sequence[Mapping[str, Any]]) -> float:
     return 1.0
 
 
-def stage_configs(preset: Mapping[str, Any], struct: Any, data_dir: str, fold: int = 0) -> list[dict[str, Any]]:
-    """The preset's stages with ``bank: null`` filled with the task's own images (the train split to
-    fit, the held-out test split to evaluate)."""
-    bank = {"task": struct.name, "data_dir": str(data_dir), "train_split": "train", "eval_split": "test",
+def stage_configs(preset: Mapping[str, Any], struct: Any, data_dir: str, fold: int = 0,
+                  eval_split: str = REPORT_SPLIT) -> list[dict[str, Any]]:
+    """The preset's stages with ``bank: null`` filled with the task's own images: the train split to
+    fit, ``eval_split`` to evaluate (``val`` while fitting, to select the best patch; the held-out
+    ``test`` split for reported figures; see :mod:`pandemonium.attack.splits`)."""
+    bank = {"task": struct.name, "data_dir": str(data_dir), "train_split": FIT_SPLIT, "eval_split": str(eval_split),
             "fold": int(fold)}
     return [{**stage, "bank": dict(bank)} if stage.get("bank", "") in (None, "task") else dict(stage)
             for stage in preset["stages"]]
@@ -383,12 +386,13 @@ class AttackSpec:
         raise AttackConfigError(f"{self._what('stages')} no stage puts the patch into the images (role 'implant')")
 
     def build_pipeline(self, model: Any, struct: Any, data_dir: str, seed: int, fold: int = 0,
-                       after_implanter: Sequence[Mapping[str, Any]] = ()) -> Any:
-        """The stages (bank = the task's images), ``after_implanter`` right after the implanter, then the model."""
+                       after_implanter: Sequence[Mapping[str, Any]] = (), eval_split: str = REPORT_SPLIT) -> Any:
+        """The stages (bank = the task's images: train to fit, ``eval_split`` to evaluate),
+        ``after_implanter`` right after the implanter, then the model."""
         from pandemonium.attack.pipeline import Pipeline
         from pandemonium.attack.stages.base import StageError
 
-        stages = stage_configs({"stages": self.stages}, struct, data_dir, fold)
+        stages = stage_configs({"stages": self.stages}, struct, data_dir, fold, eval_split)
         if after_implanter:
             cut = self.implanter_index() + 1
             stages = [*stages[:cut], *(dict(s) for s in after_implanter), *stages[cut:]]

@@ -335,8 +335,10 @@ class ImageBank(nn.Module):
     @staticmethod
     def _load_task(spec: Mapping[str, Any], source: str) -> dict[str, Any]:
         try:
+            from pandemonium.attack.splits import attack_split_ids
             from pandemonium.tasks.creators import load_task_struct
             from pandemonium.tasks.datamodule import TaskDataset
+            from pandemonium.tasks.format import read_task_json
         except ImportError as err:  # the tasks layer is optional for banks built from files
             raise BankError(f"image bank {source}: pandemonium.tasks is not available ({err})") from err
         try:
@@ -346,7 +348,9 @@ class ImageBank(nn.Module):
         fold = int(spec.get("fold", 0))
         fields: dict[str, list] = {k: [] for k in ("images", "classes", "masks", "boxes", "labels", "quads", "split")}
         for split_name, tag in ((spec.get("train_split", "train"), "train"), (spec.get("eval_split", "test"), "eval")):
-            dataset = TaskDataset(struct, split_name, fold=fold)
+            # a one-fold task's train / val are derived from its fold (pandemonium.attack.splits)
+            ids = attack_split_ids(read_task_json(struct.task_dir), split_name, fold)
+            dataset = TaskDataset(struct, split_name, fold=fold, sample_ids=ids)
             limit = spec.get("max_images_per_split")
             count = len(dataset) if limit is None else min(len(dataset), int(limit))
             for i in range(count):

@@ -2,7 +2,7 @@
 :meth:`PatchTrainer.from_config <pandemonium.attack.training.trainer.PatchTrainer.from_config>`.
 
 >>> EvaluationSettings(num_eval=16, every=10).as_dict()
-{'num_eval': 16, 'batch_size': None, 'every': 10, 'target_class': None}
+{'num_eval': 16, 'batch_size': None, 'every': 10, 'target_class': None, 'split': 'eval'}
 >>> sorted(trainer_kwargs({"batch_size": 4, "evaluation": {"every": 5}, "callbacks": {"mlflow": False}}))
 ['batch_size', 'callbacks', 'evaluation']
 """
@@ -39,12 +39,14 @@ class EvaluationSettings:
         batch_size: evaluation batch size (default: the training batch size).
         every: optimiser steps between evaluations (and checkpoints); also at step 0 and the end.
         target_class: target class for the targeted success rate (classification).
+        split: name of the split the pipeline evaluates on (``"val"`` when fitting a task's patch).
     """
 
     num_eval: int = 32
     batch_size: int | None = None
     every: int = 50
     target_class: int | None = None
+    split: str = "eval"
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in (("num_eval", self.num_eval), ("every", self.every),

@@ -165,7 +165,7 @@ class PatchTrainer:
         self.evaluation = FixedEvaluation(
             self.pipeline, self.loss, self.weights, num_eval=self.settings.num_eval,
             batch_size=self.settings.batch_size or self.batch_size, seed=derived_seed("evaluation", self.seed),
-            target_class=self.settings.target_class,
+            target_class=self.settings.target_class, split=self.settings.split,
         )
         # rebuilt by fit() (cosine needs the number of steps); built here so a bad optimiser or
         # schedule fails at construction, not after the first evaluation
