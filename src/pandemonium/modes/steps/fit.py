@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from pandemonium.attack.multitask import MultiTaskLoss, MultiTaskPipeline
 from pandemonium.attack.spec import AttackConfigError, AttackSpec
+from pandemonium.attack.splits import SELECT_SPLIT
 from pandemonium.modes.steps import CURVES_KEY, UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.models import ModelSource
@@ -85,7 +86,10 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     lead = members[0][2]
     for struct, model, spec in members:
         specs[struct.name] = spec
-        pipelines[struct.name] = spec.build_pipeline(model, struct, ctx.data_dir, seed, ctx.fold)
+        # evaluations while fitting (best patch, early stopping) use the validation split; reported
+        # figures come from the test split only (pandemonium.attack.splits)
+        pipelines[struct.name] = spec.build_pipeline(model, struct, ctx.data_dir, seed, ctx.fold,
+                                                     eval_split=SELECT_SPLIT)
         losses[struct.name] = spec.build_loss()
         weights[struct.name] = dict(spec.weights)
     universal = len(members) > 1 or name == UNIVERSAL_TASK
@@ -107,7 +111,8 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
         trainer = PatchTrainer(
             pipeline, loss, all_weights, patch=lead.build_patch(seed), batch_size=lead.batch_size,
             evaluation=EvaluationSettings(num_eval=lead.evaluation.num_eval, batch_size=lead.evaluation.batch_size,
-                                          every=lead.eval_every, target_class=target_class),
+                                          every=lead.eval_every, target_class=target_class,
+                                          split=SELECT_SPLIT),
             optimizer={"_target_": optimizer_name, **optimizer}, schedule={"name": schedule_name, **schedule},
             seed=seed, out_dir=out_dir, run_name=f"attack/{name}", device=ctx.device,
             callbacks=[*default_callbacks(
@@ -124,7 +129,7 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     last_eval = result.evals[-1] if result.evals else {}
     summary = {
         "steps": result.steps_run, "best_step": result.best_step, "best_metric": metric,
-        "best_value": result.best_metric, "seconds": round(result.seconds, 2),
+        "best_value": result.best_metric, "seconds": round(result.seconds, 2), "selection_split": SELECT_SPLIT,
         **{k: v for k, v in last_eval.items() if not k.endswith(("_se", "_n"))},
     }
     configs = {}
