@@ -25,23 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pandemonium.models.factory import ModelBuildError
-from pandemonium.tasks.attributes import TaskType
-
-CLASSIFICATION = TaskType.CLASSIFICATION.value
-MULTILABEL = TaskType.MULTILABEL_CLASSIFICATION.value
-SEGMENTATION = TaskType.SEMANTIC_SEGMENTATION.value
-DETECTION = TaskType.DETECTION.value
-REGRESSION = TaskType.REGRESSION.value
-
-#: what a model may return, per task type (``output.kind``)
-OUTPUT_KINDS: dict[str, tuple[str, ...]] = {
-    CLASSIFICATION: ("logits", "probabilities", "log_probabilities"),
-    MULTILABEL: ("logits", "sigmoid"),
-    SEGMENTATION: ("logits", "probabilities", "sigmoid"),
-    REGRESSION: ("values",),
-    DETECTION: ("dense", "yolo", "torchvision"),
-}
-_EPS = 1e-6
+from pandemonium.tasktypes import task_type_spec
 
 
 class InputAdapter(nn.Module):
@@ -90,7 +74,7 @@ class InputAdapter(nn.Module):
 class OutputAdapter(nn.Module):
     """The model's raw output -> pandemonium's layout for ``task_type``.
 
-    Kinds (``OUTPUT_KINDS``): classification ``logits`` | ``probabilities`` | ``log_probabilities``
+    Kinds (``TaskTypeSpec.output_kinds``, converted by ``TaskTypeSpec.adapt_output``): classification ``logits`` | ``probabilities`` | ``log_probabilities``
     (probabilities become log-probabilities, which softmax maps back to them); multilabel ``logits`` |
     ``sigmoid``; segmentation ``logits`` | ``probabilities`` | ``sigmoid`` (maps are resized to the
     image; a single sigmoid channel becomes two classes: background, foreground); detection ``dense``
@@ -100,14 +84,21 @@ class OutputAdapter(nn.Module):
     the background). Boxes are scaled from the model's input size to the image's.
     """
 
+    #: clamp margin before log / logit of probabilities
+    eps = 1e-6
+
     def __init__(self, task_type: str, kind: str = "logits", num_classes: int = 0, box_format: str = "cxcywh",
                  label_offset: int = 0, max_detections: int = 100, model_size: Sequence[int] | None = None) -> None:
         super().__init__()
         task_type = str(getattr(task_type, "value", task_type))
-        if kind not in OUTPUT_KINDS.get(task_type, ()):
+        try:
+            spec = task_type_spec(task_type)
+        except LookupError:
+            spec = None
+        kinds = spec.output_kinds if spec is not None else ()
+        if kind not in kinds or spec is None or spec.adapt_output is None:
             raise ModelBuildError(
-                f"output adapter: kind {kind!r} does not fit a {task_type} model; choose one of "
-                f"{list(OUTPUT_KINDS.get(task_type, ()))}"
+                f"output adapter: kind {kind!r} does not fit a {task_type} model; choose one of {list(kinds)}"
             )
         if box_format not in ("cxcywh", "xyxy"):
             raise ModelBuildError(f"output adapter: box_format must be cxcywh or xyxy, got {box_format!r}")
@@ -116,86 +107,22 @@ class OutputAdapter(nn.Module):
         self.model_size = None if model_size is None else (int(model_size[0]), int(model_size[1]))
 
     def forward(self, y: Any, image_size: tuple[int, int]) -> Any:
-        if self.task_type == CLASSIFICATION:
-            return torch.log(_tensor(y).clamp_min(_EPS)) if self.kind == "probabilities" else _tensor(y)
-        if self.task_type == MULTILABEL:
-            return torch.logit(_tensor(y).clamp(_EPS, 1 - _EPS)) if self.kind == "sigmoid" else _tensor(y)
-        if self.task_type == REGRESSION:
-            return _tensor(y)
-        if self.task_type == SEGMENTATION:
-            return self._segmentation(_tensor(y), image_size)
-        return self._detection(y, image_size)
+        return task_type_spec(self.task_type).adapt_output(y, self, image_size)
 
-    def _segmentation(self, y: Tensor, image_size: tuple[int, int]) -> Tensor:
-        if y.dim() == 3:  # (B, H, W): one map
-            y = y.unsqueeze(1)
-        if self.kind == "sigmoid":
-            fg = torch.logit(y.clamp(_EPS, 1 - _EPS))
-            y = torch.cat([torch.zeros_like(fg), fg], 1) if y.shape[1] == 1 else fg
-        elif self.kind == "probabilities":
-            y = torch.log(y.clamp_min(_EPS))
-        if tuple(y.shape[-2:]) != tuple(image_size):
-            y = F.interpolate(y, size=image_size, mode="bilinear", align_corners=False)
+    def tensor(self, y: Any) -> Tensor:
+        """``y`` as one tensor (exported graphs often return a 1-tuple), or :class:`ModelBuildError`."""
+        if isinstance(y, list | tuple) and len(y) == 1:
+            y = y[0]
+        if not isinstance(y, Tensor):
+            raise ModelBuildError(f"output adapter: expected a tensor from the model, got {type(y).__name__}")
         return y
 
-    def _scale(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    def scale_boxes(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """``xyxy`` boxes from the model's input size to the image's."""
         if self.model_size is None or self.model_size == tuple(image_size):
             return boxes
         sy, sx = image_size[0] / self.model_size[0], image_size[1] / self.model_size[1]
         return boxes * boxes.new_tensor([sx, sy, sx, sy])
-
-    def _detection(self, y: Any, image_size: tuple[int, int]) -> dict[str, Tensor]:
-        if self.kind == "dense":
-            if not isinstance(y, Mapping):
-                raise ModelBuildError(f"output adapter: kind 'dense' expects a dict, the model returned {type(y).__name__}")
-            return {"boxes": self._scale(y["boxes"], image_size), "objectness": y["objectness"],
-                    "class_scores": y["class_scores"]}
-        if self.kind == "yolo":
-            y = _tensor(y)
-            if y.dim() != 3 or y.shape[-1] != 5 + self.num_classes:
-                raise ModelBuildError(
-                    f"output adapter: a YOLO-style output must have shape (B, N, 5 + num_classes) = "
-                    f"(B, N, {5 + self.num_classes}), the model returned {tuple(y.shape)}"
-                )
-            boxes = y[..., :4]
-            if self.box_format == "cxcywh":
-                centre, half = boxes[..., :2], boxes[..., 2:] / 2
-                boxes = torch.cat([centre - half, centre + half], -1)
-            return {"boxes": self._scale(boxes, image_size), "objectness": y[..., 4], "class_scores": y[..., 5:]}
-        return self._torchvision(y, image_size)
-
-    def _torchvision(self, y: Any, image_size: tuple[int, int]) -> dict[str, Tensor]:
-        if not isinstance(y, list | tuple) or not all(isinstance(d, Mapping) for d in y):
-            raise ModelBuildError(
-                f"output adapter: kind 'torchvision' expects a list of dicts (boxes, scores, labels), the "
-                f"model returned {type(y).__name__}"
-            )
-        n = self.max_detections
-        device = y[0]["boxes"].device if y else torch.device("cpu")
-        boxes = torch.zeros(len(y), n, 4, device=device)
-        objectness = torch.zeros(len(y), n, device=device)
-        scores = torch.zeros(len(y), n, self.num_classes, device=device)
-        for b, det in enumerate(y):
-            keep = det["scores"].argsort(descending=True)[:n]
-            k = keep.numel()
-            labels = det["labels"][keep].long() - self.label_offset
-            if k and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ModelBuildError(
-                    f"output adapter: image {b}: labels {sorted(set((labels + self.label_offset).tolist()))} "
-                    f"outside 0..{self.num_classes - 1} after label_offset={self.label_offset}"
-                )
-            boxes[b, :k] = det["boxes"][keep].float()
-            objectness[b, :k] = det["scores"][keep].float()
-            scores[b, torch.arange(k, device=device), labels] = 1.0
-        return {"boxes": self._scale(boxes, image_size), "objectness": objectness, "class_scores": scores}
-
-
-def _tensor(y: Any) -> Tensor:
-    if isinstance(y, list | tuple) and len(y) == 1:  # exported graphs often return a 1-tuple
-        y = y[0]
-    if not isinstance(y, Tensor):
-        raise ModelBuildError(f"output adapter: expected a tensor from the model, got {type(y).__name__}")
-    return y
 
 
 class AdaptedModel(nn.Module):

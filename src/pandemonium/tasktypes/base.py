@@ -73,6 +73,11 @@ class TaskTypeSpec:
         report_predictions: ``report_predictions(outputs, class_names, threshold) -> list[dict]``,
             drawable per-image predictions (see ``pandemonium.report.html.Prediction``).
         report_truth: ``report_truth(targets, class_names, n) -> list[str]`` captions of the truth.
+        output_kinds: what a foreign model may return for this type (``model.output.kind`` of an adopted
+            model, see :class:`pandemonium.models.adapters.OutputAdapter`), e.g. ``("logits", "probabilities")``.
+        adapt_output: ``adapt_output(y, adapter, image_size)``: a foreign model's raw output ``y`` of kind
+            ``adapter.kind`` in this type's layout (``adapter`` offers ``tensor(y)``, ``scale_boxes`` and
+            the adapter's options).
         attack_preset: name of the default preset in ``configs/attack`` for tasks of this type.
         attack_losses: class names of attack losses that consume this type's outputs.
         recognises: ``recognises(output) -> bool``: whether a model output has this type's layout
@@ -101,6 +106,8 @@ class TaskTypeSpec:
     prediction_table: Callable[..., Any] | None = None
     report_predictions: Callable[..., list[dict[str, Any]]] | None = None
     report_truth: Callable[..., list[str]] | None = None
+    output_kinds: tuple[str, ...] = ()
+    adapt_output: Callable[..., Any] | None = None
     attack_preset: str | None = None
     attack_losses: tuple[str, ...] = ()
     recognises: Callable[[Any], bool] | None = None
@@ -117,6 +124,7 @@ class TaskTypeSpec:
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "enum_name", self.enum_name or self.name.upper())
         object.__setattr__(self, "attack_losses", tuple(self.attack_losses))
+        object.__setattr__(self, "output_kinds", tuple(self.output_kinds))
         if target not in values:
             raise TaskTypeFeatureError(f"task type {self.name!r}: target {target!r} must be in requires")
         if self.success_metric is not None:
@@ -168,7 +176,7 @@ class TaskTypeSpec:
 
 #: the spec fields a declaring module may fill from functions named ``_<field>`` (see :func:`hooks_in`)
 HOOK_FIELDS = ("head", "model", "output_fits", "expected_output", "metric_inputs", "scores", "prediction_table",
-               "report_predictions", "report_truth", "recognises", "success", "headline")
+               "report_predictions", "report_truth", "recognises", "success", "headline", "adapt_output")
 
 
 def hooks_in(namespace: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:

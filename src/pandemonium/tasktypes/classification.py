@@ -65,11 +65,20 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 2
 
 
+def _adapt_output(y: Any, adapter: Any, image_size: tuple[int, int]) -> Any:
+    import torch
+
+    y = adapter.tensor(y)
+    # log-probabilities: softmax maps them back to the model's probabilities
+    return torch.log(y.clamp_min(adapter.eps)) if adapter.kind == "probabilities" else y
+
+
 # classification and multilabel share the (B, C) logits layout
 _output_fits, _expected_output = logits_fit, logits_expected
 
 SPEC = register_task_type(TaskTypeSpec(
     name="classification", target="class", loss="cross_entropy", metrics="classification",
     attack_preset="classification_targeted", attack_losses=("ClassificationTargeted", "ClassificationUntargeted"),
-    success_metric=ClassificationSuccess, description="one class per image", **hooks_in(globals()),
+    output_kinds=("logits", "probabilities", "log_probabilities"), success_metric=ClassificationSuccess,
+    description="one class per image", **hooks_in(globals()),
 ))

@@ -84,8 +84,67 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, Mapping) and "objectness" in output and "boxes" in output
 
 
+def _adapt_output(y: Any, adapter: Any, image_size: tuple[int, int]) -> dict[str, Any]:
+    """``dense`` (already this layout), ``yolo`` (``[B, N, 5 + C]``: box, objectness, class probabilities;
+    ``adapter.box_format`` ``cxcywh`` or ``xyxy``) or ``torchvision`` (a list of dicts ``boxes`` /
+    ``scores`` / ``labels``); boxes scaled from the model's input size to the image's."""
+    import torch
+
+    from pandemonium.models.factory import ModelBuildError
+
+    if adapter.kind == "dense":
+        if not isinstance(y, Mapping):
+            raise ModelBuildError(f"output adapter: kind 'dense' expects a dict, the model returned {type(y).__name__}")
+        return {"boxes": adapter.scale_boxes(y["boxes"], image_size), "objectness": y["objectness"],
+                "class_scores": y["class_scores"]}
+    if adapter.kind == "yolo":
+        y = adapter.tensor(y)
+        if y.dim() != 3 or y.shape[-1] != 5 + adapter.num_classes:
+            raise ModelBuildError(
+                f"output adapter: a YOLO-style output must have shape (B, N, 5 + num_classes) = "
+                f"(B, N, {5 + adapter.num_classes}), the model returned {tuple(y.shape)}"
+            )
+        boxes = y[..., :4]
+        if adapter.box_format == "cxcywh":
+            centre, half = boxes[..., :2], boxes[..., 2:] / 2
+            boxes = torch.cat([centre - half, centre + half], -1)
+        return {"boxes": adapter.scale_boxes(boxes, image_size), "objectness": y[..., 4], "class_scores": y[..., 5:]}
+    return _from_torchvision(y, adapter, image_size)
+
+
+def _from_torchvision(y: Any, adapter: Any, image_size: tuple[int, int]) -> dict[str, Any]:
+    """Lists of ``boxes`` / ``scores`` / ``labels`` padded to ``adapter.max_detections`` rows per image."""
+    import torch
+
+    from pandemonium.models.factory import ModelBuildError
+
+    if not isinstance(y, list | tuple) or not all(isinstance(d, Mapping) for d in y):
+        raise ModelBuildError(
+            f"output adapter: kind 'torchvision' expects a list of dicts (boxes, scores, labels), the "
+            f"model returned {type(y).__name__}"
+        )
+    n, offset, num_classes = adapter.max_detections, adapter.label_offset, adapter.num_classes
+    device = y[0]["boxes"].device if y else torch.device("cpu")
+    boxes = torch.zeros(len(y), n, 4, device=device)
+    objectness = torch.zeros(len(y), n, device=device)
+    scores = torch.zeros(len(y), n, num_classes, device=device)
+    for b, det in enumerate(y):
+        keep = det["scores"].argsort(descending=True)[:n]
+        k = keep.numel()
+        labels = det["labels"][keep].long() - offset
+        if k and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ModelBuildError(
+                f"output adapter: image {b}: labels {sorted(set((labels + offset).tolist()))} "
+                f"outside 0..{num_classes - 1} after label_offset={offset}"
+            )
+        boxes[b, :k] = det["boxes"][keep].float()
+        objectness[b, :k] = det["scores"][keep].float()
+        scores[b, torch.arange(k, device=device), labels] = 1.0
+    return {"boxes": adapter.scale_boxes(boxes, image_size), "objectness": objectness, "class_scores": scores}
+
+
 SPEC = register_task_type(TaskTypeSpec(
     name="detection", target="boxes", loss="centernet", metrics="detection",
     attack_preset="detection_disappearance", attack_losses=("DetectionDisappearance", "DetectionClassFlip"),
-    success_metric=DetectionSuccess, description="boxes with classes", **hooks_in(globals()),
+    output_kinds=("dense", "yolo", "torchvision"), success_metric=DetectionSuccess, description="boxes with classes", **hooks_in(globals()),
 ))

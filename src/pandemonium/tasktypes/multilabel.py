@@ -36,7 +36,14 @@ def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], sp
     return pd.DataFrame(columns)
 
 
+def _adapt_output(y: Any, adapter: Any, image_size: tuple[int, int]) -> Any:
+    import torch
+
+    y = adapter.tensor(y)
+    return torch.logit(y.clamp(adapter.eps, 1 - adapter.eps)) if adapter.kind == "sigmoid" else y
+
+
 SPEC = register_task_type(TaskTypeSpec(
     name="multilabel_classification", target="classes", loss="binary_cross_entropy", metrics="multilabel",
-    description="any number of classes per image", **hooks_in(globals()),
+    output_kinds=("logits", "sigmoid"), description="any number of classes per image", **hooks_in(globals()),
 ))

@@ -34,7 +34,11 @@ def _prediction_table(outputs: Mapping[str, Any], class_names: Sequence[str], sp
     return pd.DataFrame({"target": outputs["target"].numpy(), "pred": outputs["preds"].numpy()})
 
 
+def _adapt_output(y: Any, adapter: Any, image_size: tuple[int, int]) -> Any:
+    return adapter.tensor(y)
+
+
 SPEC = register_task_type(TaskTypeSpec(
     name="regression", target="value", loss="smooth_l1", metrics="regression",
-    description="one number per image", **hooks_in(globals()),
+    output_kinds=("values",), description="one number per image", **hooks_in(globals()),
 ))

@@ -47,8 +47,27 @@ def _recognises(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 4
 
 
+def _adapt_output(y: Any, adapter: Any, image_size: tuple[int, int]) -> Any:
+    """Maps resized to the image; a single sigmoid channel becomes two classes (background, foreground)."""
+    import torch
+    import torch.nn.functional as F
+
+    y = adapter.tensor(y)
+    if y.dim() == 3:  # (B, H, W): one map
+        y = y.unsqueeze(1)
+    if adapter.kind == "sigmoid":
+        fg = torch.logit(y.clamp(adapter.eps, 1 - adapter.eps))
+        y = torch.cat([torch.zeros_like(fg), fg], 1) if y.shape[1] == 1 else fg
+    elif adapter.kind == "probabilities":
+        y = torch.log(y.clamp_min(adapter.eps))
+    if tuple(y.shape[-2:]) != tuple(image_size):
+        y = F.interpolate(y, size=image_size, mode="bilinear", align_corners=False)
+    return y
+
+
 SPEC = register_task_type(TaskTypeSpec(
     name="semantic_segmentation", target="mask", loss="cross_entropy_dice", metrics="segmentation",
-    attack_preset="segmentation", attack_losses=("SegmentationPixelFlip",), success_metric=SegmentationSuccess,
+    output_kinds=("logits", "probabilities", "sigmoid"), attack_preset="segmentation",
+    attack_losses=("SegmentationPixelFlip",), success_metric=SegmentationSuccess,
     description="one class per pixel", **hooks_in(globals()),
 ))

@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,11 +104,11 @@ def patch_region(mask: torch.Tensor | None, shape: tuple[int, ...], device: torc
 class SuccessMetric(ABC):
     """Base class: ``metric(inputs) -> {name: RowCounts}`` with the names in :attr:`names`.
 
-    Subclasses set ``task_type`` and ``names`` and implement :meth:`__call__`. Dataset-level figures
+    Subclasses set ``names`` and implement :meth:`__call__`; a task type names its metric in
+    ``TaskTypeSpec.success_metric``. Dataset-level figures
     that are not ratios of per-row counts (e.g. mAP) come from :meth:`dataset_level` (optional).
     """
 
-    task_type: ClassVar[str] = ""
     names: tuple[str, ...] = ()
     #: families of rates whose names are only known from the data (e.g. one IoU per class: ``iou_outside.c3``)
     prefixes: tuple[str, ...] = ()

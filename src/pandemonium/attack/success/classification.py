@@ -36,7 +36,6 @@ def _labels(logits: torch.Tensor, what: str) -> torch.Tensor:
 class ClassificationSuccess(SuccessMetric):
     """Untargeted and targeted success rates of a classifier (see the module docstring)."""
 
-    task_type = "classification"
     names = ("untargeted_success", "targeted_success")
 
     def __call__(self, inputs: SuccessInputs) -> dict[str, RowCounts]:

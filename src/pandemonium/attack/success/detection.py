@@ -51,7 +51,6 @@ def patched_object_index(gt: torch.Tensor, patch_box: torch.Tensor | None, min_s
 class DetectionSuccess(SuccessMetric):
     """Ground-truth recall and vanishing rates with and without the patch (see the module docstring)."""
 
-    task_type = "detection"
     names = ("object_vanished", "object_recall", "patched_object_vanished", "patched_object_recall")
 
     def __init__(self, score_threshold: float = 0.5, iou_threshold: float = 0.5, nms_iou: float = 0.5) -> None:

@@ -32,7 +32,6 @@ __all__ = ["SegmentationSuccess"]
 class SegmentationSuccess(SuccessMetric):
     """Pixel accuracy, per-class IoU and fooled-pixel rates outside (and inside) the patch."""
 
-    task_type = "semantic_segmentation"
     names = ("pixels_fooled_outside", "targeted_pixels_outside", "pixel_accuracy_outside", "pixel_accuracy_inside")
     prefixes = ("iou_outside.c", "iou_inside.c")
 
