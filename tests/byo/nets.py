@@ -35,3 +35,12 @@ def make_net(width: int, num_out: int = 2) -> nn.Module:
     """A factory taking only its own kwargs (no ``preset``, ``dropout``, ...)."""
     assert width > 0
     return TinyNet(num_out=num_out)
+
+
+class RedSpotNet(nn.Module):
+    """A classifier a patch can fool: class 1 when some pixel is strongly red (R - G - B above 0.3),
+    else class 0; grey photos are class 0 and a red patch turns them into class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, 0] - x[:, 1] - x[:, 2]).amax((1, 2))
+        return torch.stack([torch.full_like(red, 0.3), red], 1)

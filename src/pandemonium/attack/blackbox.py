@@ -16,7 +16,9 @@ iterations. Every query (one image through the victim) is counted against ``quer
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,15 +99,16 @@ class PipelineObjective(PatchObjective):
     """
 
     def __init__(self, pipeline: Any, loss: Callable[..., Mapping[str, Tensor]], weights: Mapping[str, float],
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, device: Any = None) -> None:
         if not weights:
             raise BlackBoxError("black-box objective: give at least one weighted loss term")
         self.pipeline, self.loss, self.weights = pipeline, loss, dict(weights)
         self.batch_size = int(batch_size)
+        self.device = device
         self.params: Any = None
-        self._patch: Tensor | None = None
 
     def _run(self, patch: Tensor, params: Any) -> Tensor:
+        patch = patch if self.device is None else patch.to(self.device)
         batch = patch.unsqueeze(0).expand(self.batch_size, *patch.shape)
         outputs, kwargs = self.pipeline(batch, params=params)
         terms = self.loss(outputs, **kwargs)
@@ -193,3 +196,84 @@ class SparseRSPatch:
                             "square": side})
         return BlackBoxResult(patch=patch, loss=best, queries=self.objective.queries - start, iterations=done,
                               accepted=accepted, history=history)
+
+
+# ------------------------------------------------------------------------------- from an attack spec
+@dataclass(frozen=True)
+class BlackBoxSettings:
+    """The ``blackbox`` entry of an attack preset with ``method: blackbox``.
+
+    Args:
+        queries: images the victim may see while fitting (the query budget).
+        square_init: initial share of the patch area one random square covers (Sparse-RS's ``p_init``).
+        resample_every: draw new scenes every this many iterations (0: one set of scenes for the whole search).
+        init: ``stripes`` (random vertical stripes of corner colours, as Sparse-RS starts) or ``preset``
+            (the preset's ``patch.init``).
+    """
+
+    queries: int = 2000
+    square_init: float = 0.3
+    resample_every: int = 20
+    init: str = "stripes"
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> BlackBoxSettings:
+        """The settings of an :class:`~pandemonium.attack.spec.AttackSpec`; errors name the preset and key."""
+        where = f"attack preset {spec.name!r} (task {spec.task!r}): blackbox"
+        data = dict(spec.blackbox or {})
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise BlackBoxError(f"{where}: unknown keys {unknown} (known: queries, square_init, resample_every, init)")
+        settings = cls(**{k: v for k, v in data.items() if v is not None})
+        checks = {
+            "queries": isinstance(settings.queries, int) and not isinstance(settings.queries, bool)
+            and settings.queries > 0,
+            "square_init": isinstance(settings.square_init, int | float) and 0 < settings.square_init <= 1,
+            "resample_every": isinstance(settings.resample_every, int) and settings.resample_every >= 0,
+            "init": settings.init in ("stripes", "preset"),
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise BlackBoxError(f"{where}.{key}: {getattr(settings, key)!r} is not valid (queries: a positive "
+                                    "integer; square_init: in (0, 1]; resample_every: >= 0; init: stripes or preset)")
+        if settings.queries < 2 * spec.batch_size:
+            raise BlackBoxError(f"{where}.queries: a budget of {settings.queries} queries does not cover two batches "
+                                f"of {spec.batch_size} (batch_size); raise it or lower attack.batch_size")
+        return settings
+
+
+@dataclass
+class BlackBoxFit:
+    """A black-box fit as an attack mode stores it: the patch, a summary and a per-iteration history."""
+
+    patch: Tensor
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+def fit_blackbox(pipeline: Any, loss: Callable[..., Mapping[str, Tensor]], weights: Mapping[str, float],
+                 spec: Any, seed: int, device: Any = None) -> BlackBoxFit:
+    """Fit ``spec``'s patch with :class:`SparseRSPatch` + :class:`PipelineObjective` under its query budget.
+
+    The summary holds ``method``, ``queries`` (images the victim saw), ``query_budget``, ``iterations``,
+    ``accepted`` (improving squares), ``best_loss`` and ``seconds``; the history has one row per iteration
+    (``step``, ``loss``, ``queries``, ``square``), the attack mode's curves.
+    """
+    settings = BlackBoxSettings.from_spec(spec)
+    pipeline.eval()
+    objective = PipelineObjective(pipeline, loss, weights, batch_size=spec.batch_size, device=device)
+    start_patch = None
+    if settings.init == "preset":
+        with torch.no_grad():
+            start_patch = spec.build_patch(seed)().detach().cpu()
+    search = SparseRSPatch(objective, spec.patch_shape, query_budget=settings.queries, p_init=settings.square_init,
+                           resample_every=settings.resample_every, seed=seed)
+    started = time.perf_counter()
+    result = search.run(start_patch)
+    seconds = time.perf_counter() - started
+    summary = {"method": "blackbox", "queries": result.queries, "query_budget": settings.queries,
+               "iterations": result.iterations, "steps": result.iterations, "accepted": result.accepted,
+               "best_loss": result.loss, "seconds": round(seconds, 2)}
+    history = [{"step": row["iteration"], "blackbox_loss": row["loss"], "queries": row["queries"],
+                "square": row["square"]} for row in result.history]
+    return BlackBoxFit(patch=result.patch.clamp(0, 1), summary=summary, history=history)

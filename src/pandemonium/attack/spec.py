@@ -29,7 +29,10 @@ __all__ = ["DEFAULTS", "AttackConfigError", "AttackSpec", "AttackSpecs", "Evalua
            "select_preset", "stage_configs", "success_metric", "with_patch_target"]
 
 #: keys of the ``attack`` group that override the chosen preset when not null
-OVERRIDE_KEYS = ("steps", "batch_size", "lr", "patch_fraction", "num_eval")
+OVERRIDE_KEYS = ("steps", "batch_size", "lr", "patch_fraction", "num_eval", "method", "blackbox")
+
+#: how a patch is fitted: PatchTrainer (gradients) or random search under a query budget (attack/blackbox.py)
+METHODS = ("gradient", "blackbox")
 
 #: implanters whose ``scale`` multiplies the patch's pixel size
 SCALED_IMPLANTERS = ("RectangleImplanter", "FusedImplantAugment")
@@ -270,6 +273,8 @@ class AttackSpec:
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS["schedule"]))
     patch: dict[str, Any] = field(default_factory=dict)
     evaluation: EvaluationPlan = field(default_factory=EvaluationPlan)
+    method: str = "gradient"
+    blackbox: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- construction
@@ -329,6 +334,7 @@ class AttackSpec:
             schedule=dict(data.get("schedule") or DEFAULTS["schedule"]), patch=patch,
             evaluation=EvaluationPlan(num_eval=number("num_eval", DEFAULTS["num_eval"]),
                                       batch_size=number("eval_batch_size", DEFAULTS["eval_batch_size"])),
+            method=str(data.get("method") or "gradient"), blackbox=dict(data.get("blackbox") or {}),
             extra={k: v for k, v in data.items() if k not in known and k not in OVERRIDE_KEYS},
         )
         spec.check_parts()
@@ -348,6 +354,15 @@ class AttackSpec:
                                         f"{err}") from None
         import_target(str(self.patch["parameterisation"].get("_target_")), what=self._what("patch parameterisation"))
         self.build_loss()
+        if self.method not in METHODS:
+            raise AttackConfigError(f"{self._what('method')} {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method == "blackbox":
+            from pandemonium.attack.blackbox import BlackBoxError, BlackBoxSettings
+
+            try:
+                BlackBoxSettings.from_spec(self)
+            except BlackBoxError as err:
+                raise AttackConfigError(str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON / YAML / ``torch.save``) that :meth:`from_dict` turns back into this spec."""

@@ -102,6 +102,8 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
         struct = members[0][0]
         pipeline, loss, all_weights = pipelines[struct.name], losses[struct.name], weights[struct.name]
         metric, mode, target_class = lead.success_metric, "max", lead.target_class
+    if lead.method == "blackbox":  # query-only random search instead of PatchTrainer (attack/blackbox.py)
+        return fit_blackbox_patch(ctx, members, pipelines, (pipeline, loss, all_weights), name, seed)
     tracking = ctx.tracking
     out_dir = fit_dir(ctx, name)
     resume = out_dir / "checkpoints" / "last.pt"
@@ -132,13 +134,40 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
         "best_value": result.best_metric, "seconds": round(result.seconds, 2), "selection_split": SELECT_SPLIT,
         **{k: v for k, v in last_eval.items() if not k.endswith(("_se", "_n"))},
     }
+    configs = pipeline_configs(members, pipelines)
+    return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
+                      result.checkpoint_path, result.run_id)
+
+
+def pipeline_configs(members: Sequence[tuple[Any, Any, AttackSpec]], pipelines: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline YAML of each member, its model stage naming the stored model artifact."""
     configs = {}
     for struct, _model, _spec in members:
         conf = pipelines[struct.name].to_config()
         conf["stages"][-1]["model"] = {"artifact": str(struct.paths.get("models"))}
         configs[struct.name] = conf
-    return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
-                      result.checkpoint_path, result.run_id)
+    return configs
+
+
+def fit_blackbox_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], pipelines: dict[str, Any],
+                       objective: tuple[Any, Any, dict[str, float]], name: str, seed: int) -> FitOutcome:
+    """Fit the patch of a ``method: blackbox`` spec by random search under its query budget (the victim is
+    only queried: ONNX, a service or a torch model); the summary records the queries used."""
+    from pandemonium.attack.blackbox import BlackBoxError, fit_blackbox
+
+    lead = members[0][2]
+    if len(members) > 1 or name == UNIVERSAL_TASK:
+        raise AttackConfigError(f"attack preset {lead.name!r}: the black-box attack fits one task's patch; "
+                                "set mode.universal=false")
+    pipeline, loss, weights = objective
+    try:
+        found = fit_blackbox(pipeline, loss, weights, lead, seed, device=ctx.device)
+    except BlackBoxError as err:
+        raise AttackConfigError(f"attack of {name!r}: {err}") from None
+    log.info("task %s: black-box patch after %d queries (budget %d), loss %.4g", name, found.summary["queries"],
+             found.summary["query_budget"], found.summary["best_loss"])
+    return FitOutcome(found.patch, to_plain(found.summary), _curves_frame(found.history, []),
+                      pipeline_configs(members, pipelines), {m[0].name: m[2] for m in members}, None, None)
 
 
 class PatchFit:
