@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pandemonium.modes.steps.checks import check_attack_inputs
+from pandemonium.modes.steps.checks import check_attack_inputs, warn_zero_success
 from pandemonium.modes.steps.context import (
     ModeContext,
     finish_tracking,
@@ -88,7 +88,9 @@ class AttackScheduler(AbstractBaseScheduler):
         start_tracking(self.ctx, self)
 
     def before_finishing_hook(self) -> None:
-        finish_tracking(self.ctx, self.headline())
+        headline = self.headline()
+        warn_zero_success(headline)
+        finish_tracking(self.ctx, headline)
 
     def run(self) -> Any:
         with tracked(self.ctx):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from pandemonium.modes.steps.models import check_trained_model
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class TestScheduler(AbstractBaseScheduler):
             seed=int(self.step_seed if self.step_seed is not None else self.cfg.seed),
         )
         monitor = metrics_config(struct.task_type, metrics_spec)["monitor"]
+        check_trained_model(struct, {name: values.get("value") for name, values in summary.items()
+                                     if isinstance(values, dict) and values.get("value") is not None})
         rows = [
             {"task": task_name, "split": split, "metric": name, **values, "n_samples": len(outputs["sample_ids"]),
              "n_boot": n_boot, "confidence": confidence}

@@ -335,7 +335,7 @@ class AbstractBaseScheduler:
         """Lock the run, plan, execute pending steps with the configured executor, return :meth:`finish`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
-        with run_warnings.collecting() as self.run_warnings:
+        with run_warnings.collecting(self.run_dir) as self.run_warnings:
             try:
                 return self._run_locked()
             finally:

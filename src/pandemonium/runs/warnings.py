@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -40,18 +41,44 @@ class RunWarning:
         return asdict(self)
 
 
+#: the run folder's record of its warnings (read by the report: :func:`read_warnings`)
+WARNINGS_FILE = "warnings.json"
+
 _COLLECTED: contextvars.ContextVar[list[RunWarning] | None] = contextvars.ContextVar(
     "pandemonium_run_warnings", default=None)
+_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("pandemonium_run_warnings_file", default=None)
+
+
+def read_warnings(run_dir: Path) -> list[RunWarning]:
+    """The warnings a run recorded in ``<run_dir>/warnings.json`` (empty when it has none)."""
+    path = Path(run_dir) / WARNINGS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [RunWarning(**item) for item in json.loads(path.read_text())]
+    except (ValueError, TypeError) as err:
+        log.warning("unreadable %s (%s); its warnings are not shown", path, err)
+        return []
+
+
+def _write(path: Path, found: Sequence[RunWarning]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([w.to_dict() for w in found], indent=1))
+    tmp.replace(path)
 
 
 @contextlib.contextmanager
-def collecting() -> Iterator[list[RunWarning]]:
-    """Warnings raised inside the block land in the yielded list (one per mode run)."""
-    found: list[RunWarning] = []
+def collecting(run_dir: Path | None = None) -> Iterator[list[RunWarning]]:
+    """Warnings raised inside the block land in the yielded list (one per mode run) and, with
+    ``run_dir``, in its ``warnings.json`` (which starts from what an interrupted attempt recorded, so a
+    ``continue`` that skips finished steps still reports their warnings)."""
+    found: list[RunWarning] = read_warnings(run_dir) if run_dir is not None else []
     token = _COLLECTED.set(found)
+    file_token = _FILE.set(Path(run_dir) / WARNINGS_FILE if run_dir is not None else None)
     try:
         yield found
     finally:
+        _FILE.reset(file_token)
         _COLLECTED.reset(token)
 
 
@@ -68,6 +95,9 @@ def warn(kind: str, task: str, message: str) -> RunWarning:
         return item
     if found is not None:
         found.append(item)
+        path = _FILE.get()
+        if path is not None and path.parent.is_dir():
+            _write(path, found)
     log.warning("%s", message)
     return item
 

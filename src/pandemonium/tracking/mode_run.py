@@ -219,7 +219,8 @@ class ModeTracking:
                 filter_string=f"attributes.run_name = '{run_name}' and attributes.start_time >= {parent.info.start_time}",
             )
             for run in found:
-                if run.info.run_id == self.run_id or "mlflow.parentRunId" in run.data.tags:
+                parent_tag = run.data.tags.get("mlflow.parentRunId")
+                if run.info.run_id == self.run_id or parent_tag not in (None, self.run_id):
                     continue
                 client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
                 for key, value in tags.items():

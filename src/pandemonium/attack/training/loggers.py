@@ -51,11 +51,16 @@ class MLflowLogger(Callback):
         tracking_uri: ``True`` (SQLite ``mlflow.db`` in the trainer's ``out_dir``, or the active
             run's store), a tracking URI, or ``False``/``None`` (off).
         experiment: experiment name (default: MLflow's default, or the active run's).
+        resume_run_id: the run of an interrupted attempt of this fit (e.g.
+            ``ModeTracking.resumable_child``); a fit that resumes no checkpoint reopens it instead of
+            opening a second run of the same name, so one run holds the whole metric history.
     """
 
-    def __init__(self, tracking_uri: bool | str | None = True, experiment: str | None = None) -> None:
+    def __init__(self, tracking_uri: bool | str | None = True, experiment: str | None = None,
+                 resume_run_id: str | None = None) -> None:
         self.requested = tracking_uri
         self.experiment = experiment
+        self.resume_run_id = resume_run_id
         self.uri: str | None = None
         self.run_id: str | None = None
         self._stack = contextlib.ExitStack()
@@ -99,7 +104,8 @@ class MLflowLogger(Callback):
         if mlflow.active_run() is not None and self.requested is True:
             uri = mlflow.get_tracking_uri()  # inside a mode's run: the child run goes where the parent is
         self._stack.enter_context(use_tracking_uri(uri))
-        resume_id = self.run_id if trainer.step else None
+        # the checkpoint's run when the fit resumes one, else the killed attempt's run it was handed
+        resume_id = (self.run_id if trainer.step else None) or self.resume_run_id
         if resume_id is not None:
             try:
                 mlflow.MlflowClient().get_run(resume_id)

@@ -7,12 +7,13 @@ subroutines; building a task's :class:`~pandemonium.attack.spec.AttackSpec` vali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pandemonium.attack.spec import AttackConfigError
 from pandemonium.modes.steps.context import ModeContext, check_reuse
+from pandemonium.runs import warnings as run_warnings
 
-__all__ = ["check_attack_inputs", "check_evaluation_inputs", "check_report_inputs"]
+__all__ = ["check_attack_inputs", "check_evaluation_inputs", "check_report_inputs", "warn_zero_success"]
 
 
 def _need_tasks(ctx: ModeContext, what: str) -> None:
@@ -84,3 +85,15 @@ def check_report_inputs(ctx: ModeContext) -> None:
             f"report: no patches for {', '.join(ctx.task_list)} in project {ctx.cfg.proj!r}; run "
             "`pandemonium attack` first (or reuse.patches=<project>)"
         )
+
+
+def warn_zero_success(headline: Mapping[str, float]) -> list[run_warnings.RunWarning]:
+    """After evaluation: warn for every ``"<task>/<metric>"`` (or ``"<patch> -> <model>"``) rate of 0."""
+    found = []
+    for key, rate in headline.items():
+        task, _, metric = str(key).rpartition("/") if " -> " not in str(key) else (str(key), "", "success")
+        if rate is not None and rate == rate:  # NaN: nothing measured, which is not "no success"
+            item = run_warnings.check_attack_success(task or str(key), float(rate), metric or "success")
+            if item is not None:
+                found.append(item)
+    return found

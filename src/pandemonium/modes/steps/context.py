@@ -19,13 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from pandemonium.attack.spec import AttackConfigError, AttackSpec, AttackSpecs
 from pandemonium.modes.steps import UNIVERSAL_TASK
 from pandemonium.plain import to_plain
+from pandemonium.runs import warnings as run_warnings
 from pandemonium.runs.base import AbstractBaseScheduler
 from pandemonium.runs.file_manager import FileManager
 from pandemonium.runs.provenance import resolve_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModeContext", "check_reuse", "finish_tracking", "start_tracking", "step_seed_of", "tracked"]
+__all__ = ["ModeContext", "check_reuse", "finish_tracking", "resume_mlflow_run", "start_tracking", "step_seed_of",
+           "tracked"]
 
 
 @dataclass
@@ -73,8 +75,12 @@ class ModeContext:
         return str(self.cfg.data_dir)
 
     def spec(self, struct: Any) -> AttackSpec:
-        """The task's attack spec (built once per task from the ``attack`` group)."""
-        return self.specs(struct)
+        """The task's attack spec (built once per task from the ``attack`` group); warns when its patch
+        is too small to carry a pattern."""
+        spec = self.specs(struct)
+        _channels, height, width = spec.patch_shape
+        run_warnings.check_patch_size(struct.name, height, width)
+        return spec
 
     # ---------------------------------------------------------------- stored artifacts
     def newest(self, key: str, task_name: str, suffix: str | None = None) -> Path | None:
@@ -165,3 +171,19 @@ def finish_tracking(ctx: ModeContext, headline: dict[str, float]) -> None:
 def step_seed_of(scheduler: AbstractBaseScheduler) -> int:
     """The seed of the step being run (the run seed outside a step)."""
     return int(scheduler.step_seed if scheduler.step_seed is not None else scheduler.cfg.seed)
+
+
+def resume_mlflow_run(trainer: Any, tracking: Any, run_name: str) -> str | None:
+    """Hand the trainer's MLflow logger the run a killed attempt of this step left (closed as KILLED
+    when ``continue`` resumed the parent run), so the rerun step resumes its own run and keeps the whole
+    metric history instead of opening a second run of the same name. The run id, or ``None``."""
+    from pandemonium.attack.training import MLflowLogger
+
+    if tracking is None:
+        return None
+    run_id = tracking.resumable_child(run_name)
+    logger = trainer.callback(MLflowLogger)
+    if run_id is not None and logger is not None:
+        logger.resume_run_id = run_id
+        log.info("MLflow: %s resumes run %s of the interrupted attempt", run_name, run_id)
+    return run_id

@@ -21,7 +21,7 @@ from pandemonium.attack.multitask import MultiTaskLoss, MultiTaskPipeline
 from pandemonium.attack.spec import AttackConfigError, AttackSpec
 from pandemonium.attack.splits import SELECT_SPLIT
 from pandemonium.modes.steps import CURVES_KEY, UNIVERSAL_TASK
-from pandemonium.modes.steps.context import ModeContext
+from pandemonium.modes.steps.context import ModeContext, resume_mlflow_run
 from pandemonium.modes.steps.models import ModelSource
 from pandemonium.plain import to_plain
 from pandemonium.runs.base import read_continue_changes
@@ -126,6 +126,7 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
         )
     except (ValueError, TypeError, KeyError) as err:
         raise AttackConfigError(f"attack of {name!r} (preset {lead.name!r}): {err}") from None
+    resume_mlflow_run(trainer, tracking, f"attack/{name}")
     result = trainer.fit(lead.steps, resume_from=resume if resume.is_file() else None)
     patch = result.best_patch if not universal else result.patch
     last_eval = result.evals[-1] if result.evals else {}
@@ -135,8 +136,10 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
         **{k: v for k, v in last_eval.items() if not k.endswith(("_se", "_n"))},
     }
     configs = pipeline_configs(members, pipelines)
+    # a fit killed after its last checkpoint resumes at its end and writes none: that one is the fit's
+    checkpoint = result.checkpoint_path or (resume if resume.is_file() else None)
     return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
-                      result.checkpoint_path, result.run_id)
+                      checkpoint, result.run_id)
 
 
 def pipeline_configs(members: Sequence[tuple[Any, Any, AttackSpec]], pipelines: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,30 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pandemonium.attack.spec import AttackConfigError
 from pandemonium.modes.steps.context import ModeContext
+from pandemonium.runs import warnings as run_warnings
 from pandemonium.runs.file_manager import FileManager
 from pandemonium.runs.provenance import artifact_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelSource", "train_task"]
+__all__ = ["ModelSource", "check_trained_model", "train_task"]
+
+
+def check_trained_model(struct: Any, metrics: dict[str, Any]) -> run_warnings.RunWarning | None:
+    """Warn when a classifier's validation (or test) accuracy is at chance level for its classes."""
+    num_classes = getattr(struct, "num_classes", None)
+    accuracy = next((metrics[k] for k in ("val/accuracy", "test/accuracy", "accuracy") if k in metrics), None)
+    if accuracy is None or not num_classes:
+        return None
+    return run_warnings.check_model_quality(struct.name, float(accuracy), int(num_classes))
 
 
 def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, run_dir: Path,
-               seed: int) -> dict[str, Any]:
+               seed: int, parent_run_id: str | None = None) -> dict[str, Any]:
     """Fit the ``model`` group's model on the task with Lightning, store it (key ``models``) and attach it
-    to ``struct.paths["models"]``. Returns the stored path, the monitored metric and the fit's metrics."""
+    to ``struct.paths["models"]``. Returns the stored path, the monitored metric and the fit's metrics.
+    ``parent_run_id``: the mode's MLflow run, parent of the training run. Warns when the model is at
+    chance level (:func:`check_trained_model`)."""
     from pandemonium.models.factory import build_model, model_config_from
     from pandemonium.models.storage import save_model_artifact
     from pandemonium.models.training import fit, make_loggers
@@ -35,6 +48,14 @@ def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, r
     fold = int(OmegaConf.select(cfg, "fold", default=0) or 0)
     run_name = f"train_{task_name}_fold{fold}"
     loggers = make_loggers(OmegaConf.select(cfg, "logging", default=None), Path(str(cfg.out_dir)), run_dir, run_name)
+    if parent_run_id:  # a child of the mode's run from its first line, so `continue` can close it as KILLED
+        for logger in loggers:
+            if type(logger).__name__ == "MLFlowLogger":
+                logger.tags = {**(logger.tags or {}), "mlflow.parentRunId": parent_run_id}
+    root_dir = run_dir / "train" / task_name
+    # Lightning numbers a second best.ckpt best-v1.ckpt: a killed attempt's checkpoints would stay beside the
+    # new ones (training restarts from scratch, so nothing of them is used)
+    shutil.rmtree(root_dir / "checkpoints", ignore_errors=True)
     for logger in loggers:
         logger.log_hyperparams({"task": task_name, "fold": fold, "model": model_cfg,
                                 "trainer": OmegaConf.select(cfg, "trainer", default=None)})
@@ -43,7 +64,7 @@ def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, r
         struct,
         datamodule,
         trainer_cfg=OmegaConf.select(cfg, "trainer", default=None),
-        root_dir=run_dir / "train" / task_name,
+        root_dir=root_dir,
         loggers=loggers,
         device=str(OmegaConf.select(cfg, "device", default="auto")),
         seed=int(seed),
@@ -61,6 +82,7 @@ def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, r
     )
     struct.paths["models"] = path
     log.info("task %s: model stored at %s (%s, %.1fs)", task_name, path, outcome["metrics"], outcome["seconds"])
+    check_trained_model(struct, outcome["metrics"])
     return {"task": task_name, "path": str(path), "monitor": outcome["monitor"], **outcome["metrics"],
             "seconds": outcome["seconds"], "epochs": outcome["epochs"]}
 
@@ -79,7 +101,9 @@ class ModelSource:
         if path is None:
             raise AttackConfigError(f"task {struct.name!r} has no stored model (enable the `train` subroutine)")
         struct.paths["models"] = path
-        return load_model_artifact(path, task_name=struct.name, map_location=self.ctx.device)
+        model, meta = load_model_artifact(path, task_name=struct.name, map_location=self.ctx.device)
+        check_trained_model(struct, dict((meta or {}).get("metrics") or {}))  # a reused model may be at chance too
+        return model, meta
 
     def ensure(self, struct: Any, make_datamodule: Callable[[Any], Any], seed: int) -> dict[str, Any]:
         """Train the task's model with :func:`train_task` unless one is stored already."""
@@ -89,7 +113,10 @@ class ModelSource:
             log.info("task %s: using stored model %s", struct.name, existing)
             return {"model": str(existing), "trained": False}
         with lightning_progress_off(self.ctx.cfg):
-            result = train_task(struct, make_datamodule(struct), self.ctx.cfg, self.ctx.fm, self.ctx.run_dir, seed)
+            tracking = self.ctx.tracking
+            parent = tracking.run_id if tracking is not None and tracking.enabled else None
+            result = train_task(struct, make_datamodule(struct), self.ctx.cfg, self.ctx.fm, self.ctx.run_dir, seed,
+                                parent_run_id=parent)
         struct.paths["models"] = Path(result["path"])
         if self.ctx.tracking is not None:
             self.ctx.tracking.adopt(f"train_{struct.name}_fold{self.ctx.fold}", task=struct.name,
