@@ -170,11 +170,16 @@ class EpochSummary(Callback):
     """Logs one line per validation (epoch, monitored metric, losses) to the run's log file, which
     is where people look when the progress bar is off or the run went to a cluster."""
 
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the module
+    # computes this epoch's accuracy/mAP, so they would pair this epoch's loss with last epoch's metrics
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
         shown = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/loss"))}
-        log.info("epoch %d: %s", trainer.current_epoch, shown)
+        if trainer.state.fn == "validate":  # fit() re-validates the best checkpoint's weights at the end
+            log.info("best weights: %s", {k: v for k, v in shown.items() if k.startswith("val/")})
+        else:
+            log.info("epoch %d: %s", trainer.current_epoch, shown)
 
 
 def fit(
