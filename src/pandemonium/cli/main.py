@@ -188,6 +188,8 @@ def _main(args: list[str]) -> int:
     if mode is not None:
         overrides.insert(0, f"mode={mode}")
     if any(opt in _NO_RUN_OPTIONS for opt in options):  # Hydra only shows something; nothing runs
+        if {"-sc", "--shell-completion"} & set(options) and "COMP_LINE" in os.environ:
+            os.environ["COMP_LINE"] = completion_line(os.environ["COMP_LINE"], modes)
         return _run_hydra([*options, *overrides])
     from pandemonium.cli.preflight import preflight
     from pandemonium.errors import PandemoniumError
@@ -207,6 +209,23 @@ def _main(args: list[str]) -> int:
         for folder in created:  # a failed call leaves no empty project or results folder behind
             prune_empty(folder)
     return code
+
+
+def completion_line(line: str, modes: Any) -> str:
+    """The shell's command line as Hydra's completion understands it: the positional mode of
+    ``pandemonium attack ...`` becomes ``mode=attack`` (Hydra would read the bare word as a bad override
+    and offer nothing). A word still being typed is left alone.
+
+    >>> completion_line("pandemonium attack proj=x at", ["attack"])
+    'pandemonium mode=attack proj=x at'
+    """
+    words = line.split(" ")
+    for i, word in enumerate(words[1:-1], start=1):  # the last word is the one being completed
+        if word and "=" not in word and not word.startswith(("-", "~", "+")):
+            if word in modes:
+                words[i] = f"mode={word}"
+            break
+    return " ".join(words)
 
 
 # options after which Hydra prints something and runs no job (no checks, nothing written)
