@@ -18,6 +18,10 @@ ray = pytest.importorskip("ray")
 SUPPORT = Path(__file__).parent / "support"
 SRC = Path(__file__).resolve().parents[2] / "src"
 RAY = ("executor=ray",)
+TINY_TUNE = ("model=tiny", "trainer=fast", "trainer.lightning.max_epochs=1", "attack.num_eval=8",
+             "attack.batch_size=4", "attack.presets.classification.eval_every=2",
+             "tune.space.steps.low=2", "tune.space.steps.high=4", "tune.space.steps.step=1",
+             "logging.tensorboard.enabled=false")
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +104,24 @@ def test_bad_executor_config_is_refused():
         RayExecutor().check_address("nowhere")
     with pytest.raises(ConfigError, match="unknown resource 'cpus'"):
         RayExecutor(step_resources={"cpus": 1})
+
+
+@pytest.mark.slow
+def test_tune_trials_run_in_ray_workers_as_mlflow_children(compose, pandemonium_roots):
+    import mlflow
+
+    from pandemonium.testing.fixtures import write_fake_task
+
+    write_fake_task(pandemonium_roots.data_dir, num_samples=24, size=16)
+    cfg = compose("mode=tune", "task_list=[fake_cls]", *TINY_TUNE, "tune.n_trials=2", "tune.study=ray_study",
+                  "logging.mlflow.enabled=true", *RAY)
+    scheduler = build_scheduler(cfg)
+    summary = scheduler.run()
+    assert summary["n_trials"] == 2 and summary["n_complete"] + summary["n_pruned"] == 2
+    parent = json.loads((scheduler.run_dir / "mlflow_parent_run.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
+    experiment = client.get_run(parent["run_id"]).info.experiment_id
+    trials = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' "
+                                                           "and tags.study = 'ray_study'")
+    assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"]
+    assert all({"lr", "steps", "patch_fraction"} <= set(r.data.params) for r in trials)
