@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pandemonium.modes.steps.evaluate_patch import load_patch
+from pandemonium.runs.base import build_scheduler
 
-from .conftest import run_mode, write_png
+from .conftest import compose, run_mode, write_png
 from .nets import RedSpotNet
 
 
@@ -43,7 +44,8 @@ def test_blackbox_attack_of_an_adopted_onnx_model(tmp_path, grey_task):
     adopted = run_mode(data, out, "adopt", "task_list=[greys]", f"model.source={onnx}")
     assert adopted["greys"]["query_only"] is True
 
-    headline = run_mode(data, out, "attack", "task_list=[greys]", *BLACKBOX)
+    attack = build_scheduler(compose(data, out, "attack", "task_list=[greys]", *BLACKBOX))
+    headline = attack.run()
     (patch_file,) = [p for p in out.rglob("*.pt") if p.parent.parent.name.lower() == "patches"]
     payload = load_patch(patch_file)
     summary = payload["summary"]
@@ -54,3 +56,9 @@ def test_blackbox_attack_of_an_adopted_onnx_model(tmp_path, grey_task):
     rate, control = evaluation["rate"], evaluation["targeted_success_control"]
     assert evaluation["metric"] == "targeted_success" and headline["greys/targeted_success"] == rate
     assert rate > control and rate >= 0.5
+    used = f"black-box patch after {summary['queries']} queries to the model (budget 400)"
+    assert any(used in line for line in attack.summary_lines())
+
+    run_mode(data, out, "report", "task_list=[greys]")
+    (html,) = out.rglob("*.html")
+    assert f"{summary['queries']} queries to the model" in html.read_text()

@@ -119,3 +119,10 @@ class AttackScheduler(AbstractBaseScheduler):
 
     def finish(self) -> dict[str, float]:
         return self.headline()
+
+    def summary_lines(self) -> list[str]:
+        """The base lines, plus the queries each black-box patch cost (``attack=blackbox``)."""
+        fits = self.ctx.results.get("fits") or {}
+        return [*super().summary_lines(), *(
+            f"  {task}: black-box patch after {fit['queries']} queries to the model (budget {fit['query_budget']})"
+            for task, fit in fits.items() if fit.get("method") == "blackbox")]

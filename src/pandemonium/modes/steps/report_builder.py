@@ -112,6 +112,9 @@ class ReportBuilder:
             patch_note += f", made by `{payload['command']}`"
         if payload.get("universal"):
             patch_note = "universal patch (one patch for " + ", ".join(payload.get("tasks", [])) + "); " + patch_note
+        fit = payload.get("summary") or {}
+        if fit.get("method") == "blackbox":  # a query-only attack is judged with its cost
+            patch_note += f"; black-box patch: {fit['queries']} queries to the model (budget {fit['query_budget']})"
         tables = {"evaluation": summary_table(summary)} if summary else {}
         return TaskSection(
             task=task, task_type=struct.task_type.value,
