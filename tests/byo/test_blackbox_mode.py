@@ -62,3 +62,16 @@ def test_blackbox_attack_of_an_adopted_onnx_model(tmp_path, grey_task):
     run_mode(data, out, "report", "task_list=[greys]")
     (html,) = out.rglob("*.html")
     assert f"{summary['queries']} queries to the model" in html.read_text()
+
+
+@pytest.mark.slow
+def test_fixed_batch_onnx_is_refused_before_the_attack_starts(tmp_path, grey_task):
+    pytest.importorskip("onnxruntime")
+    from pandemonium.errors import PandemoniumError
+
+    data, out = grey_task
+    onnx = export_onnx(tmp_path / "fixed.onnx", batch=8)
+    run_mode(data, out, "adopt", "task_list=[greys]", f"model.source={onnx}", "mode.batch_size=8")
+    with pytest.raises(PandemoniumError, match=r"attack of task .greys. with its stored model .*fixed batch size of 8 but was given a batch of 16"):
+        run_mode(data, out, "attack", "task_list=[greys]", *BLACKBOX, "attack.batch_size=16")
+    assert not [p for p in out.rglob("*") if p.name.lower() in ("patches", "eval_summaries")]

@@ -20,7 +20,7 @@ a second batch size) before anything is stored, and stores it with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +231,27 @@ def adopt_model(struct: Any, model_cfg: Mapping[str, Any], fm: Any = None, path:
     saved = save_model_artifact(model, struct, stored_cfg, fm=fm, path=path, metrics=metrics,
                                 extra={"imported": {"source": source, "query_only": isinstance(model.model, OnnxModel)}})
     return saved, model
+
+
+def check_for_attack(path: str | Path, struct: Any, batch_sizes: Sequence[int]) -> None:
+    """Check a stored adopted model against the batches an attack will send it (``batch_sizes``: the
+    fitting batch, the evaluation batch and its remainder), before any work. Raises
+    :class:`ModelBuildError` naming the task, the file and the shape: an ONNX graph with a fixed batch
+    size that differs, an output of the wrong shape or range. Models pandemonium trained pass unchecked."""
+    from pandemonium.models.storage import load_model_artifact
+
+    model, meta = load_model_artifact(path, task_name=struct.name)
+    if not isinstance(model, AdaptedModel):
+        return
+    sizes = sorted({int(b) for b in batch_sizes if int(b) > 0})
+    kind = str(((meta.get("model_config") or {}).get("output") or {}).get("kind") or "logits")
+    where = f"attack of task {struct.name!r} with its stored model {str(path)!r}"
+    try:
+        images = sample_images(struct, max(sizes))
+        if isinstance(model.model, OnnxModel):
+            shape = tuple(model.input_adapter(images[:1]).shape[1:])
+            for size in sizes:
+                model.model.check_input((size, *shape))
+        check_adapted(model, struct, images, kind)
+    except ModelBuildError as err:
+        raise ModelBuildError(f"{where} (batches of {', '.join(map(str, sizes))}): {err}") from None

@@ -48,6 +48,14 @@ def check_attack_inputs(ctx: ModeContext, subroutines: Sequence[str]) -> None:
                     f"task {struct.name!r} has no stored model in project {ctx.cfg.proj!r}: enable the "
                     "`train` subroutine, run `pandemonium train` first, or reuse.models=<project>"
                 )
+    if "attack" in subroutines or "evaluate" in subroutines:
+        from pandemonium.models.imported import check_for_attack
+
+        for struct, spec in zip(structs, specs):  # an adopted model meets the batches it will get, before any work
+            if ctx.model_path(struct) is not None:
+                plan = spec.evaluation
+                check_for_attack(ctx.model_path(struct), struct,
+                                 [spec.batch_size, plan.batch_size, plan.num_eval % plan.batch_size])
     if "evaluate" in subroutines and "attack" not in subroutines:
         for struct in structs:
             if ctx.patch_path(struct) is None:
