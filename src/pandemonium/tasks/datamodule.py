@@ -32,7 +32,7 @@ from pandemonium.tasks.struct import TaskStruct
 
 SPLITS = ("train", "val", "test", "all")
 #: Batch keys whose per-sample tensors differ in length and are kept as lists by ``collate_samples``.
-LIST_KEYS = frozenset({Modality.BOXES.value, BOX_LABELS_KEY})
+LIST_KEYS = frozenset({Modality.BOXES.value, BOX_LABELS_KEY, "quads"})
 
 
 class TaskDataset(Dataset):
@@ -100,6 +100,10 @@ class TaskDataset(Dataset):
         if self.normalize and Modality.IMAGE.value in item:
             item[Modality.IMAGE.value] = (item[Modality.IMAGE.value] - self._mean) / self._std
         item[Modality.SAMPLE_ID.value] = self.samples[index]["id"]
+        if self.samples[index].get("quads") is not None and self.transform is None:
+            # placement surfaces (TL, TR, BR, BL pixels) of imported images, for the perspective implanter's
+            # bank; an augmentation would move the image under them, so they come only untransformed
+            item["quads"] = torch.tensor(self.samples[index]["quads"], dtype=torch.float32).reshape(-1, 4, 2)
         return item
 
 
