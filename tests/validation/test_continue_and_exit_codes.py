@@ -7,8 +7,8 @@ import json
 import pytest
 
 from pandemonium.cli.main import main
-from pandemonium.runs.base import CHANGES_FILE, STEPS_FILE, read_continue_changes
 from pandemonium.runs.file_manager import find_run_dir, run_dirs_of
+from pandemonium.runs.journal import CHANGES_FILE, STEPS_FILE, read_continue_changes
 
 
 def _interrupt_after_first_step(run_dir):

@@ -193,7 +193,7 @@ def _main(args: list[str]) -> int:
         return _run_hydra([*options, *overrides])
     from pandemonium.cli.preflight import preflight
     from pandemonium.errors import PandemoniumError
-    from pandemonium.runs.base import record_continue_changes
+    from pandemonium.runs.journal import record_continue_changes
 
     try:
         checked = preflight(overrides, dirs, mode, multirun=bool({"-m", "--multirun"} & set(options)))
@@ -354,7 +354,7 @@ def _forget_unstarted_run(cfg: Any, run_dir: Path) -> None:
     """Delete the run folder of a new run that failed before any step finished (it holds no result)."""
     import shutil
 
-    from pandemonium.runs.base import STEPS_FILE
+    from pandemonium.runs.journal import STEPS_FILE
 
     if cfg.get("continue") in (None, "", False) and run_dir.is_dir() and not (run_dir / STEPS_FILE).exists():
         shutil.rmtree(run_dir, ignore_errors=True)

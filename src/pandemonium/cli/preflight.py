@@ -148,6 +148,7 @@ def preflight(overrides: Sequence[str], dirs: Sequence[Path], mode: str | None,
               multirun: bool = False) -> Preflight:
     """Check ``overrides`` (``mode=...`` first) before anything is written; see the module docstring."""
     from pandemonium.runs.file_manager import find_run_dir, run_dirs_of
+    from pandemonium.runs.journal import RunJournal
 
     lines = list(overrides)
     parsed = parse(lines)
@@ -169,6 +170,7 @@ def preflight(overrides: Sequence[str], dirs: Sequence[Path], mode: str | None,
         raise ContinueError(
             f"continue={cont}: no resumable {mode or ''} run of project {proj!r} in "
             f"{Path(out_dir).absolute() / proj / 'runs'} (runs of this mode: {', '.join(runs) or 'none'})")
+    RunJournal(run_dir).check_unlocked()  # a run another process works on is refused before anything else
     current = [line for line in lines if not line.startswith(("continue=", "mode="))]
     merged, changes = continue_overrides(current, stored_overrides(run_dir), bool(cfg.get("allow_changes")))
     head = [line for line in lines if line.startswith("mode=")]

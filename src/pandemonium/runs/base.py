@@ -21,11 +21,8 @@ A scheduler subclasses :class:`AbstractBaseScheduler`, names its subroutines and
             path = self.fm.construct_saving_path(obj=..., key="foo", task_name=task_name)
             struct.paths["foo"] = path        # persists across steps and across `continue`
 
-Files in the run directory:
-    ``plan.json``     the plan (command name + params per step), written before the first step
-    ``steps.jsonl``   one line per finished step, appended and fsynced right after the step
-    ``structs.json``  ``struct.paths`` of every task, rewritten atomically after each step
-    ``run.lock`` / ``run.pid``  the lock held while a process works on the run
+The run directory's files (plan, finished steps, ``struct.paths``, lock) are the run journal,
+:mod:`pandemonium.runs.journal`.
 
 ``continue=<run dir | latest>`` reopens that run directory, checks that the plan is the same,
 skips finished steps and restores every ``struct.paths`` entry.
@@ -40,39 +37,36 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pandemonium.errors import (
     ConfigError,
     ContinueError,
-    RunLockedError,
     UnknownSubroutineError,
     UnknownTaskError,
 )
 from pandemonium.runs import warnings as run_warnings
 from pandemonium.runs.file_manager import FileManager, allocate_run_dir, find_run_dir, validate_name
+from pandemonium.runs.journal import (
+    PLAN_FILE,
+    RunJournal,
+    Step,
+    StepOutcome,
+    decode_paths,
+    encode_paths,
+    read_continue_changes,
+)
 
 log = logging.getLogger(__name__)
-
-PLAN_FILE = "plan.json"
-STEPS_FILE = "steps.jsonl"
-STRUCTS_FILE = "structs.json"
-LOCK_FILE = "run.lock"
-PID_FILE = "run.pid"
-#: one line per ``continue`` that changed overrides with ``allow_changes=true`` (what changed, when)
-CHANGES_FILE = "continue_changes.jsonl"
 
 # set by the CLI to the run directory Hydra created; without it a scheduler allocates its own
 _ACTIVE_RUN_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("pandemonium_run_dir", default=None)
@@ -86,68 +80,6 @@ def active_run_dir(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         _ACTIVE_RUN_DIR.reset(token)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One atomic call of the plan: ``getattr(scheduler, command)(*params)``."""
-
-    index: int
-    command: str
-    params: list[Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "command": self.command, "params": list(self.params)}
-
-
-@dataclass
-class StepOutcome:
-    """What a finished step hands back to the scheduler (across process borders for remote executors)."""
-
-    index: int
-    result: Any = None
-    # task name -> {key: value} added or changed by the step; task name -> removed keys
-    paths_added: dict[str, dict[str, Any]] = field(default_factory=dict)
-    paths_removed: dict[str, list[str]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-# -- JSON encoding of struct.paths (keeps Path objects Path after a restore) ---------------------
-def encode_paths(value: Any) -> Any:
-    if isinstance(value, Path):
-        return {"__path__": str(value)}
-    if isinstance(value, dict):
-        return {str(k): encode_paths(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode_paths(v) for v in value]
-    return value
-
-
-def decode_paths(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__path__"}:
-            return Path(value["__path__"])
-        return {k: decode_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode_paths(v) for v in value]
-    return value
-
-
-def _json_or_none(value: Any) -> Any:
-    try:
-        json.dumps(encode_paths(value))
-        return encode_paths(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def step_seed(seed: int, index: int) -> int:
@@ -194,7 +126,7 @@ class AbstractBaseScheduler:
         self.fm = FileManager(proj_path=self.proj_path, run_path=self.run_dir, reuse=reuse)
         self._structs: dict[str, Any] = {}
         self._restored_paths: dict[str, dict[str, Any]] = {}
-        self._lock: FileLock | None = None
+        self.journal = RunJournal(self.run_dir)
         self.step_index: int | None = None
         self.step_seed: int | None = None
         self.last_result: Any = None
@@ -334,12 +266,12 @@ class AbstractBaseScheduler:
     def run(self) -> Any:
         """Lock the run, plan, execute pending steps with the configured executor, return :meth:`finish`."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._acquire_lock()
+        self.journal.acquire_lock()
         with run_warnings.collecting(self.run_dir) as self.run_warnings:
             try:
                 return self._run_locked()
             finally:
-                self._release_lock()
+                self.journal.release_lock()
 
     def _run_locked(self) -> Any:
         if self.requires_existing_tasks and self.task_list:
@@ -350,7 +282,9 @@ class AbstractBaseScheduler:
         finished = self._load_previous_state() if self.continuing else {}
         self.after_preparation_hook()
         self.create_routine()
-        steps = self._write_or_check_plan(self.plan())
+        header = {"mode": str((self.cfg.get("mode") or {}).get("id")),
+                  "scheduler": f"{type(self).__module__}.{type(self).__qualname__}"}
+        steps = self.journal.plan(self.plan(), header, self.continuing)
         pending = [s for s in steps if s.index not in finished]
         if steps and steps[-1].index in finished:
             self.last_result = finished[steps[-1].index]
@@ -405,22 +339,8 @@ class AbstractBaseScheduler:
             for key in removed:
                 struct.paths.pop(key, None)
         self.last_result = outcome.result
-        paths = encode_paths({**self._restored_paths, **{n: s.paths for n, s in self._structs.items()}})
-        for name, entries in paths.items():
-            for key, value in entries.items():
-                try:
-                    json.dumps(value)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(
-                        f"step {step.index} ({step.command}): struct.paths[{key!r}] of task {name!r} is not "
-                        f"JSON-serialisable ({type(value).__name__}); store a path or plain value there"
-                    ) from exc
-        _write_json_atomic(self.run_dir / STRUCTS_FILE, paths)
-        record = {**step.to_dict(), "seconds": round(outcome.seconds, 4), "result": _json_or_none(outcome.result)}
-        with open(self.run_dir / STEPS_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(encode_paths(record)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.journal.write_paths(self.structs_snapshot(), step)
+        self.journal.append_step(step, outcome)
 
     @property
     def continue_changes(self) -> list[dict[str, Any]]:
@@ -437,84 +357,11 @@ class AbstractBaseScheduler:
         for name, struct in self._structs.items():
             struct.paths.update(self._restored_paths.get(name, {}))
 
-    # -- run directory state -------------------------------------------------------------------------
     def _load_previous_state(self) -> dict[int, Any]:
-        structs_file = self.run_dir / STRUCTS_FILE
-        if structs_file.exists():
-            try:
-                self.restore_paths(json.loads(structs_file.read_text()))
-            except json.JSONDecodeError as exc:
-                raise ContinueError(f"continue: {structs_file} is corrupt ({exc})") from exc
-        finished: dict[int, Any] = {}
-        steps_file = self.run_dir / STEPS_FILE
-        if steps_file.exists():
-            for line in steps_file.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # a line cut by a kill mid-write: that step counts as not finished
-                    continue
-                finished[int(record["index"])] = decode_paths(record.get("result"))
-        return finished
-
-    def _write_or_check_plan(self, steps: list[Step]) -> list[Step]:
-        plan_file = self.run_dir / PLAN_FILE
-        payload = {
-            "mode": str((self.cfg.get("mode") or {}).get("id")),
-            "scheduler": f"{type(self).__module__}.{type(self).__qualname__}",
-            "steps": [encode_paths(s.to_dict()) for s in steps],
-        }
-        if self.continuing and plan_file.exists():
-            stored = json.loads(plan_file.read_text())
-            if stored.get("steps") != payload["steps"]:
-                old = [decode_paths(s) for s in stored.get("steps", [])]
-                new = [s.to_dict() for s in steps]
-                diff = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-                raise ContinueError(
-                    f"continue={self.run_dir}: the plan differs from the stored one at step {diff} "
-                    f"(stored: {old[diff] if diff < len(old) else 'end'}, now: {new[diff] if diff < len(new) else 'end'}); "
-                    "use the same mode, task_list and subroutines as the interrupted run"
-                )
-            return [Step(**decode_paths(s)) for s in stored["steps"]]
-        _write_json_atomic(plan_file, payload)
-        return steps
-
-    def _acquire_lock(self) -> None:
-        lock = FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            pid_file = self.run_dir / PID_FILE
-            pid = pid_file.read_text().strip() if pid_file.exists() else "unknown"
-            raise RunLockedError(
-                f"run {self.run_dir} is locked by another process (pid {pid}); "
-                "wait for it to finish or stop it before continuing this run"
-            ) from None
-        self._lock = lock
-        (self.run_dir / PID_FILE).write_text(str(os.getpid()))
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                (self.run_dir / PID_FILE).unlink()
-            self._lock.release()
-            self._lock = None
-
-
-def record_continue_changes(run_dir: str | os.PathLike, changes: dict[str, Any]) -> None:
-    """Append to the run journal the overrides a ``continue`` changed (``{key: (old, new)}``)."""
-    record = {"time": time.time(), "changes": {k: list(v) for k, v in changes.items()}}
-    with open(Path(run_dir) / CHANGES_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_continue_changes(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(run_dir) / CHANGES_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        stored = self.journal.stored_paths()
+        if stored is not None:
+            self.restore_paths(stored)
+        return self.journal.finished_steps()
 
 
 def build_scheduler(cfg: DictConfig) -> AbstractBaseScheduler:
