@@ -85,10 +85,21 @@ def test_tune_study_runs_continues_and_use_best_reruns_attack(compose, pandemoni
     assert "tune_history.png" in plots and "tune_study.html" in plots
     registry = json.loads((first.proj_path / "studies.json").read_text())
     assert registry["s1"]["storage"] == f"sqlite:///{first.run_dir / 'optuna.db'}"
+    # a kill during the last trial: its trial stays RUNNING, its step and the summary are not journaled
+    study = optuna.load_study(study_name="s1", storage=registry["s1"]["storage"])
+    stale = study.ask()
+    stale.set_user_attr("run_dir", str(first.run_dir))
+    journal_file = first.run_dir / "steps.jsonl"
+    journal_file.write_text("".join(journal_file.read_text().splitlines(keepends=True)[:-2]))
+    resumed, summary = run("tune.n_trials=3", "tune.study=s1", f"continue={first.run_dir}")
+    assert resumed.run_dir == first.run_dir
+    states = [t.state for t in optuna.load_study(study_name="s1", storage=registry["s1"]["storage"]).trials]
+    assert states[stale.number] == optuna.trial.TrialState.FAIL and len(states) == 5
+    assert summary["n_complete"] + summary["n_pruned"] == 4
     # the same study again: only the missing trial runs, in the first run's storage
-    again, summary = run("tune.n_trials=4", "tune.study=s1", "mode.subroutines=[tune,plots]")
+    again, summary = run("tune.n_trials=5", "tune.study=s1", "mode.subroutines=[tune,plots]")
     journal = [json.loads(line)["command"] for line in (again.run_dir / "steps.jsonl").read_text().splitlines()]
-    assert journal == ["run_trial", "summarize_study"] and summary["n_trials"] == 4
+    assert journal == ["run_trial", "summarize_study"] and summary["n_trials"] == 6  # 4 finished + 1 failed before
     with pytest.raises(TuneError, match="exists in .* with another search space"):
         run("tune.study=s1", "tune.space.lr.high=0.5")
     best = json.loads(next((first.proj_path).rglob("tune_best.json")).read_text())
