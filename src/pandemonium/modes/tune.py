@@ -167,7 +167,9 @@ class TuneScheduler(AbstractBaseScheduler):
         if self.tune.get("storage"):
             return str(self.tune["storage"])
         known = self._registry().get(self.study_name())
-        return str(known["storage"]) if known else f"sqlite:///{self.run_dir / 'optuna.db'}"
+        if known and _storage_exists(str(known["storage"])):
+            return str(known["storage"])
+        return f"sqlite:///{self.run_dir / 'optuna.db'}"
 
     def _registry(self) -> dict[str, Any]:
         path = self._studies_file()
@@ -225,7 +227,7 @@ class TuneScheduler(AbstractBaseScheduler):
 
         known = self._registry().get(name)
         url = str(self.tune.get("storage") or (known or {}).get("storage") or "")
-        if not url:
+        if not url or not _storage_exists(url):
             raise TuneError(f"use_best={name}: no study of that name in project {self.cfg.proj!r} "
                             f"(known: {', '.join(sorted(self._registry())) or 'none'})")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -409,6 +411,13 @@ class TuneScheduler(AbstractBaseScheduler):
 
     def finish(self) -> Any:
         return self.study_summary or self.last_result
+
+
+def _storage_exists(url: str) -> bool:
+    """False for a SQLite file that is gone (its run folder was removed after a call that failed)."""
+    if not url.startswith("sqlite:///"):
+        return True
+    return Path(url[len("sqlite:///"):]).is_file()
 
 
 def validation_spec(spec: AttackSpec, struct: Any, data_dir: str, fold: int) -> AttackSpec:
