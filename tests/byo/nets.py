@@ -44,3 +44,24 @@ class RedSpotNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         red = (x[:, 0] - x[:, 1] - x[:, 2]).amax((1, 2))
         return torch.stack([torch.full_like(red, 0.3), red], 1)
+
+
+class TinyYolo(nn.Module):
+    """A 'pretrained' detector with a YOLO-style output ``[B, N, 5 + C]`` (cx, cy, w, h in input pixels,
+    objectness, class probabilities): one 12 x 12 px box per 8 x 8 cell of a 32 x 32 input, found when
+    the cell is bright (objects are bright squares on a dark ground), so a dark patch hides one."""
+
+    def __init__(self, size: int = 32, stride: int = 8, box: float = 12.0, num_classes: int = 1) -> None:
+        super().__init__()
+        self.stride, self.num_classes = stride, num_classes
+        centres = torch.arange(size // stride, dtype=torch.float32) * stride + stride / 2
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        anchors = torch.stack([cx.flatten(), cy.flatten(), torch.full_like(cx.flatten(), box),
+                               torch.full_like(cx.flatten(), box)], 1)
+        self.register_buffer("anchors", anchors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cell = torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), self.stride).flatten(1)  # (B, N)
+        objectness = torch.sigmoid(20 * (cell - 0.5)).unsqueeze(-1)
+        boxes = objectness * 0 + self.anchors  # broadcast to the batch (exports with a dynamic batch axis)
+        return torch.cat([boxes, objectness, torch.ones_like(objectness).repeat(1, 1, self.num_classes)], -1)

@@ -1,70 +1,75 @@
-"""docs/tutorial.md, step by step, on generated photos and an ONNX model exported here."""
+"""docs/tutorial.md, step by step: photos with boxes in a CSV and a detector file, to a report.
+
+The 'photos' are generated (bright squares on a dark ground, boxed in a CSV) and the detector is
+``byo.nets.TinyYolo`` (YOLO-style ``[B, N, 5 + C]`` output), adopted once as a torch factory (white-box)
+and once as the ONNX file the test exports (query only, black-box).
+"""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from pandemonium.attack.blackbox import FunctionObjective, SparseRSPatch
-from pandemonium.models.storage import load_task_model
-from pandemonium.tasks.creators import load_task_struct
-from pandemonium.tasks.datamodule import TaskDataset
+from .conftest import run_mode
+from .nets import TinyYolo
 
-from .conftest import run_mode, write_png
-from .nets import TinyNet
+CENTRES = (12, 20)  # object centres on the detector's cell grid (12 x 12 px boxes)
+SMALL = ("attack.batch_size=8", "attack.num_eval=16", "attack.presets.detection.eval_batch_size=8")
 
 
-def _flat(value, prefix=""):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _flat(v, f"{prefix}/{k}")
-    elif isinstance(value, int | float):
-        yield prefix, value
+def photos_with_boxes(root, count=24):
+    """``root/img/<n>.png`` (32 x 32) and ``root/boxes.csv`` (path,label,x1,y1,x2,y2)."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label,x1,y1,x2,y2"]
+    (root / "img").mkdir(parents=True)
+    for n in range(count):
+        image = np.clip(40 + rng.integers(-10, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
+        cx, cy = (int(rng.choice(CENTRES)) for _ in range(2))
+        image[cy - 6:cy + 6, cx - 6:cx + 6] = 220
+        Image.fromarray(image).save(root / "img" / f"{n}.png")
+        rows.append(f"img/{n}.png,box,{cx - 6},{cy - 6},{cx + 6},{cy + 6}")
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    return root / "boxes.csv"
+
+
+def evaluation(out, proj, task="my_boxes"):
+    (path,) = (out / proj).rglob(f"EVAL_SUMMARIES/{task}/*.json")
+    return json.loads(path.read_text())
 
 
 @pytest.mark.slow
-def test_tutorial(tmp_path):
+def test_tutorial_detector_white_box_and_black_box(tmp_path):
     pytest.importorskip("onnxruntime")
     data, out = tmp_path / "data", tmp_path / "results"
-    for k, name in enumerate(("0_dark", "1_bright")):  # step 1: a folder of photos (sorted = class ids)
-        for i in range(10):
-            write_png(tmp_path / "photos" / name / f"{i}.jpg", 50 + 150 * k + i, size=(20, 20))
-    torch.onnx.export(TinyNet().eval(), (torch.rand(2, 3, 16, 16),), str(tmp_path / "my_model.onnx"),
-                      input_names=["x"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    table = photos_with_boxes(tmp_path / "photos")  # 1. a CSV with boxes -> a detection task
+    imported = run_mode(data, out, "import", "task=my_boxes", "from=csv", f"root={table}")
+    assert imported["samples"] == 24
 
-    imported = run_mode(data, out, "import", "task=my_photos", "from=folder", f"root={tmp_path / 'photos'}",
-                        "image_size=16")
-    assert imported["samples"] == 20
+    onnx = tmp_path / "detector.onnx"  # 2. the model file, and the same model as torch code
+    torch.onnx.export(TinyYolo().eval(), (torch.rand(2, 3, 32, 32),), str(onnx), input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    black = run_mode(data, out, "adopt", "proj=black", "task_list=[my_boxes]", f"model.source={onnx}",
+                     "model.output.kind=yolo", "model.output.box_format=cxcywh")
+    white = run_mode(data, out, "adopt", "proj=white", "task_list=[my_boxes]",
+                     "model.source={_target_: byo.nets.TinyYolo}", "model.output.kind=yolo")
+    assert black["my_boxes"]["query_only"] and not white["my_boxes"]["query_only"]
 
-    adopted = run_mode(data, out, "adopt", "task_list=[my_photos]", f"model.source={tmp_path / 'my_model.onnx'}",
-                       "model.input.channels=bgr", "model.input.range=[-1,1]", "model.output.kind=probabilities")
-    assert adopted["my_photos"]["query_only"] is True
+    run_mode(data, out, "test", "proj=black", "task_list=[my_boxes]", "mode.bootstrap.n=20")  # 3. its quality
+    (metrics,) = (out / "black").rglob("TEST_METRICS/my_boxes/*.json")
+    assert json.loads(metrics.read_text())["metrics"]["map50"]["value"] == pytest.approx(1.0)  # it finds the boxes
 
-    run_mode(data, out, "test", "task_list=[my_photos]", "mode.bootstrap.n=20")
-    tables = sorted(out.rglob("*.json"))
-    metrics = [json.loads(p.read_text()) for p in tables if "test_metrics" in str(p)]
-    assert metrics, [str(p) for p in tables]
-    accuracy = [v for m in metrics for k, v in _flat(m) if "accuracy" in k and k.endswith("/value")]
-    assert accuracy and min(accuracy) == pytest.approx(1.0)  # the 'pretrained' model reads brightness right
+    run_mode(data, out, "attack", "proj=white", "task_list=[my_boxes]", "attack.steps=30", *SMALL)  # 4. attack
+    run_mode(data, out, "attack", "proj=black", "task_list=[my_boxes]", "attack=blackbox",
+             "attack.blackbox.queries=480", *SMALL)
+    for proj in ("white", "black"):
+        result = evaluation(out, proj)
+        assert result["metric"] == "object_vanished"
+        assert result["rate"] > result["object_vanished_control"], (proj, result["rate"])
 
-    struct = load_task_struct("my_photos", data)  # step 4: a black-box patch against the ONNX model
-    struct.paths["models"] = adopted["my_photos"]["path"]
-    model, _ = load_task_model(struct)
-    dataset = TaskDataset(struct, "all")
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset)) if dataset[i]["class"] == 0])
-    target = torch.ones(len(images), dtype=torch.long)  # dark photos to be read as bright
-
-    def paste(batch, patch):
-        batch = batch.clone()
-        batch[:, :, 2:14, 2:14] = patch
-        return batch
-
-    objective = FunctionObjective(lambda p: F.cross_entropy(model(paste(images, p)), target, reduction="none"))
-    objective.batch_size = len(images)
-    result = SparseRSPatch(objective, (3, 12, 12), query_budget=len(images) * 300, seed=0).run(torch.zeros(3, 12, 12))
-    before = float((model(images).argmax(1) == 1).float().mean())
-    after = float((model(paste(images, result.patch)).argmax(1) == 1).float().mean())
-    assert after > before and result.queries <= len(images) * 300
+    run_mode(data, out, "report", "proj=black", "task_list=[my_boxes]")  # 5. the report states the queries
+    (html,) = (out / "black").rglob("*.html")
+    assert "queries to the model (budget 480)" in html.read_text()
