@@ -114,3 +114,25 @@ def test_schedule_and_budget_errors():
     objective.batch_size = 10
     with pytest.raises(BlackBoxError, match="budget of 15 queries does not cover two batches of 10"):
         SparseRSPatch(objective, (3, 4, 4), query_budget=15).run()
+
+
+def test_attack_spec_method_and_blackbox_settings_are_checked():
+    from pandemonium.attack.blackbox import BlackBoxSettings
+    from pandemonium.attack.spec import AttackConfigError, AttackSpec
+
+    base = {"name": "p", "task": "t", "task_type": "classification", "patch_shape": [3, 4, 4], "steps": 1,
+            "success_metric": "targeted_success", "target_class": 0, "weights": {"targeted": 1.0},
+            "stages": [{"_target_": "RectangleImplanter", "bank": None}], "batch_size": 8,
+            "loss": {"_target_": "pandemonium.attack.losses.ClassificationTargeted", "target_class": 0}}
+    assert AttackSpec.from_dict(base).method == "gradient"
+    spec = AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"queries": 64}})
+    assert AttackSpec.from_dict(spec.to_dict()).blackbox == {"queries": 64}
+    assert BlackBoxSettings.from_spec(spec) == BlackBoxSettings(queries=64)
+    with pytest.raises(AttackConfigError, match="method 'adam' is not one of gradient, blackbox"):
+        AttackSpec.from_dict({**base, "method": "adam"})
+    with pytest.raises(AttackConfigError, match=r"blackbox: unknown keys \['budget'\]"):
+        AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"budget": 10}})
+    with pytest.raises(AttackConfigError, match="blackbox.square_init: 2"):
+        AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"square_init": 2}})
+    with pytest.raises(AttackConfigError, match="budget of 10 queries does not cover two batches of 8"):
+        AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"queries": 10}})
