@@ -9,18 +9,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pandemonium.report.html import (
+from pandemonium.report.data import (
     ExamplePair,
     Prediction,
     ReportData,
     TaskSection,
-    extract_numbers,
     format_number,
     image_to_hwc,
     read_table,
-    render_html,
-    write_report,
 )
+from pandemonium.report.html import extract_numbers, render_html, write_report
 from pandemonium.report.transfer import robustness_curve, transfer_matrix
 
 from .chromium import dump_dom, screenshot

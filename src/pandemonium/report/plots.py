@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["plot_eval_history", "plot_history", "save_patch_png"]
+__all__ = ["plot_eval_history", "plot_history", "pyplot", "save_patch_png"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -43,7 +44,7 @@ def save_patch_png(patch: torch.Tensor, path: str | Path) -> Path:
 
 def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str] | None = None) -> Path:
     """Training curves (one line per loss term) against the step."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(keys) if keys is not None else [k for k in (history[0] if history else {}) if k not in ("step", "lr")]
@@ -63,7 +64,7 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys:
 
 def plot_eval_history(evals: Sequence[Mapping[str, float]], metric: str, path: str | Path) -> Path:
     """An evaluation metric against the step with its bootstrap confidence band."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     steps = np.array([e["step"] for e in evals], dtype=float)

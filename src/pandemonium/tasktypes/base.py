@@ -71,7 +71,7 @@ class TaskTypeSpec:
             :func:`pandemonium.models.training.run_model` outputs: a ``pandas.DataFrame`` (written as
             CSV), a list of dicts (JSON) or a dict of numpy arrays (``.npz``).
         report_predictions: ``report_predictions(outputs, class_names, threshold) -> list[dict]``,
-            drawable per-image predictions (see ``pandemonium.report.html.Prediction``).
+            drawable per-image predictions (see ``pandemonium.report.data.Prediction``).
         report_truth: ``report_truth(targets, class_names, n) -> list[str]`` captions of the truth.
         output_kinds: what a foreign model may return for this type (``model.output.kind`` of an adopted
             model, see :class:`pandemonium.models.adapters.OutputAdapter`), e.g. ``("logits", "probabilities")``.

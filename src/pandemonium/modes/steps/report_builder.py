@@ -24,14 +24,8 @@ from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import load_patch
 from pandemonium.modes.steps.transfer import TRANSFER_KEY, read_summary
 from pandemonium.plain import as_float
-from pandemonium.report.html import (
-    ExamplePair,
-    Prediction,
-    ReportData,
-    TaskSection,
-    read_table,
-    write_report,
-)
+from pandemonium.report.data import ExamplePair, Prediction, ReportData, TaskSection, read_table
+from pandemonium.report.html import write_report
 from pandemonium.runs.provenance import artifact_id, command_line
 
 log = logging.getLogger(__name__)
