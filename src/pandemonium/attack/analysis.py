@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pandemonium.attack.evaluation import PARAM_PREFIX, bootstrap_ci
+from pandemonium.attack.rows import PARAM_PREFIX
+from pandemonium.attack.statistics import bootstrap_ci
 
 __all__ = ["failure_report", "numeric_params", "param_importance", "plot_metric_vs_param"]
 

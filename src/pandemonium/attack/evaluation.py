@@ -15,14 +15,13 @@ success counts ``<rate>_hits`` / ``<rate>_trials`` per arm from the task type's 
 rates of every arm with intervals, paired differences patched - baseline, counts, all from a
 bootstrap over scenes (:mod:`pandemonium.attack.statistics`).
 
-Any row of the saved table can be re-rendered exactly with :func:`render_row`.
+Any row of the saved table can be re-rendered exactly with :func:`pandemonium.attack.rows.render_row`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,120 +33,21 @@ import pandas as pd
 import torch
 
 from pandemonium.attack.checkpoint import isolated_rng
-from pandemonium.attack.rows import (  # the row <-> params code lives there (re-exported here)
-    PARAM_PREFIX,
-    expand_patch,
-    final_stage_input,
-    params_to_rows,
-    pipeline_stages,
-    render_row,
-)
-from pandemonium.attack.statistics import (
-    CONFIDENCE_LEVEL,
-    N_RESAMPLES,
-    mean_interval,
-    warn_if_repeated_scenes,
-)
+from pandemonium.attack.rows import PARAM_PREFIX, expand_patch, params_to_rows, pipeline_stages
+from pandemonium.attack.statistics import summarize, warn_if_repeated_scenes
+from pandemonium.attack.success.columns import task_metrics
 from pandemonium.attack.success.summary import BASELINE_ARMS, arm_column, summarize_success
 
 __all__ = [
     "EvalResult",
     "FixedEvaluation",
-    "bootstrap_ci",
-    "final_stage_input",
     "load_table",
-    "render_row",
     "save_table",
-    "standard_error",
-    "summarize",
-    "task_metrics",
 ]
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_RESAMPLES = N_RESAMPLES
 SCENE_KEY = "image_index"
-
-
-# --------------------------------------------------------------------------------------- statistics
-def _finite(values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    return arr[~np.isnan(arr)]
-
-
-def standard_error(values: Any) -> float:
-    """Standard error of the mean, ``std(ddof=1) / sqrt(n)``, over the non-NaN values (NaN if n < 2)."""
-    arr = _finite(values)
-    if arr.size < 2:
-        return math.nan
-    return float(arr.std(ddof=1) / math.sqrt(arr.size))
-
-
-def bootstrap_ci(
-    values: Any,
-    seed: int = 0,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence_level: float = CONFIDENCE_LEVEL,
-    scenes: Any = None,
-) -> tuple[float, float]:
-    """Bootstrap interval of the mean of the non-NaN ``values`` (over ``scenes`` when given, else rows);
-    :func:`pandemonium.attack.statistics.mean_interval` does the work. (NaN, NaN) for fewer than 2.
-
-    >>> lo, hi = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
-    >>> 0.0 <= lo <= 0.6 <= hi <= 1.0
-    True
-    """
-    iv = mean_interval(values, scenes, confidence_level, n_resamples, seed)
-    return (iv.ci_low, iv.ci_high)
-
-
-def summarize(table: pd.DataFrame, columns: list[str], seed: int = 0, scenes: Any = None) -> dict[str, float]:
-    """``<col>`` (mean over non-NaN), ``<col>_se``, ``<col>_ci_low``, ``<col>_ci_high``, ``<col>_n``;
-    intervals resample ``scenes`` (one id per row) when given."""
-    out: dict[str, float] = {}
-    for i, col in enumerate(columns):
-        values = table[col].to_numpy(dtype=np.float64)
-        iv = mean_interval(values, scenes, seed=seed + i)
-        out[col] = iv.value
-        out[f"{col}_se"] = standard_error(values)
-        out[f"{col}_ci_low"] = iv.ci_low
-        out[f"{col}_ci_high"] = iv.ci_high
-        out[f"{col}_n"] = float(iv.n_rows)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ metrics
-def task_metrics(
-    y_patch: Any,
-    y_control: Any,
-    targets: Mapping[str, Any] | None,
-    target_class: int | None = None,
-    conf_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
-    task_type: str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-row success columns of one scored arm, from the task type's spec (``TaskTypeSpec.success``).
-
-    Without ``task_type`` the spec is the first whose ``recognises`` accepts the output layout; an
-    ensemble output ``{model_name: output}`` gets metrics per model, prefixed ``<model_name>.``.
-    """
-    from pandemonium.tasktypes import specs_recognising, task_type_spec
-
-    targets = targets or {}
-    specs = [task_type_spec(task_type)] if task_type is not None else specs_recognising(y_patch)
-    if specs and specs[0].success is not None:
-        return dict(specs[0].success(y_patch, y_control, targets, target_class=target_class,
-                                     conf_threshold=conf_threshold, iou_threshold=iou_threshold))
-    if isinstance(y_patch, Mapping) and isinstance(y_control, Mapping):
-        out: dict[str, torch.Tensor] = {}
-        for name, value in y_patch.items():
-            if name in y_control:
-                # several tasks (MultiTaskPipeline): targets by task name; an ensemble shares one set
-                own = targets.get(name) if isinstance(targets.get(name), Mapping) else targets
-                sub = task_metrics(value, y_control[name], own, target_class, conf_threshold, iou_threshold)
-                out.update({f"{name}.{k}": v for k, v in sub.items()})
-        return out
-    return {}
 
 
 # ------------------------------------------------------------------------------------------ tables

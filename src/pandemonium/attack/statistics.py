@@ -40,11 +40,14 @@ __all__ = [
     "Interval",
     "RepeatedScenesWarning",
     "StatisticsError",
+    "bootstrap_ci",
     "mean_interval",
     "mean_rate_interval",
     "newcombe_interval",
     "paired_difference",
     "rate_interval",
+    "standard_error",
+    "summarize",
     "warn_if_repeated_scenes",
     "wilson_interval",
 ]
@@ -332,3 +335,50 @@ def mean_rate_interval(
         return Interval(value, lo, hi, int(h.shape[1]), n_scenes, total, "bootstrap")
     lo, hi = wilson_interval(value * n_scenes, n_scenes, confidence)
     return Interval(value, lo, hi, int(h.shape[1]), n_scenes, total, "wilson")
+
+
+# ----------------------------------------------------------------------- per-column summaries of a table
+def _finite(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    return arr[~np.isnan(arr)]
+
+
+def standard_error(values: Any) -> float:
+    """Standard error of the mean, ``std(ddof=1) / sqrt(n)``, over the non-NaN values (NaN if n < 2)."""
+    arr = _finite(values)
+    if arr.size < 2:
+        return math.nan
+    return float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def bootstrap_ci(
+    values: Any,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    confidence_level: float = CONFIDENCE_LEVEL,
+    scenes: Any = None,
+) -> tuple[float, float]:
+    """Bootstrap interval of the mean of the non-NaN ``values`` (over ``scenes`` when given, else rows);
+    :func:`mean_interval` does the work. (NaN, NaN) for fewer than 2.
+
+    >>> lo, hi = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
+    >>> 0.0 <= lo <= 0.6 <= hi <= 1.0
+    True
+    """
+    iv = mean_interval(values, scenes, confidence_level, n_resamples, seed)
+    return (iv.ci_low, iv.ci_high)
+
+
+def summarize(table: Any, columns: list[str], seed: int = 0, scenes: Any = None) -> dict[str, float]:
+    """``<col>`` (mean over non-NaN), ``<col>_se``, ``<col>_ci_low``, ``<col>_ci_high``, ``<col>_n``;
+    intervals resample ``scenes`` (one id per row) when given."""
+    out: dict[str, float] = {}
+    for i, col in enumerate(columns):
+        values = table[col].to_numpy(dtype=np.float64)
+        iv = mean_interval(values, scenes, seed=seed + i)
+        out[col] = iv.value
+        out[f"{col}_se"] = standard_error(values)
+        out[f"{col}_ci_low"] = iv.ci_low
+        out[f"{col}_ci_high"] = iv.ci_high
+        out[f"{col}_n"] = float(iv.n_rows)
+    return out

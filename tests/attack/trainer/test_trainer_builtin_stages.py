@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pandemonium.attack.evaluation import final_stage_input, load_table, render_row
+from pandemonium.attack.evaluation import load_table
 from pandemonium.attack.losses import ClassificationUntargeted, CompositeLoss, TotalVariation
 from pandemonium.attack.patches import SigmoidPatch
 from pandemonium.attack.pipeline import Pipeline
+from pandemonium.attack.rows import final_stage_input, render_row
 from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.fused import FusedImplantAugment
 from pandemonium.attack.stages.implant import RectangleImplanter

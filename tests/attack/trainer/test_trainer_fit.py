@@ -184,8 +184,9 @@ def test_sharpness_aware_step_replays_the_same_conditions(tmp_path):
 
 
 def test_several_patches_train_evaluate_and_rerender(tmp_path):
-    from pandemonium.attack.evaluation import load_table, render_row
+    from pandemonium.attack.evaluation import load_table
     from pandemonium.attack.pipeline import Pipeline
+    from pandemonium.attack.rows import render_row
 
     from .toys import ToyBrightness, ToyImplant, ToyMerge, toy_model
 

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from pandemonium.attack.analysis import failure_report, param_importance, plot_metric_vs_param
-from pandemonium.attack.evaluation import final_stage_input, load_table, render_row
+from pandemonium.attack.evaluation import load_table
+from pandemonium.attack.rows import final_stage_input, render_row
 
 from .test_trainer_fit import ev, make_trainer
 

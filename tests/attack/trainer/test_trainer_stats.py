@@ -9,12 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pandemonium.attack.evaluation import (
-    bootstrap_ci,
-    standard_error,
-    summarize,
-    task_metrics,
-)
+from pandemonium.attack.statistics import bootstrap_ci, standard_error, summarize
+from pandemonium.attack.success.columns import task_metrics
 
 
 def test_standard_error_matches_the_textbook_formula():

@@ -22,7 +22,7 @@ import torch
 
 from pandemonium.attack.success.base import SuccessInputs, SuccessMetric
 
-__all__ = ["SuccessColumns", "SuccessHeadline", "success_columns"]
+__all__ = ["SuccessColumns", "SuccessHeadline", "success_columns", "task_metrics"]
 
 
 def success_columns(metric: SuccessMetric, y_arm: Any, y_control: Any, targets: Mapping[str, Any] | None,
@@ -58,3 +58,36 @@ class SuccessHeadline:
 
     def __call__(self, target_class: int | None = None) -> str:
         return self.metric().headline(target_class)
+
+
+def task_metrics(
+    y_patch: Any,
+    y_control: Any,
+    targets: Mapping[str, Any] | None,
+    target_class: int | None = None,
+    conf_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    task_type: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-row success columns of one scored arm, from the task type's spec (``TaskTypeSpec.success``).
+
+    Without ``task_type`` the spec is the first whose ``recognises`` accepts the output layout; an
+    ensemble output ``{model_name: output}`` gets metrics per model, prefixed ``<model_name>.``.
+    """
+    from pandemonium.tasktypes import specs_recognising, task_type_spec
+
+    targets = targets or {}
+    specs = [task_type_spec(task_type)] if task_type is not None else specs_recognising(y_patch)
+    if specs and specs[0].success is not None:
+        return dict(specs[0].success(y_patch, y_control, targets, target_class=target_class,
+                                     conf_threshold=conf_threshold, iou_threshold=iou_threshold))
+    if isinstance(y_patch, Mapping) and isinstance(y_control, Mapping):
+        out: dict[str, torch.Tensor] = {}
+        for name, value in y_patch.items():
+            if name in y_control:
+                # several tasks (MultiTaskPipeline): targets by task name; an ensemble shares one set
+                own = targets.get(name) if isinstance(targets.get(name), Mapping) else targets
+                sub = task_metrics(value, y_control[name], own, target_class, conf_threshold, iou_threshold)
+                out.update({f"{name}.{k}": v for k, v in sub.items()})
+        return out
+    return {}
