@@ -18,8 +18,8 @@ TINY_TASKS = ("mode.creator_kwargs.num_samples=64", "mode.creator_kwargs.image_s
 TINY_TRAIN = ("model=tiny", "trainer.lightning.max_epochs=1", "trainer.task_type_overrides.detection.lightning.max_epochs=1",
               "trainer.lightning.max_time=00:00:01:00")
 TINY_ATTACK = ("attack.steps=4", "attack.num_eval=16", "attack.batch_size=8")
-TINY_EVAL = ("mode.num_eval=16", "mode.batch_size=16", "mode.scales=[0.75,1.0]", "mode.angles=[0,30]",
-             "mode.num_examples=2")
+TINY_EVAL = ("mode.num_eval=16", "mode.batch_size=16", "mode.scales=[0.3,0.4]", "mode.angles=[0,30]",
+             "mode.brightness=[0.5,1.0]", "mode.blur=[1.0]", "mode.jpeg=[50]", "mode.num_examples=2")
 
 
 def compose(mode: str, roots: Any, *overrides: str) -> Any:

@@ -249,3 +249,71 @@ def test_universal_patch_and_evaluate_only_on_reused_patches(cli, demo):
     structs = _structs(cli.runs("e2e_reeval")[-1])
     assert structs["shapes_cls"]["patches"].parts[-4] == "e2e"
     assert not (cli.out_dir / "e2e_reeval" / "PATCHES").exists()
+
+
+def _cli_figures(out: str, task: str) -> dict[str, tuple[float, float, float]]:
+    """The demo's printed figures of one task: label -> (value, ci_low, ci_high)."""
+    import re
+
+    number = r"(-?[0-9.]+|nan)"
+    figure = re.compile(rf"{number} \[{number}, {number}\]")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(task))
+    found = {"patched": tuple(float(v) for v in figure.search(lines[start]).groups())}
+    for line in lines[start + 1:]:
+        if not line.startswith("    "):
+            break
+        match = figure.search(line)
+        if match:
+            found[line[: match.start()].strip()] = tuple(float(v) for v in match.groups())
+    return found
+
+
+def test_cli_report_and_mlflow_tell_one_story(demo, cli):
+    """Each task's patched, control and random-patch rates and the paired difference, with their
+    intervals: the same in the printed summary, the report's headline cards and the MLflow run."""
+    import mlflow
+
+    from pandemonium.modes.steps.evaluate_patch import headline_figures
+    from pandemonium.tracking.mode_run import mlflow_name
+
+    proc, run_dir = demo
+    structs = _structs(run_dir)
+    _, headline = extract_numbers(dump_dom(Path(structs["shapes_cls"]["reports"])))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{cli.out_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], max_results=200)
+    for task in ("shapes_cls", "shapes_det"):
+        summary = json.loads(Path(structs[task]["eval_summaries"]).read_text())
+        assert summary["split"] == "test" and summary["n_scenes"] <= summary["n_rows"]
+        figures = headline_figures(summary)
+        assert [f.label for f in figures] == ["patched", "control (no patch)", "random patch", "patched - random"]
+        printed = _cli_figures(proc.stdout, task)
+        logged = next(r for r in runs if r.info.run_name == f"evaluate/{task}").data
+        assert logged.tags["split"] == "test" and logged.tags["env.seed"] == str(summary["environment"]["seed"])
+        for f in figures:
+            stored = (f.value, f.ci_low, f.ci_high)
+            shown = tuple(headline[f"{task}/{f.key}{part}"] for part in ("", "/ci_low", "/ci_high"))
+            # an undefined figure (nothing to attack: a tiny detector that finds nothing) is NaN, which
+            # MLflow does not store: it must then be absent there, not some other number
+            in_mlflow = tuple(logged.metrics.get(mlflow_name(f"{f.key}{part}"), math.nan)
+                              for part in ("", "_ci_low", "_ci_high"))
+            for name, got in (("cli", printed[f.label]), ("report", shown), ("mlflow", in_mlflow)):
+                assert all(_same(str(g), s) for g, s in zip(got, stored)), (task, f.label, name, got, stored)
+
+
+def test_transfer_diagonal_is_the_stored_evaluation(demo):
+    """A patch on its own model: the transfer matrix holds exactly the stored evaluation's value,
+    interval, baselines and counts (one value and one interval per patch x model x metric)."""
+    _, run_dir = demo
+    structs = _structs(run_dir)
+    transfer = pd.read_csv(structs["shapes_cls"]["transfer"])
+    for task in ("shapes_cls", "shapes_det"):
+        summary = json.loads(Path(structs[task]["eval_summaries"]).read_text())
+        row = transfer[(transfer.patch_id == summary["patch_id"]) & (transfer.model_id == summary["model_id"])]
+        assert len(row) == 1, task
+        row = row.iloc[0]
+        metric = summary["metric"]
+        for column, key in (("rate", metric), ("ci_low", f"{metric}_ci_low"), ("ci_high", f"{metric}_ci_high"),
+                            ("control", f"{metric}_control"), ("random", f"{metric}_random"),
+                            ("diff_vs_random", f"{metric}_diff_vs_random"), ("n_scenes", f"{metric}_n_scenes")):
+            assert _same(str(row[column]), summary[key]), (task, column, row[column], summary[key])

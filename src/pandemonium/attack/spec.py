@@ -214,14 +214,19 @@ def success_metric(preset: Mapping[str, Any], task_type: str) -> str:
 # ------------------------------------------------------------------------------- typed spec
 @dataclass(frozen=True)
 class EvaluationPlan:
-    """Fixed-condition evaluation: how many held-out samples, in which batches, which sweeps (scale,
-    viewing angle) and which patch x model pairs the sweeps cover."""
+    """Fixed-condition evaluation: how many held-out samples, in which batches, which sweeps and which
+    patch x model pairs the sweeps cover. Sweeps: ``scales`` (patch side / image side, in (0, 1]),
+    ``angles`` (viewing angle, degrees), ``brightness`` (factor on the image, > 0), ``blur`` (Gaussian
+    sigma in pixels, >= 0) and ``jpeg`` (JPEG quality, 1..100)."""
 
     num_eval: int = DEFAULTS["num_eval"]
     batch_size: int = DEFAULTS["eval_batch_size"]
     scales: tuple[float, ...] = ()
     angles: tuple[float, ...] = ()
     curve_pairs: str = DEFAULTS["curve_pairs"]
+    brightness: tuple[float, ...] = ()
+    blur: tuple[float, ...] = ()
+    jpeg: tuple[float, ...] = ()
 
     @classmethod
     def from_mode(cls, mode: Mapping[str, Any] | None, check: bool = True) -> EvaluationPlan:
@@ -236,7 +241,10 @@ class EvaluationPlan:
                        batch_size=int(get("batch_size", DEFAULTS["eval_batch_size"])),
                        scales=tuple(float(s) for s in get("scales", ())),
                        angles=tuple(float(a) for a in get("angles", ())),
-                       curve_pairs=str(get("curve_pairs", DEFAULTS["curve_pairs"])))
+                       curve_pairs=str(get("curve_pairs", DEFAULTS["curve_pairs"])),
+                       brightness=tuple(float(b) for b in get("brightness", ())),
+                       blur=tuple(float(b) for b in get("blur", ())),
+                       jpeg=tuple(float(q) for q in get("jpeg", ())))
         if check:
             settings.check("mode")
         return settings
@@ -245,8 +253,14 @@ class EvaluationPlan:
         if self.num_eval <= 0 or self.batch_size <= 0:
             raise AttackConfigError(f"{where}: num_eval and the evaluation batch size must be positive, "
                                     f"got {self.num_eval} and {self.batch_size}")
-        if any(s <= 0 for s in self.scales):
-            raise AttackConfigError(f"{where}.scales must be positive factors, got {list(self.scales)}")
+        if any(not 0 < s <= 1 for s in self.scales):
+            raise AttackConfigError(f"{where}.scales must be positive and at most 1 (patch side / image side), "
+                                    f"got {list(self.scales)}")
+        if any(b <= 0 for b in self.brightness) or any(b < 0 for b in self.blur):
+            raise AttackConfigError(f"{where}.brightness must be positive factors and {where}.blur sigmas >= 0, "
+                                    f"got {list(self.brightness)} and {list(self.blur)}")
+        if any(not 1 <= q <= 100 for q in self.jpeg):
+            raise AttackConfigError(f"{where}.jpeg qualities must lie in [1, 100], got {list(self.jpeg)}")
         if any(not 0 <= abs(a) < 90 for a in self.angles):
             raise AttackConfigError(f"{where}.angles must lie in (-90, 90) degrees, got {list(self.angles)}")
         if self.curve_pairs not in ("diagonal", "all"):

@@ -43,7 +43,11 @@ from pandemonium.modes.steps.context import (
     step_seed_of,
     tracked,
 )
-from pandemonium.modes.steps.evaluate_patch import PatchEvaluation, evaluation_headline
+from pandemonium.modes.steps.evaluate_patch import (
+    PatchEvaluation,
+    evaluation_headline,
+    stored_evaluation_lines,
+)
 from pandemonium.modes.steps.fit import PatchFit
 from pandemonium.modes.steps.models import ModelSource
 from pandemonium.runs.base import AbstractBaseScheduler
@@ -121,8 +125,9 @@ class AttackScheduler(AbstractBaseScheduler):
         return self.headline()
 
     def summary_lines(self) -> list[str]:
-        """The base lines, plus the queries each black-box patch cost (``attack=blackbox``)."""
+        """The base lines, each evaluated task's patched, control and random-patch rates and their
+        difference (with intervals), plus the queries each black-box patch cost (``attack=blackbox``)."""
         fits = self.ctx.results.get("fits") or {}
-        return [*super().summary_lines(), *(
+        return [*super().summary_lines(), *stored_evaluation_lines(self.ctx), *(
             f"  {task}: black-box patch after {fit['queries']} queries to the model (budget {fit['query_budget']})"
             for task, fit in fits.items() if fit.get("method") == "blackbox")]

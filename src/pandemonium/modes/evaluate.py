@@ -5,14 +5,14 @@ fitted) is evaluated on the newest model of each task: the model's own evaluatio
 task's attack spec, held-out images), conditions drawn ONCE from ``seed`` and replayed for every
 patch, each sample patched and as control. Outputs (FileManager key ``transfer``):
 
-- ``transfer.csv``: the transfer matrix in long form (patch, model, rate, 95% CI, n) and
-  ``transfer_records.parquet``: the per-sample success behind it;
-- ``robustness_scale.csv`` / ``robustness_angle.csv``: rate per patch scale (a factor on the
-  sampled scale) and per viewing angle (tilt in degrees about the vertical axis), everything else
-  fixed.
+- ``transfer.csv``: the transfer matrix in long form (patch, model, rate with its 95% CI, control,
+  random patch, paired difference patched - random, counts) and ``transfer_records.parquet``: the
+  per-row success behind it, with each row's scene;
+- ``robustness_<condition>.csv``: the same figures per patch side / image side, viewing angle,
+  brightness, blur and JPEG quality, everything else fixed.
 
-Rates: the success metric of the *model's* task (its attack spec); CIs from
-:mod:`pandemonium.report.transfer`. The work is done by :class:`~pandemonium.modes.steps.transfer.Transfer`.
+Rates: the success metric of the *model's* task (its attack spec), on the held-out test split;
+intervals from a bootstrap over scenes (:mod:`pandemonium.attack.statistics`). The work is done by :class:`~pandemonium.modes.steps.transfer.Transfer`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from pandemonium.attack.spec import EvaluationPlan
 from pandemonium.modes.steps.checks import check_evaluation_inputs
 from pandemonium.modes.steps.context import ModeContext, finish_tracking, start_tracking, tracked
 from pandemonium.modes.steps.models import ModelSource
-from pandemonium.modes.steps.transfer import TRANSFER_KEY, Transfer, read_summary, transfer_headline
+from pandemonium.modes.steps.transfer import (
+    TRANSFER_KEY,
+    Transfer,
+    read_summary,
+    transfer_headline,
+    transfer_lines,
+)
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -79,3 +85,7 @@ class EvaluateScheduler(AbstractBaseScheduler):
 
     def finish(self) -> Any:
         return self.headline()
+
+    def summary_lines(self) -> list[str]:
+        """The base lines, then each pair's patched, control and random-patch rates and their difference."""
+        return [*super().summary_lines(), *transfer_lines(self.ctx)]

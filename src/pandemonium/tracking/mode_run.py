@@ -236,6 +236,9 @@ class ModeTracking:
 
         tags = {"task": task, "model_id": str(summary.get("model_id", "")), "patch_id": str(summary.get("patch_id", "")),
                 "pandemonium.step": "evaluate"}
+        # the split, the metric, the environment record and the wall-clock-cap flag, as the report shows them
+        tags.update({k: str(summary[k]) for k in ("metric", "split", "model_stopped_by_time_cap") if k in summary})
+        tags.update({f"env.{k}": str(v) for k, v in (summary.get("environment") or {}).items()})
         with mlflow.start_run(run_name=f"evaluate/{task}", nested=True, tags=tags):
             metrics = {k: float(v) for k, v in summary.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}

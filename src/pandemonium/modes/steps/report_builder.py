@@ -21,10 +21,17 @@ from omegaconf import OmegaConf
 from pandemonium.attack.spec import AttackConfigError
 from pandemonium.modes.steps import CURVES_KEY, EVAL_SUMMARY_KEY, EXAMPLES_KEY
 from pandemonium.modes.steps.context import ModeContext
-from pandemonium.modes.steps.evaluate_patch import load_patch
-from pandemonium.modes.steps.transfer import TRANSFER_KEY, read_summary
+from pandemonium.modes.steps.evaluate_patch import headline_figures, load_patch, split_counts
+from pandemonium.modes.steps.transfer import CURVE_CONDITIONS, TRANSFER_KEY, read_summary
 from pandemonium.plain import as_float
-from pandemonium.report.data import ExamplePair, Prediction, ReportData, TaskSection, read_table
+from pandemonium.report.data import (
+    ExamplePair,
+    HeadlineFigure,
+    Prediction,
+    ReportData,
+    TaskSection,
+    read_table,
+)
 from pandemonium.report.html import write_report
 from pandemonium.runs.provenance import artifact_id, command_line
 
@@ -43,9 +50,26 @@ def summary_table(summary: dict[str, Any]) -> pd.DataFrame:
         if f"{key}_ci_low" not in summary or isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
             continue
         # JSON null is a mean over no samples (e.g. no detections to hide): shown as nan
+        # counts are integers: a rate's rows (<rate>_n_rows), a mean's non-missing rows (<col>_n)
+        n = as_float(summary.get(f"{key}_n", summary.get(f"{key}_n_rows")))
         rows.append({"quantity": key, "mean": as_float(value), "ci_low": as_float(summary.get(f"{key}_ci_low")),
-                     "ci_high": as_float(summary.get(f"{key}_ci_high")), "n": as_float(summary.get(f"{key}_n"))})
-    return pd.DataFrame(rows, columns=["quantity", "mean", "ci_low", "ci_high", "n"])
+                     "ci_high": as_float(summary.get(f"{key}_ci_high")), "n": int(n) if math.isfinite(n) else None})
+    table = pd.DataFrame(rows, columns=["quantity", "mean", "ci_low", "ci_high", "n"])
+    table["n"] = pd.Series([r["n"] for r in rows], dtype=object)  # ints, None where there is no count
+    return table
+
+
+def headline_cards(task: str, summary: dict[str, Any]) -> dict[str, HeadlineFigure]:
+    """The task's headline cards: patched, control, random patch and patched - random, each with its
+    interval, keyed ``<task>/<summary key>`` (the summary key is the MLflow metric name too)."""
+    return {f"{task}/{f.key}": HeadlineFigure(f.value, f.ci_low, f.ci_high, f"{task} · {summary.get('metric')} · {f.label}")
+            for f in headline_figures(summary)}
+
+
+def environment_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """The environment record of an evaluation (versions, commit, device, threads, seed) as a table."""
+    record = summary.get("environment") or {}
+    return pd.DataFrame({"setting": list(record), "value": [str(v) for v in record.values()]})
 
 
 def _prediction(entry: dict[str, Any] | None) -> Prediction:
@@ -62,12 +86,16 @@ def example_pairs(examples: dict[str, Any], limit: int) -> list[ExamplePair]:
     if before is None or after is None:
         return pairs
     truth = list(examples.get("truth") or [])
+    outcome = list(examples.get("outcome") or [])
     for i in range(min(int(limit), len(before))):
+        caption = truth[i] if i < len(truth) else ""
+        if i < len(outcome):  # examples are chosen to show successes and failures of the attack
+            caption = f"{caption} · attack {'succeeded' if outcome[i] == 'success' else 'failed'}".strip(" ·")
         pairs.append(ExamplePair(
             before=before[i], after=after[i],
             pred_before=_prediction((examples.get("pred_before") or [{}] * (i + 1))[i]),
             pred_after=_prediction((examples.get("pred_after") or [{}] * (i + 1))[i]),
-            truth=truth[i] if i < len(truth) else "",
+            truth=caption,
         ))
     return pairs
 
@@ -109,7 +137,15 @@ class ReportBuilder:
         fit = payload.get("summary") or {}
         if fit.get("method") == "blackbox":  # a query-only attack is judged with its cost
             patch_note += f"; black-box patch: {fit['queries']} queries to the model (budget {fit['query_budget']})"
+        if summary:
+            patch_note = f"Figures from the {split_counts(summary)}; 95% intervals from a bootstrap over scenes. " \
+                         + patch_note
+            if summary.get("model_stopped_by_time_cap"):
+                patch_note += (" The model's training was stopped by the wall-clock cap: it is not reproducible "
+                               "bit for bit.")
         tables = {"evaluation": summary_table(summary)} if summary else {}
+        if summary.get("environment"):
+            tables["environment"] = environment_table(summary)
         return TaskSection(
             task=task, task_type=struct.task_type.value,
             model_id=summary.get("model_id") or artifact_id(ctx.model_path(struct)),
@@ -126,11 +162,11 @@ class ReportBuilder:
                 f"report: no patches for {', '.join(ctx.task_list)} in project {ctx.cfg.proj!r}; run "
                 "`pandemonium attack` first (or reuse.patches=<project>)"
             )
-        headline = {}
-        for section in sections:
-            for key, value in section.metrics.items():
-                if "CI" not in key and "area" not in key:
-                    headline[f"{section.task}/{key}"] = value
+        headline: dict[str, Any] = {}
+        for task in ctx.task_list:
+            summary = read_summary(ctx.artifact(ctx.get_struct(task), EVAL_SUMMARY_KEY))
+            if summary and any(s.task == task for s in sections):
+                headline.update(headline_cards(task, summary))
         transfer_path = None
         for task in ctx.task_list:
             path = ctx.get_struct(task).paths.get(TRANSFER_KEY)
@@ -139,7 +175,7 @@ class ReportBuilder:
         transfer_path = transfer_path or ctx.project_newest(TRANSFER_KEY, "transfer")
         transfer_path = transfer_path if transfer_path and transfer_path.suffix == ".csv" else None
         robustness = {}
-        for condition in ("scale", "angle"):
+        for condition in CURVE_CONDITIONS:
             path = None
             for task in ctx.task_list:
                 candidate = ctx.get_struct(task).paths.get(f"robustness_{condition}")
@@ -172,5 +208,6 @@ class ReportBuilder:
         for task in ctx.task_list:
             ctx.get_struct(task).paths[REPORT_KEY] = path
         log.info("report written to %s", path)
-        finite = {k: v for k, v in data.headline.items() if isinstance(v, float) and math.isfinite(v)}
+        values = {k: (v.value if isinstance(v, HeadlineFigure) else v) for k, v in data.headline.items()}
+        finite = {k: v for k, v in values.items() if isinstance(v, float) and math.isfinite(v)}
         return {"report": str(path), "headline": finite}
