@@ -285,6 +285,8 @@ def test_cli_report_and_mlflow_tell_one_story(demo, cli):
     for task in ("shapes_cls", "shapes_det"):
         summary = json.loads(Path(structs[task]["eval_summaries"]).read_text())
         assert summary["split"] == "test" and summary["n_scenes"] <= summary["n_rows"]
+        # the best patch was chosen on the validation split, the figures come from the test split
+        assert torch.load(structs[task]["patches"], weights_only=False)["summary"]["selection_split"] == "val"
         figures = headline_figures(summary)
         assert [f.label for f in figures] == ["patched", "control (no patch)", "random patch", "patched - random"]
         printed = _cli_figures(proc.stdout, task)
