@@ -90,11 +90,9 @@ def plot_metric_vs_param(
 
     ``param`` may be given with or without the ``param:`` prefix. Returns the written path.
     """
-    import matplotlib
+    from pandemonium.report.plots import pyplot, save_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pcol, mcol = _column(table, param), _column(table, metric)
     x = table[pcol].astype(float).to_numpy()
     y = table[mcol].astype(float).to_numpy()
@@ -127,12 +125,7 @@ def plot_metric_vs_param(
     ax.set_xlabel(param.removeprefix(PARAM_PREFIX))
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def failure_report(

@@ -294,11 +294,16 @@ def expected_output(info: StructSummary, batch: int) -> str:
     return spec_of(info).describe_output(info.num_classes, info.image_size, batch)
 
 
-def _shape(x: Any) -> str:
+def describe_shape(x: Any) -> str:
+    """A model output's layout for error messages: tensor shapes, dict keys, sequence lengths.
+
+    >>> describe_shape({"boxes": torch.zeros(2, 4), "n": [1, 2]})
+    "{'boxes': (2, 4), 'n': list of 2}"
+    """
     if isinstance(x, torch.Tensor):
         return str(tuple(x.shape))
     if isinstance(x, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_shape(v)}" for k, v in x.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: {describe_shape(v)}" for k, v in x.items()) + "}"
     if isinstance(x, list | tuple):
         return f"{type(x).__name__} of {len(x)}"
     return type(x).__name__
@@ -334,6 +339,6 @@ def check_model_output(model: nn.Module, struct: Any, batch: int = 2) -> None:
         model.train(was_training)
     if not output_fits(output, info, batch):
         raise ModelBuildError(
-            f"task {info.name!r} ({info.task_type}): the model output {_shape(output)} does not fit the task type; "
+            f"task {info.name!r} ({info.task_type}): the model output {describe_shape(output)} does not fit the task type; "
             f"expected {expected_output(info, batch)}"
         )

@@ -32,6 +32,7 @@ from pandemonium.models.adapters import AdaptedModel, build_adapters
 from pandemonium.models.factory import (
     ModelBuildError,
     StructSummary,
+    describe_shape,
     expected_output,
     load_torchscript,
     output_fits,
@@ -120,16 +121,6 @@ def imported_model(struct: Any, source: Any, input: Mapping[str, Any] | None = N
     return AdaptedModel(model, input_adapter, output_adapter)
 
 
-def _shape(x: Any) -> str:
-    if isinstance(x, Tensor):
-        return str(tuple(x.shape))
-    if isinstance(x, Mapping):
-        return "{" + ", ".join(f"{k}: {_shape(v)}" for k, v in x.items()) + "}"
-    if isinstance(x, list | tuple):
-        return f"a {type(x).__name__} of {len(x)}"
-    return type(x).__name__
-
-
 def _check_range(raw: Any, kind: str, task: str) -> None:
     """Declared probabilities must look like probabilities; logits that do are likely mis-declared."""
     if not isinstance(raw, Tensor) or kind not in ("logits", "probabilities", "sigmoid"):
@@ -176,7 +167,7 @@ def check_adapted(model: AdaptedModel, struct: Any, images: Tensor, output_kind:
         output = model.output_adapter(raw, tuple(images.shape[-2:])) if model.output_adapter else raw
         if not output_fits(output, info, batch):
             raise ModelBuildError(
-                f"{task}: model returned shape {_shape(raw)} for a batch of {batch} (adapted: {_shape(output)}); "
+                f"{task}: model returned shape {describe_shape(raw)} for a batch of {batch} (adapted: {describe_shape(output)}); "
                 f"expected {expected_output(info, batch)}; check model.output.kind and the number of classes"
             )
         if batch > 1 and not isinstance(model.model, OnnxModel):
@@ -190,7 +181,7 @@ def check_adapted(model: AdaptedModel, struct: Any, images: Tensor, output_kind:
                 ) from None
             if not output_fits(single, info, 1):
                 raise ModelBuildError(
-                    f"{task}: model returned shape {_shape(single)} for a batch of 1; it seems to have a fixed "
+                    f"{task}: model returned shape {describe_shape(single)} for a batch of 1; it seems to have a fixed "
                     "batch size (traced?); expected " + expected_output(info, 1)
                 )
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["plot_eval_history", "plot_history", "pyplot", "save_patch_png"]
+__all__ = ["plot_eval_history", "plot_history", "pyplot", "save_figure", "save_patch_png"]
 
 
 def pyplot() -> Any:
@@ -24,6 +24,16 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (parents created) and close it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def save_patch_png(patch: torch.Tensor, path: str | Path) -> Path:
@@ -45,8 +55,6 @@ def save_patch_png(patch: torch.Tensor, path: str | Path) -> Path:
 def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str] | None = None) -> Path:
     """Training curves (one line per loss term) against the step."""
     plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(keys) if keys is not None else [k for k in (history[0] if history else {}) if k not in ("step", "lr")]
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [h["step"] for h in history]
@@ -56,17 +64,12 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys:
     ax.set_ylabel("loss term (batch mean)")
     if keys:
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_eval_history(evals: Sequence[Mapping[str, float]], metric: str, path: str | Path) -> Path:
     """An evaluation metric against the step with its bootstrap confidence band."""
     plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     steps = np.array([e["step"] for e in evals], dtype=float)
     mean = np.array([e.get(metric, np.nan) for e in evals], dtype=float)
     lo = np.array([e.get(f"{metric}_ci_low", np.nan) for e in evals], dtype=float)
@@ -77,7 +80,4 @@ def plot_eval_history(evals: Sequence[Mapping[str, float]], metric: str, path: s
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

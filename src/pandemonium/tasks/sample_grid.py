@@ -21,11 +21,12 @@ def save_sample_grid(
     seed: int = 0,
 ) -> Path:
     """Draw ``n`` samples (seeded choice from ``split``) into a grid and save it as PNG; returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    # drawing is the report layer's business: its pyplot (Agg backend) and figure writer
+    from pandemonium.report.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     dataset = TaskDataset(struct, split)
     count = min(n, len(dataset))
@@ -67,9 +68,4 @@ def save_sample_grid(
                 ax.text(x1, y1 - 1, names[int(label)], color=colour, fontsize=6, va="bottom")
         ax.set_title(title, fontsize=7)
     fig.suptitle(f"{struct.name} ({struct.task_type.value}, {len(dataset)} samples in {split})", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
