@@ -131,3 +131,68 @@ def test_a_moving_modality_the_transform_does_not_know_is_refused(depth):
     image, _, dmap = scene(np.random.default_rng(0))
     with pytest.raises(GeometryError, match="geometry_test_depth"):
         apply_albumentations(transform, {Modality.IMAGE: image, depth: dmap})
+
+
+# -- points: a known point maps to a known place on both paths ------------------------------------------
+POINT_SIZE = 32
+
+
+@pytest.fixture
+def points():
+    modality = register_modality("GEOMETRY_TEST_POINTS", "geometry_test_points", geometry=Geometry.POINTS)
+    yield modality
+    unregister_modality(modality)
+
+
+def dot_image() -> np.ndarray:
+    """One bright pixel at x=10, y=20 (the place of the first point)."""
+    image = np.zeros((POINT_SIZE, POINT_SIZE, 3), np.float32)
+    image[20, 10] = 1.0
+    return image
+
+
+def bright_pixel(image: np.ndarray) -> np.ndarray:
+    """(x, y) centroid of the pixels that are still bright after the transform."""
+    ys, xs = np.nonzero(np.asarray(image).max(axis=-1) > 0.3)
+    return np.array([xs.mean(), ys.mean()])
+
+
+POINTS_XY = np.array([[10.0, 20.0], [0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize(("transform", "expected"), [
+    ({"_target_": "albumentations.HorizontalFlip", "p": 1.0}, [[21.0, 20.0], [31.0, 0.0]]),   # x -> W - 1 - x
+    ({"_target_": "albumentations.Affine", "translate_px": {"x": 5, "y": -3}, "p": 1.0}, [[15.0, 17.0], [5.0, -3.0]]),
+    ({"_target_": "albumentations.Affine", "rotate": 90, "p": 1.0}, None),
+])
+def test_points_follow_the_cpu_path(points, transform, expected):
+    compose = build_cpu_augmentations({"cpu": [transform]}, modalities=[Modality.IMAGE, points])
+    out = apply_albumentations(compose, {Modality.IMAGE: dot_image(), points: POINTS_XY})
+    moved = out[points]
+    assert moved.shape == (2, 2)
+    if expected is not None:
+        np.testing.assert_allclose(moved, expected, atol=1e-4)
+    np.testing.assert_allclose(moved[0], bright_pixel(out[Modality.IMAGE]), atol=0.5)
+    assert np.abs(moved[0] - POINTS_XY[0]).max() > 1.0
+
+
+@pytest.mark.parametrize("name", ["flip", "rotate90", "shift"])
+def test_points_follow_the_gpu_path(points, name):
+    import kornia.augmentation as K
+
+    transform = {"flip": K.RandomHorizontalFlip(p=1.0), "rotate90": K.RandomAffine(degrees=(90.0, 90.0), p=1.0),
+                 "shift": K.RandomAffine(degrees=0.0, translate=(0.2, 0.2), p=1.0)}[name]
+    aug = K.AugmentationSequential(transform, data_keys=None)
+    image = torch.from_numpy(dot_image()).permute(2, 0, 1)[None].contiguous()
+    batch = {"image": image, points.value: [torch.from_numpy(POINTS_XY)], "class": torch.zeros(1, dtype=torch.long)}
+    torch.manual_seed(0)
+    out = apply_kornia(aug, batch)
+    moved = out[points.value][0].numpy()
+    # the known place: the drawn transform applied to the known point
+    matrix = aug.transform_matrix[0].numpy()
+    expected = (matrix[:2, :2] @ POINTS_XY.T).T + matrix[:2, 2]
+    np.testing.assert_allclose(moved, expected, atol=1e-4)
+    if name == "flip":
+        np.testing.assert_allclose(moved, [[21.0, 20.0], [31.0, 0.0]], atol=1e-4)
+    np.testing.assert_allclose(moved[0], bright_pixel(out["image"][0].permute(1, 2, 0).numpy()), atol=1.0)
+    assert np.abs(moved[0] - POINTS_XY[0]).max() > 1.0
