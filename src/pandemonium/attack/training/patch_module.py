@@ -7,6 +7,7 @@ patches) and which may offer ``project_()`` to put itself back in range after a 
 >>> module = as_patch_module((3, 4, 4))          # grey start
 >>> float(patch_value(module).mean())
 0.5
+>>> from pandemonium.attack.rows import expand_patch
 >>> expand_patch(patch_value(module), 2).shape
 torch.Size([2, 3, 4, 4])
 """
@@ -28,7 +29,6 @@ __all__ = [
     "TensorPatch",
     "as_patch_module",
     "detached",
-    "expand_patch",
     "patch_to_image",
     "patch_value",
     "project_patch_",
@@ -92,15 +92,6 @@ def detached(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: detached(v) for k, v in value.items()}
     return value.detach().cpu().clone()
-
-
-def expand_patch(value: Any, batch: int) -> Any:
-    """``(C, h, w)`` (or a dict of them) -> a ``(batch, C, h, w)`` view without copying."""
-    if isinstance(value, Mapping):
-        return {k: expand_patch(v, batch) for k, v in value.items()}
-    if value.ndim == 3:
-        value = value.unsqueeze(0)
-    return value.expand(batch, *value.shape[1:])
 
 
 @torch.no_grad()

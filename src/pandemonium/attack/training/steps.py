@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from pandemonium.attack.losses import weighted_total
+from pandemonium.attack.rows import expand_patch
 from pandemonium.attack.schedules import is_plateau
-from pandemonium.attack.training.patch_module import expand_patch, patch_value, project_patch_
+from pandemonium.attack.training.patch_module import patch_value, project_patch_
 from pandemonium.errors import PandemoniumError
 
 if TYPE_CHECKING:

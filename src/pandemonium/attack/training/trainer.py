@@ -39,6 +39,7 @@ from pandemonium.attack.checkpoint import isolated_rng, load_checkpoint, save_ch
 from pandemonium.attack.evaluation import EvalResult, FixedEvaluation, save_table
 from pandemonium.attack.optimizers import build_optimizer, optimizer_spec
 from pandemonium.attack.replay import check_replay
+from pandemonium.attack.rows import expand_patch
 from pandemonium.attack.schedules import build_schedule, is_plateau
 from pandemonium.attack.training.callbacks import BestPatch, Callback, EarlyStopping, require_metric
 from pandemonium.attack.training.checkpointing import Checkpoint
@@ -50,7 +51,7 @@ from pandemonium.attack.training.config import (
 )
 from pandemonium.attack.training.defaults import default_callbacks
 from pandemonium.attack.training.loggers import MLflowLogger, TensorBoardLogger
-from pandemonium.attack.training.patch_module import as_patch_module, detached, expand_patch, patch_value
+from pandemonium.attack.training.patch_module import as_patch_module, detached, patch_value
 from pandemonium.attack.training.state import restore_state, trainer_state
 from pandemonium.attack.training.steps import NonFiniteLossError, StepRunner
 from pandemonium.testing import check_loss
