@@ -24,7 +24,7 @@ from pandemonium.modes.steps import CURVES_KEY, UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext, resume_mlflow_run
 from pandemonium.modes.steps.models import ModelSource
 from pandemonium.plain import to_plain
-from pandemonium.runs.base import read_continue_changes
+from pandemonium.runs.journal import read_continue_changes
 from pandemonium.runs.provenance import artifact_id, command_line
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class PatchFit:
         """Patch file (with the specs it was fitted with), PNG, pipeline YAML and curves; attached to the structs."""
         from PIL import Image
 
-        from pandemonium.report.html import image_to_hwc
+        from pandemonium.report.data import image_to_hwc
 
         ctx = self.ctx
         patch = result.patch.detach().cpu()
