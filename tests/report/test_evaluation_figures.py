@@ -54,6 +54,8 @@ def test_headline_figures_are_the_summary_values_in_a_fixed_order():
     assert lines[0] == "t: hit on the test split (30 scenes, 40 rows)"
     assert [line.split()[-3] for line in lines[1:]] == ["0.800", "0.100", "0.150", "0.650"]
     assert format_figure(figures[3]) == "0.650 [0.500, 0.780]"
+    fewer = {**SUMMARY, "hit_n_rows": 36, "hit_n_scenes": 28}
+    assert evaluation_lines(fewer)[0] == "t: hit on the test split (30 scenes, 40 rows; hit scores 36 rows from 28 scenes)"
 
 
 def test_transfer_row_copies_the_summary_figures():

@@ -294,7 +294,13 @@ def split_counts(summary: Mapping[str, Any]) -> str:
         value = as_float(summary.get(key))
         return str(int(value)) if value == value else "?"
 
-    return f"{summary.get('split', '?')} split ({count('n_scenes')} scenes, {count('n_rows')} rows)"
+    text = f"{summary.get('split', '?')} split ({count('n_scenes')} scenes, {count('n_rows')} rows"
+    metric = summary.get("metric")
+    scored = (count(f"{metric}_n_rows"), count(f"{metric}_n_scenes"))
+    if metric and scored != (count("n_rows"), count("n_scenes")) and "?" not in scored:
+        # a rate only scores the rows it can (e.g. true class != target): say what it stands on
+        text += f"; {metric} scores {scored[0]} rows from {scored[1]} scenes"
+    return text + ")"
 
 
 def evaluation_lines(summary: Mapping[str, Any]) -> list[str]:
