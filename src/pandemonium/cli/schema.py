@@ -228,8 +228,10 @@ def group_options(dirs: Sequence[Path], group: str) -> list[str] | None:
 def check_group_choice(dirs: Sequence[Path], group: str, value: Any) -> None:
     """``trainer=fastt`` -> ConfigError naming the nearest options of the group."""
     options = group_options(dirs, group)
-    if options is None or value is None:
+    if options is None:
         return
+    if value is None:  # Hydra itself would fail with a ValueError ("must be a string or a list")
+        raise ConfigError(f"{group}=null: config group {group!r} needs one of its options; {_suggest('null', options)}")
     for choice in value if isinstance(value, list) else [value]:
         if str(choice) not in options:
             raise ConfigError(f"{group}={choice}: no option {choice!r} in config group {group!r}; "
