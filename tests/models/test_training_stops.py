@@ -38,7 +38,8 @@ def test_wall_clock_cap_is_recorded(tiny_structs, tmp_path):
     torch.manual_seed(0)
     model = build_model(struct, TINY)
     datamodule = TaskDataModule(struct, batch_size=8, seed=0)
-    capped = _trainer(lightning={"max_epochs": 1000, "max_time": "00:00:00:01"})
+    # early stopping off: on a fast machine ten epochs without improvement would end training before the clock
+    capped = _trainer(lightning={"max_epochs": 1000, "max_time": "00:00:00:01"}, early_stopping={"enabled": False})
     outcome = fit(model, struct, datamodule, capped, root_dir=tmp_path, seed=0)
     assert outcome["stopped_by_time_cap"] is True
     assert outcome["epochs"] < 1000
