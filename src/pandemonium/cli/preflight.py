@@ -174,7 +174,10 @@ def preflight(overrides: Sequence[str], dirs: Sequence[Path], mode: str | None,
     current = [line for line in lines if not line.startswith(("continue=", "mode="))]
     merged, changes = continue_overrides(current, stored_overrides(run_dir), bool(cfg.get("allow_changes")))
     head = [line for line in lines if line.startswith("mode=")]
-    final = [*head, *merged, f"continue={run_dir}"]
+    # the user's own spelling (e.g. continue=latest) is what the run's override record keeps; it names
+    # the run just resolved, since `latest` means the newest run of this mode
+    typed = [line for line in lines if line.startswith("continue=")]
+    final = [*head, *merged, *(typed or [f"continue={run_dir}"])]
     if changes or merged != current:
         for combo in [final]:
             schema.validate_config(_compose(combo))
