@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pandemonium.attack.stages.base import (
-    PipelineBase,
+from pandemonium.attack.stages.base import PipelineBase
+from pandemonium.attack.stages.contract import (
     StageError,
     call_log_vizualizations,
     derive_seed,

@@ -12,6 +12,7 @@ from typing import Any
 
 # searched in this order; cheap modules first so common names do not import kornia or mlflow
 _MODULES = (
+    "pandemonium.attack.stages.contract",
     "pandemonium.attack.stages.base",
     "pandemonium.attack.pipeline",
     "pandemonium.attack.stages.registry",
@@ -20,6 +21,7 @@ _MODULES = (
     "pandemonium.attack.stages.create",
     "pandemonium.attack.losses",
     "pandemonium.attack.stages.banks",
+    "pandemonium.attack.stages.implant_base",
     "pandemonium.attack.stages.implant",
     "pandemonium.attack.stages.fused",
     "pandemonium.attack.stages.augment",

@@ -26,11 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pandemonium.attack.stages.base import (
+from pandemonium.attack.stages.base import Batch, PipelineBase
+from pandemonium.attack.stages.contract import (
     KEY_SEPARATOR,
     ROLES,
-    Batch,
-    PipelineBase,
     StageError,
     call_log_vizualizations,
     role_of,

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from pandemonium.attack.losses import LossError, assert_finite, check_terms
-from pandemonium.attack.stages.base import StageError, role_of, stage_convention
+from pandemonium.attack.stages.base import stage_convention
+from pandemonium.attack.stages.contract import StageError, role_of
 
 __all__ = ["StageContractError", "check_loss", "check_stage"]
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -56,30 +55,16 @@ from pandemonium.attack.stages.contract import (
     KEY_SEPARATOR,
     ROLES,
     StageError,
-    call_log_vizualizations,
     check_serialisable,
-    derive_seed,
+    params_from_lists,
     params_to_lists,
-    role_of,
+    validate_batch,
 )
-
-logger = logging.getLogger(__name__)
+from pandemonium.attack.stages.seeded import SeededModule
 
 Batch = Tensor | dict[str, Tensor]
 
-__all__ = [
-    "KEY_SEPARATOR",
-    "ROLES",
-    "Batch",
-    "PipelineBase",
-    "StageError",
-    "call_log_vizualizations",
-    "check_serialisable",
-    "derive_seed",
-    "params_to_lists",
-    "role_of",
-    "stage_convention",
-]
+__all__ = ["Batch", "PipelineBase", "StageError", "stage_convention"]
 
 
 def stage_convention(stage: Any) -> str:
@@ -97,7 +82,7 @@ def stage_convention(stage: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 # the base class
 # --------------------------------------------------------------------------------------------------
-class PipelineBase(nn.Module):
+class PipelineBase(SeededModule):
     """Base class of every pipeline stage (see the module docstring and DESIGN.md "Stage").
 
     Class attributes a subclass may set:
@@ -144,10 +129,6 @@ class PipelineBase(nn.Module):
             keys = [keys]
         self.keys: list[str] | None = list(keys) if keys is not None else None
         self.params: dict[str, Any] = {}
-        self.seed: int = 0
-        self.position: int = 0
-        self._generator: torch.Generator | None = None
-        self._generator_device: torch.device = torch.device("cpu")
         self._last_params: dict[str, Tensor] | None = None
         self._last_batch_size: int | None = None
 
@@ -157,37 +138,8 @@ class PipelineBase(nn.Module):
             check_serialisable(str(getattr(type(self), "name", type(self).__name__)), value)
         super().__setattr__(name, value)
 
-    # ---------------------------------------------------------------- random numbers
-    def set_seed(self, seed: int, position: int = 0) -> None:
-        """Seed this stage's generator from the run seed and its position in the pipeline."""
-        self.seed, self.position = int(seed), int(position)
-        self._generator = None  # created lazily on the stage's device
-
-    @property
-    def generator(self) -> torch.Generator:
-        """The stage's own generator (never global RNG state), seeded by :meth:`set_seed`."""
-        if self._generator is None:
-            device = self._generator_device
-            if device.type == "meta":
-                device = torch.device("cpu")
-            generator = torch.Generator(device=device)
-            generator.manual_seed(derive_seed(self.seed, self.position))
-            self._generator = generator
-        return self._generator
-
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # Generators are not tensors, so nn.Module would leave them behind: find where ``fn`` sends
-        # tensors and re-create ours there. The stream restarts from the seed after a device change
-        # (CPU and CUDA streams differ anyway); dtype moves keep it.
-        result = super()._apply(fn, recurse)
-        source = self._generator_device if self._generator_device.type != "meta" else torch.device("cpu")
-        try:
-            probe = fn(torch.empty(0, device=source))
-        except (RuntimeError, NotImplementedError):  # fn cannot take an empty probe: keep the generator
-            return result
-        if isinstance(probe, Tensor) and probe.device != self._generator_device:
-            self._generator_device = probe.device
-            self._generator = None
+    def _after_move(self, fn, probe, new_device: bool) -> None:
+        if new_device:
             self._last_params = None  # per-batch values on the old device
         lastsample = self.__dict__.get("lastsample")
         if isinstance(lastsample, dict):  # electricmayhem's control pass reads it after a move
@@ -196,30 +148,6 @@ class PipelineBase(nn.Module):
                 v.to(probe.device) if isinstance(v, Tensor) and isinstance(probe, Tensor) else v
                 for k, v in lastsample.items()
             }
-        return result
-
-    def _draw_device(self) -> torch.device:
-        return self.generator.device
-
-    def uniform(self, low: float | Tensor, high: float | Tensor, shape: Sequence[int], device=None) -> Tensor:
-        """``U(low, high)`` of ``shape`` from the stage's generator, returned on ``device``."""
-        u = torch.rand(tuple(shape), generator=self.generator, device=self._draw_device())
-        u = u.to(device) if device is not None else u
-        return low + (high - low) * u
-
-    def normal(self, shape: Sequence[int], device=None, mean: float = 0.0, std: float = 1.0) -> Tensor:
-        z = torch.randn(tuple(shape), generator=self.generator, device=self._draw_device())
-        z = z.to(device) if device is not None else z
-        return mean + std * z
-
-    def randint(self, low: int, high: int, shape: Sequence[int], device=None) -> Tensor:
-        """Integers in ``[low, high)``."""
-        r = torch.randint(low, high, tuple(shape), generator=self.generator, device=self._draw_device())
-        return r.to(device) if device is not None else r
-
-    def bernoulli(self, p: float, shape: Sequence[int], device=None) -> Tensor:
-        """Boolean tensor, ``True`` with probability ``p``."""
-        return self.uniform(0.0, 1.0, shape, device) < p
 
     # ---------------------------------------------------------------- Kornia-style split
     def sample_params(
@@ -433,36 +361,7 @@ class PipelineBase(nn.Module):
         return layout
 
     def _params_from_dict(self, given: Mapping[str, Any], batch_shape, device, evaluate) -> dict[str, Tensor]:
-        batch = int(batch_shape[0])
-        layout = self._layout(batch_shape, device, evaluate)
-        expected_flat = params_to_lists(layout, self.name) if layout else {}
-        unknown = sorted(set(given) - set(expected_flat))
-        if unknown:
-            raise StageError(
-                f"stage {self.name!r}: unknown params keys {unknown}; expected {sorted(expected_flat)}"
-            )
-        result: dict[str, Tensor] = {}
-        for name, template in layout.items():
-            trailing = tuple(template.shape[1:])
-            columns = []
-            for index in np.ndindex(*trailing) if trailing else [()]:
-                flat_key = name + "".join(f"_{i}" for i in index)
-                if flat_key not in given:
-                    raise StageError(
-                        f"stage {self.name!r}: params is missing key {flat_key!r} (expected a list / 1-D "
-                        f"array of length {batch})"
-                    )
-                value = given[flat_key]
-                column = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
-                if column.dim() != 1 or column.shape[0] != batch:
-                    raise StageError(
-                        f"stage {self.name!r}: params[{flat_key!r}] has shape {tuple(column.shape)}; "
-                        f"expected a list / 1-D array of length {batch}"
-                    )
-                columns.append(column.to(device=template.device, dtype=template.dtype))
-            stacked = columns[0] if not trailing else torch.stack(columns, dim=1).reshape(batch, *trailing)
-            result[name] = stacked
-        return result
+        return params_from_lists(given, self._layout(batch_shape, device, evaluate), int(batch_shape[0]), self.name)
 
     # ---------------------------------------------------------------- contract methods
     def get_last_sample_as_dict(self) -> dict[str, np.ndarray]:
@@ -497,26 +396,7 @@ class PipelineBase(nn.Module):
 
     def validate(self, x: Batch) -> bool:
         """Check that this stage can run on ``x``; log findings with ``logging``; return ``True`` if OK."""
-        ok = True
-        tensors = {"x": x} if isinstance(x, Tensor) else dict(x) if isinstance(x, Mapping) else None
-        if tensors is None:
-            logger.warning("%s: expected a tensor or a dict of tensors, got %s", self.name, type(x).__name__)
-            return False
-        if isinstance(x, Mapping) and self.keys is not None:
-            missing = [k for k in self.keys if k not in x]
-            if missing:
-                logger.warning(
-                    "%s: keys %s missing from input (available: %s)", self.name, missing, sorted(x)
-                )
-                ok = False
-        for key, value in tensors.items():
-            if isinstance(value, Tensor) and value.is_floating_point() and value.device.type != "meta":
-                if not bool(torch.isfinite(value).all()):
-                    logger.warning("%s: input %s contains NaN or inf", self.name, key)
-                    ok = False
-        if ok:
-            logger.info("%s: input OK", self.name)
-        return ok
+        return validate_batch(self.name, x, self.keys)
 
     # ---------------------------------------------------------------- composition and repr
     def __add__(self, other: nn.Module) -> nn.Module:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from pandemonium.errors import PandemoniumError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "KEY_SEPARATOR",
@@ -23,8 +27,10 @@ __all__ = [
     "call_log_vizualizations",
     "check_serialisable",
     "derive_seed",
+    "params_from_lists",
     "params_to_lists",
     "role_of",
+    "validate_batch",
 ]
 
 SEED_HIGH = 2**53
@@ -113,7 +119,7 @@ def params_to_lists(params: Mapping[str, Tensor], stage_name: str = "stage") -> 
     """Turn sampled tensors ``{name: (B, ...)}`` into 1-D arrays of length B.
 
     A multi-value parameter ``(B, k)`` becomes ``name_0 … name_{k-1}``; ``(B, k, m)`` becomes
-    ``name_{i}_{j}``. The inverse needs the layout (see :meth:`PipelineBase._params_from_dict`).
+    ``name_{i}_{j}``. The inverse needs the layout: :func:`params_from_lists`.
     """
     out: dict[str, np.ndarray] = {}
     for name, value in params.items():
@@ -129,6 +135,39 @@ def params_to_lists(params: Mapping[str, Tensor], stage_name: str = "stage") -> 
         for index in np.ndindex(*arr.shape[1:]):
             out[name + "".join(f"_{i}" for i in index)] = arr[(slice(None), *index)].copy()
     return out
+
+
+
+def params_from_lists(
+    given: Mapping[str, Any], layout: Mapping[str, Tensor], batch: int, stage_name: str = "stage"
+) -> dict[str, Tensor]:
+    """The inverse of :func:`params_to_lists`: 1-D columns back into tensors shaped, typed and placed
+    like ``layout`` (what the stage's ``sample_params`` returns); unknown or missing keys name the stage."""
+    expected_flat = params_to_lists(layout, stage_name) if layout else {}
+    unknown = sorted(set(given) - set(expected_flat))
+    if unknown:
+        raise StageError(f"stage {stage_name!r}: unknown params keys {unknown}; expected {sorted(expected_flat)}")
+    result: dict[str, Tensor] = {}
+    for name, template in layout.items():
+        trailing = tuple(template.shape[1:])
+        columns = []
+        for index in np.ndindex(*trailing) if trailing else [()]:
+            flat_key = name + "".join(f"_{i}" for i in index)
+            if flat_key not in given:
+                raise StageError(
+                    f"stage {stage_name!r}: params is missing key {flat_key!r} (expected a list / 1-D "
+                    f"array of length {batch})"
+                )
+            value = given[flat_key]
+            column = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+            if column.dim() != 1 or column.shape[0] != batch:
+                raise StageError(
+                    f"stage {stage_name!r}: params[{flat_key!r}] has shape {tuple(column.shape)}; "
+                    f"expected a list / 1-D array of length {batch}"
+                )
+            columns.append(column.to(device=template.device, dtype=template.dtype))
+        result[name] = columns[0] if not trailing else torch.stack(columns, dim=1).reshape(batch, *trailing)
+    return result
 
 
 def call_log_vizualizations(
@@ -159,3 +198,26 @@ def call_log_vizualizations(
         method(x, x_control, writer, step, logging_to_mlflow)
     else:
         method(x, x_control, writer, step)
+
+
+def validate_batch(stage_name: str, x: Any, keys: Sequence[str] | None = None) -> bool:
+    """A stage's default ``validate``: ``x`` is a tensor or a dict holding ``keys``, with finite values;
+    findings are logged naming the stage."""
+    ok = True
+    tensors = {"x": x} if isinstance(x, Tensor) else dict(x) if isinstance(x, Mapping) else None
+    if tensors is None:
+        logger.warning("%s: expected a tensor or a dict of tensors, got %s", stage_name, type(x).__name__)
+        return False
+    if isinstance(x, Mapping) and keys is not None:
+        missing = [k for k in keys if k not in x]
+        if missing:
+            logger.warning("%s: keys %s missing from input (available: %s)", stage_name, missing, sorted(x))
+            ok = False
+    for key, value in tensors.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and value.device.type != "meta":
+            if not bool(torch.isfinite(value).all()):
+                logger.warning("%s: input %s contains NaN or inf", stage_name, key)
+                ok = False
+    if ok:
+        logger.info("%s: input OK", stage_name)
+    return ok

@@ -40,6 +40,7 @@ from kornia.geometry.transform import get_affine_matrix2d
 from torch import Tensor, nn
 
 from pandemonium.attack.stages.augment import KorniaAugment
+from pandemonium.attack.stages.banks import ImageBank
 from pandemonium.attack.stages.base import StageError
 from pandemonium.attack.stages.fused import apply_colour_matrix
 from pandemonium.attack.stages.geometry import (
@@ -50,7 +51,7 @@ from pandemonium.attack.stages.geometry import (
     quad_to_box,
     window_grid,
 )
-from pandemonium.attack.stages.implant import ImageBank, RectangleImplanter
+from pandemonium.attack.stages.implant import RectangleImplanter
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""Implant stages: put a batch of patches into a batch of scenes drawn from an :class:`ImageBank`.
+"""The built-in implant stages: put a batch of patches into a batch of scenes drawn from an :class:`ImageBank`.
 
 Every implanter is batched end to end: the scene of each sample is a gather from the bank, the
 placement is one homography per sample (:mod:`pandemonium.attack.stages.geometry`), and patch + alpha are
 resampled by ONE ``grid_sample`` and composited over the scenes. No Python loop runs over samples.
 
-Contract specifics (see :class:`PipelineBase` for the rest):
+Contract specifics (see :class:`~pandemonium.attack.stages.implant_base.ImplanterBase` for the shared
+machinery and :class:`PipelineBase` for the rest):
 
 - input: a patch batch ``(B, C, h, w)`` or a dict of them (several patches go into the same scene,
   each with its own placement; ``keys`` selects which);
@@ -25,351 +26,23 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from pandemonium.attack.stages.banks import BankError, ImageBank, normalise_bank_spec
-from pandemonium.attack.stages.base import PipelineBase, StageError
+from pandemonium.attack.stages.contract import StageError
 from pandemonium.attack.stages.geometry import (
     box_to_source_homography,
-    composite,
-    crop_windows,
     homography_from_quads,
-    luminance,
-    paste_windows,
-    patch_windows,
     quad_to_box,
-    region_mean,
     unit_quad,
-    warp_patch,
 )
+from pandemonium.attack.stages.implant_base import BankSpec, ImplanterBase, Range, size_and_offset
 from pandemonium.attack.stages.registry import register_stage
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "ImageBank",
-    "BankError",
-    "ImplanterBase",
-    "RectangleImplanter",
-    "FixedRatioImplanter",
-    "ScaleToBoxImplanter",
-    "PerspectiveImplanter",
-    "load_alpha_mask",
-]
-
-MaskSpec = str | Sequence[Sequence[float]] | None
-
-
-def _range(stage: str, name: str, value: float | Sequence[float], low: float, high: float) -> list[float]:
-    pair = [float(value), float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(pair) != 2 or pair[0] > pair[1]:
-        raise StageError(f"stage {stage!r}: {name}={value!r} must be a number or an increasing [low, high] pair")
-    if pair[0] < low or pair[1] > high:
-        raise StageError(f"stage {stage!r}: {name}={value!r} must lie within [{low}, {high}]")
-    return pair
-
-
-def load_alpha_mask(spec: MaskSpec, stage: str) -> Tensor | None:
-    """An alpha mask from its spec: ``None``, ``"circle"`` (resolved per patch size at run time, so
-    ``None`` here), an image path (grey levels / alpha channel -> [0, 1]) or a nested list ``h x w``."""
-    if spec is None or spec == "circle":
-        return None
-    if isinstance(spec, str):
-        from PIL import Image
-
-        path = Path(spec)
-        if not path.is_file():
-            raise StageError(f"stage {stage!r}: mask file not found: {spec}")
-        with Image.open(path) as im:
-            arr = np.asarray(im.getchannel("A") if "A" in im.getbands() else im.convert("L"), dtype=np.float32)
-        return torch.from_numpy(arr / 255.0)
-    mask = torch.as_tensor(spec, dtype=torch.float32)
-    if mask.ndim != 2:
-        raise StageError(f"stage {stage!r}: mask must be h x w, got shape {tuple(mask.shape)}")
-    if mask.min() < 0 or mask.max() > 1:
-        raise StageError(f"stage {stage!r}: mask values must be in [0, 1], got [{float(mask.min())}, {float(mask.max())}]")
-    return mask
-
-
-def _circle(h: int, w: int, device, dtype) -> Tensor:
-    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h - 0.5
-    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w - 0.5
-    r2 = ys.view(-1, 1) ** 2 + xs.view(1, -1) ** 2
-    return (r2 <= 0.25).to(dtype)
-
-
-class ImplanterBase(PipelineBase):
-    """Shared machinery of the bank implanters: scene drawing, alpha, brightness matching, targets.
-
-    A subclass defines :meth:`_sample_placement` (the per-sample random placement values of one
-    patch) and :meth:`_placement` (those values -> image->patch homography and patch box).
-    """
-
-    name = "ImplanterBase"
-    role = "implant"
-    handles_dicts = True
-    _require: str | None = None  # bank target every drawn scene must have ("boxes" / "quads")
-    use_windows: bool = True  # composite in per-sample windows around the patch (False: whole images)
-
-    def __init__(
-        self,
-        bank: str | Mapping[str, Any] | ImageBank,
-        keys: Sequence[str] | str | None = None,
-        mask: MaskSpec = None,
-        match_brightness: bool = False,
-        brightness_reference: float = 0.5,
-        brightness_range: Sequence[float] = (0.5, 1.5),
-    ) -> None:
-        super().__init__(keys=keys)
-        try:
-            if isinstance(bank, ImageBank):  # shared with another stage (stage fusion): not loaded twice
-                spec, self.bank = bank.spec, bank
-            else:
-                spec = normalise_bank_spec(bank)
-                self.bank = ImageBank.from_spec(spec)
-        except BankError as err:
-            raise StageError(f"stage {self.name!r}: {err}") from err
-        if self._require == "boxes" and not self.bank.has_boxes:
-            raise StageError(f"stage {self.name!r}: bank {self.bank.source} has no 'boxes' to place patches on")
-        if self._require == "quads" and not self.bank.has_quads:
-            raise StageError(f"stage {self.name!r}: bank {self.bank.source} has no 'quads' to place patches on")
-        self.mask_spec = mask
-        alpha = load_alpha_mask(mask, self.name)
-        self.register_buffer("alpha", alpha, persistent=False)
-        self.match_brightness = bool(match_brightness)
-        self.brightness_reference = float(brightness_reference)
-        self.brightness_range = _range(self.name, "brightness_range", brightness_range, 0.0, math.inf)
-        if isinstance(keys, str):
-            keys = [keys]
-        self._base_params = {
-            "bank": spec,
-            "keys": list(keys) if keys is not None else None,
-            "mask": mask if not isinstance(mask, tuple) else list(mask),
-            "match_brightness": self.match_brightness,
-            "brightness_reference": self.brightness_reference,
-            "brightness_range": self.brightness_range,
-        }
-
-    # ------------------------------------------------------------ hooks for subclasses
-    def _sample_placement(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def _placement(
-        self, values: Mapping[str, Tensor], image_index: Tensor, patch_hw: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
-        """(``h_img2patch`` ``(B, 3, 3)``, patch box xyxy ``(B, 4)``) for one patch."""
-        raise NotImplementedError
-
-    def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        """Random values shared by all patches of a sample (stored as ``scene.<name>``); default none."""
-        return {}
-
-    # ------------------------------------------------------------ helpers
-    def _patches(self, x: Tensor | Mapping[str, Tensor]) -> dict[str | None, Tensor]:
-        if isinstance(x, Tensor):
-            return {None: x}
-        keys = self.keys if self.keys is not None else list(x.keys())
-        if not keys:
-            raise StageError(f"stage {self.name!r}: got an empty dict of patches")
-        patches = {k: x[k] for k in keys}
-        sizes = {k: int(v.shape[0]) for k, v in patches.items()}
-        if len(set(sizes.values())) != 1:
-            raise StageError(f"stage {self.name!r}: patches have different batch sizes {sizes}")
-        return patches
-
-    @staticmethod
-    def _prefix(key: str | None) -> str:
-        return "" if key is None else f"{key}."
-
-    def _check_patch(self, key: str | None, patch: Tensor) -> None:
-        label = "patch" if key is None else f"patch {key!r}"
-        if not isinstance(patch, Tensor) or patch.ndim != 4:
-            shape = tuple(patch.shape) if isinstance(patch, Tensor) else type(patch).__name__
-            raise StageError(f"stage {self.name!r}: {label} must be a (B, C, h, w) tensor, got {shape}")
-        if patch.shape[1] != self.bank.channels:
-            raise StageError(
-                f"stage {self.name!r}: {label} has {patch.shape[1]} channels but the scenes have "
-                f"{self.bank.channels} (add a ChannelStack create stage for grey patches)"
-            )
-        if self.alpha is not None and tuple(self.alpha.shape) != tuple(patch.shape[-2:]):
-            raise StageError(
-                f"stage {self.name!r}: mask has shape {tuple(self.alpha.shape)} but {label} is "
-                f"{tuple(patch.shape[-2:])} (h, w)"
-            )
-
-    def _alpha_for(self, patch: Tensor) -> Tensor | None:
-        if self.mask_spec == "circle":
-            return _circle(patch.shape[-2], patch.shape[-1], patch.device, patch.dtype)
-        return self.alpha
-
-    # ------------------------------------------------------------ Kornia-style split
-    def sample_params(self, batch_shape, device, evaluate: bool = False) -> dict[str, Tensor]:
-        batch = int(batch_shape[0])
-        try:
-            pool = self.bank.pool(evaluate, self._require)
-        except BankError as err:
-            raise StageError(f"stage {self.name!r}: {err}") from err
-        pick = self.randint(0, int(pool.numel()), (batch,))
-        params = {"image_index": pool.to(pick.device)[pick].to(device)}
-        for key in self._param_keys():
-            for name, value in self._sample_placement(batch, device).items():
-                params[self._prefix(key) + name] = value
-        params.update({f"scene.{k}": v for k, v in self._sample_scene(batch, device).items()})
-        return params
-
-    def _param_keys(self) -> list[str | None]:
-        # The keys are fixed at construction for dict inputs with ``keys``; without ``keys`` the dict's
-        # own keys are used, which are only known in forward: remember them from the last input.
-        if self.keys is not None:
-            return list(self.keys)
-        return list(getattr(self, "_seen_keys", [None]))
-
-    def forward(self, x, control: bool = False, evaluate: bool = False, params=None, **kwargs):
-        if isinstance(x, Mapping) and self.keys is None:
-            self._seen_keys = list(x.keys())
-        elif isinstance(x, Tensor):
-            if self.keys is not None:
-                raise StageError(
-                    f"stage {self.name!r} was configured with keys={self.keys} but got a single tensor"
-                )
-            self._seen_keys = [None]
-        return super().forward(x, control=control, evaluate=evaluate, params=params, **kwargs)
-
-    def _placement_values(self, params: Mapping[str, Tensor], key: str | None) -> dict[str, Tensor]:
-        prefix = self._prefix(key)
-        return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-
-    def _scenes(self, x, params) -> tuple[dict[str | None, Tensor], Tensor, Tensor, dict[str, Any]]:
-        """Checked patches, bank indices, the drawn scenes (patch device/dtype) and their targets."""
-        patches = self._patches(x)
-        for key, patch in patches.items():
-            self._check_patch(key, patch)
-        index = params["image_index"].to(self.bank.images.device)
-        first = next(iter(patches.values()))
-        images = self.bank.gather(index, first)
-        return patches, index, images, self.bank.targets(index)
-
-    def _window_margin(self) -> int:
-        """Extra window margin (pixels) for neighbourhood ops after compositing; none here."""
-        return 0
-
-    def _composite_windows(
-        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
-        control: bool,
-    ) -> tuple[Tensor, Tensor, tuple[int, int], Tensor, dict[str | None, Tensor]]:
-        """Implant every patch into a per-sample window around it (or the whole image when
-        ``use_windows`` is off). Returns the composited windows, their origins and size, the coverage
-        windows and the patch boxes. Under ``control`` the windows hold the bare scene."""
-        height, width = images.shape[-2:]
-        placed: dict[str | None, tuple[Tensor, Tensor]] = {}
-        bleed = 0.0
-        for key, patch in patches.items():
-            # Placement math is a few dozen tiny (B,)-sized ops: on the CPU they cost microseconds, on
-            # a GPU each would be a kernel launch, so only the finished (B, 3, 3) matrices move there.
-            values = {k: v.detach().cpu() for k, v in self._placement_values(params, key).items()}
-            h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
-            placed[key] = (h_img2patch.to(patch.device), box.cpu())
-            size = (box[:, 2:] - box[:, :2]).detach()
-            bleed = max(bleed, float((size / size.new_tensor([patch.shape[-1], patch.shape[-2]])).max()))
-        if self.use_windows:
-            boxes = torch.stack([b for _, b in placed.values()], 0)
-            union = torch.cat([boxes[..., :2].amin(0), boxes[..., 2:].amax(0)], -1)
-            # bilinear edges reach half a patch pixel beyond the box: keep them inside the window
-            margin = int(math.ceil(bleed)) + 2 + self._window_margin()
-            origin, size = patch_windows(union, (height, width), margin)
-        else:
-            origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
-            size = (height, width)
-        scene = crop_windows(images, origin, size)
-        out = scene
-        coverage_total = torch.zeros_like(scene[:, :1]) if len(patches) > 1 else None
-        # the brightness under the patch is averaged over the whole image, not the window: a sum over
-        # a batch-sized window would round differently for a row rendered alone
-        scene_lum = luminance(images) if self.match_brightness and not control else None
-        for key, patch in patches.items():
-            h_img2patch, _ = placed[key]
-            premultiplied, coverage = warp_patch(patch, self._alpha_for(patch), h_img2patch, size, origin=origin)
-            coverage_total = coverage.detach() if len(patches) == 1 else torch.maximum(coverage_total, coverage.detach())
-            if control:
-                continue
-            gain = None
-            if scene_lum is not None:
-                lo, hi = self.brightness_range
-                under = paste_windows(torch.zeros_like(scene_lum), origin, coverage.detach())
-                gain = (region_mean(scene_lum, under) / self.brightness_reference).clamp(lo, hi)
-            out = composite(out, premultiplied, coverage, gain)
-        return out, origin, size, coverage_total, {k: b.to(images.device) for k, (_, b) in placed.items()}
-
-    def _attach_targets(self, targets, origin, coverage, boxes, images) -> dict[str, Any]:
-        targets["patch_boxes"] = boxes[None] if None in boxes else boxes
-        targets["patch_mask"] = paste_windows(torch.zeros_like(images[:, :1]), origin, coverage)
-        return targets
-
-    def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
-        patches, index, images, targets = self._scenes(x, params)
-        windows, origin, _, coverage, boxes = self._composite_windows(patches, index, images, params, control)
-        out = images if control else paste_windows(images, origin, windows)
-        return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
-
-    def get_description(self) -> str:
-        return (
-            f"**{self.name}**: implants the patch into scenes from `{self.bank.source}` "
-            f"({self.bank.train_index.numel()} train / {self.bank.eval_index.numel()} eval images); "
-            f"params `{self.params}`"
-        )
-
-    def log_vizualizations(self, x, x_control, writer, step, logging_to_mlflow: bool = False) -> None:
-        """Up to 4 implanted scenes of the last batch above their control scenes (no patch).
-
-        ``x`` is this stage's input (the patches); the scenes are re-rendered from the last sample,
-        so nothing is drawn from the random stream.
-        """
-        if writer is None or not self._last_params or not isinstance(x, (Tensor, Mapping)):
-            return
-        with torch.no_grad():
-            implanted, _ = self.apply(x, self._last_params)
-            control, _ = self.apply(x, self._last_params, control=True)
-        grid = torch.cat([implanted[:4], control[:4]], dim=0).detach().clamp(0, 1).float().cpu()
-        writer.add_images(f"{self.name}/implanted_vs_control", grid, global_step=step)
-
-    def validate(self, x) -> bool:
-        ok = super().validate(x)
-        try:
-            patches = self._patches(x) if isinstance(x, (Tensor, Mapping)) else {}
-            for key, patch in patches.items():
-                self._check_patch(key, patch)
-                self._check_fits(patch.shape[-2], patch.shape[-1])
-        except StageError as err:
-            logger.warning("%s", err)
-            ok = False
-        return ok
-
-    def _check_fits(self, h: int, w: int) -> None:
-        """Raise when a patch of ``h x w`` cannot fit where this implanter puts it."""
-
-
-def _size_and_offset(
-    stage: str, size_w: Tensor, size_h: Tensor, offset_x: Tensor, offset_y: Tensor, image_hw: tuple[int, int], what: str
-) -> Tensor:
-    height, width = image_hw
-    too_big = (size_w > width + 1e-4) | (size_h > height + 1e-4)
-    if bool(too_big.any()):
-        i = int(too_big.nonzero()[0])
-        raise StageError(
-            f"stage {stage!r}: {what} of {float(size_w[i]):.1f}x{float(size_h[i]):.1f} px (w x h) is larger "
-            f"than the {width}x{height} image"
-        )
-    x0 = offset_x * (width - size_w)
-    y0 = offset_y * (height - size_h)
-    return torch.stack([x0, y0, x0 + size_w, y0 + size_h], dim=-1)
+__all__ = ["RectangleImplanter", "FixedRatioImplanter", "ScaleToBoxImplanter", "PerspectiveImplanter"]
 
 
 @register_stage
@@ -378,26 +51,12 @@ class RectangleImplanter(ImplanterBase):
 
     name = "RectangleImplanter"
 
-    def __init__(
-        self,
-        bank: str | Mapping[str, Any],
-        scale: float | Sequence[float] = (1.0, 1.0),
-        keys: Sequence[str] | str | None = None,
-        mask: MaskSpec = None,
-        match_brightness: bool = False,
-        brightness_reference: float = 0.5,
-        brightness_range: Sequence[float] = (0.5, 1.5),
-    ) -> None:
-        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
-        self.scale = _range(self.name, "scale", scale, 1e-6, math.inf)
-        self.params = {**self._base_params, "scale": self.scale}
+    def __init__(self, bank: BankSpec, scale: Range = (1.0, 1.0), *args: Any, **kwargs: Any) -> None:
+        super().__init__(bank, *args, **kwargs)
+        self.scale = self._range_param("scale", scale, 1e-6, math.inf)
 
     def _sample_placement(self, batch, device):
-        return {
-            "scale": self.uniform(self.scale[0], self.scale[1], (batch,), device),
-            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
-            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
-        }
+        return self._uniforms(batch, device, scale=self.scale, offset_x=(0.0, 1.0), offset_y=(0.0, 1.0))
 
     def _check_fits(self, h, w):
         height, width = self.bank.image_size
@@ -412,7 +71,7 @@ class RectangleImplanter(ImplanterBase):
         """Per-sample xyxy box of the patch at its sampled scale and offset (shared with the fused path)."""
         h, w = patch_hw
         self._check_fits(h, w)
-        return _size_and_offset(
+        return size_and_offset(
             self.name, values["scale"] * w, values["scale"] * h, values["offset_x"], values["offset_y"],
             self.bank.image_size, "scaled patch",
         )
@@ -428,31 +87,17 @@ class FixedRatioImplanter(ImplanterBase):
 
     name = "FixedRatioImplanter"
 
-    def __init__(
-        self,
-        bank: str | Mapping[str, Any],
-        ratio: float | Sequence[float] = (0.25, 0.25),
-        keys: Sequence[str] | str | None = None,
-        mask: MaskSpec = None,
-        match_brightness: bool = False,
-        brightness_reference: float = 0.5,
-        brightness_range: Sequence[float] = (0.5, 1.5),
-    ) -> None:
-        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
-        self.ratio = _range(self.name, "ratio", ratio, 1e-6, 1.0)
-        self.params = {**self._base_params, "ratio": self.ratio}
+    def __init__(self, bank: BankSpec, ratio: Range = (0.25, 0.25), *args: Any, **kwargs: Any) -> None:
+        super().__init__(bank, *args, **kwargs)
+        self.ratio = self._range_param("ratio", ratio, 1e-6, 1.0)
 
     def _sample_placement(self, batch, device):
-        return {
-            "ratio": self.uniform(self.ratio[0], self.ratio[1], (batch,), device),
-            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
-            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
-        }
+        return self._uniforms(batch, device, ratio=self.ratio, offset_x=(0.0, 1.0), offset_y=(0.0, 1.0))
 
     def _placement(self, values, image_index, patch_hw):
         h, w = patch_hw
         side = values["ratio"] * min(self.bank.image_size)
-        box = _size_and_offset(
+        box = size_and_offset(
             self.name, side * (w / max(h, w)), side * (h / max(h, w)), values["offset_x"], values["offset_y"],
             self.bank.image_size, "patch",
         )
@@ -467,33 +112,20 @@ class ScaleToBoxImplanter(ImplanterBase):
     name = "ScaleToBoxImplanter"
     _require = "boxes"
 
-    def __init__(
-        self,
-        bank: str | Mapping[str, Any],
-        scale: float | Sequence[float] = (0.5, 0.5),
-        keys: Sequence[str] | str | None = None,
-        mask: MaskSpec = None,
-        match_brightness: bool = False,
-        brightness_reference: float = 0.5,
-        brightness_range: Sequence[float] = (0.5, 1.5),
-    ) -> None:
-        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
+    def __init__(self, bank: BankSpec, scale: Range = (0.5, 0.5), *args: Any, **kwargs: Any) -> None:
+        super().__init__(bank, *args, **kwargs)
         pair = [float(scale), float(scale)] if isinstance(scale, (int, float)) else [float(s) for s in scale]
         if len(pair) == 2 and pair[1] > 1.0:
             raise StageError(
                 f"stage {self.name!r}: scale={scale!r} would make the patch larger than its target box "
                 "(scale is the fraction of the largest size that fits the box; use a value <= 1)"
             )
-        self.scale = _range(self.name, "scale", scale, 1e-6, 1.0)
-        self.params = {**self._base_params, "scale": self.scale}
+        self.scale = self._range_param("scale", scale, 1e-6, 1.0)
 
     def _sample_placement(self, batch, device):
-        return {
-            "box_choice": self.uniform(0.0, 1.0, (batch,), device),
-            "scale": self.uniform(self.scale[0], self.scale[1], (batch,), device),
-            "offset_x": self.uniform(0.0, 1.0, (batch,), device),
-            "offset_y": self.uniform(0.0, 1.0, (batch,), device),
-        }
+        return self._uniforms(
+            batch, device, box_choice=(0.0, 1.0), scale=self.scale, offset_x=(0.0, 1.0), offset_y=(0.0, 1.0)
+        )
 
     def _placement(self, values, image_index, patch_hw):
         h, w = patch_hw
@@ -514,20 +146,11 @@ class PerspectiveImplanter(ImplanterBase):
     name = "PerspectiveImplanter"
     _require = "quads"
 
-    def __init__(
-        self,
-        bank: str | Mapping[str, Any],
-        keys: Sequence[str] | str | None = None,
-        mask: MaskSpec = None,
-        match_brightness: bool = False,
-        brightness_reference: float = 0.5,
-        brightness_range: Sequence[float] = (0.5, 1.5),
-    ) -> None:
-        super().__init__(bank, keys, mask, match_brightness, brightness_reference, brightness_range)
-        self.params = dict(self._base_params)
+    def __init__(self, bank: BankSpec, *args: Any, **kwargs: Any) -> None:
+        super().__init__(bank, *args, **kwargs)
 
     def _sample_placement(self, batch, device):
-        return {"quad_choice": self.uniform(0.0, 1.0, (batch,), device)}
+        return self._uniforms(batch, device, quad_choice=(0.0, 1.0))
 
     def _placement(self, values, image_index, patch_hw):
         quad = self.bank.select("quads", image_index, values["quad_choice"]).to(values["quad_choice"].device)
