@@ -1,9 +1,21 @@
 """The task's model: train and store one (:func:`train_task`, the ``train`` mode's step), or find and
-load the stored one, training it first when none exists (:class:`ModelSource`, used by ``attack``)."""
+load the stored one, training it first when none exists (:class:`ModelSource`, used by ``attack``).
+
+Every trained model stores the fingerprint of what made it (:func:`training_fingerprint`: the task's
+data description, the model config, the task type's trainer settings, sampling, augmentations,
+loaders, fold) in its artifact's ``extra``. :meth:`ModelSource.ensure` reuses a stored model of the
+task only when its fingerprint matches the current config; a changed config trains anew.
+
+Example:
+    >>> training_fingerprint(struct, cfg)  # doctest: +SKIP
+    'b1946ac92492d234'
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -14,13 +26,51 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pandemonium.attack.spec import AttackConfigError
 from pandemonium.modes.steps.context import ModeContext
+from pandemonium.plain import to_plain
 from pandemonium.runs import warnings as run_warnings
 from pandemonium.runs.file_manager import FileManager
 from pandemonium.runs.provenance import artifact_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelSource", "check_trained_model", "train_task"]
+__all__ = ["FINGERPRINT_KEY", "ModelSource", "check_trained_model", "train_task", "training_fingerprint"]
+
+#: key of the training fingerprint in a model artifact's ``extra``
+FINGERPRINT_KEY = "config_fingerprint"
+
+# settings that change how training is shown or scheduled on the machine, never the model it makes
+_COSMETIC = {("lightning", "enable_progress_bar"), ("lightning", "accelerator"), ("lightning", "devices"),
+             ("num_threads",), ("task_type_overrides",)}
+_STRUCT_VOLATILE = ("paths", "task_dir", "description", "license", "keywords")
+
+
+def _drop(tree: Any, path: tuple[str, ...] = ()) -> Any:
+    if isinstance(tree, dict):
+        return {k: _drop(v, (*path, str(k))) for k, v in tree.items() if (*path, str(k)) not in _COSMETIC}
+    return tree
+
+
+def training_fingerprint(struct: Any, cfg: DictConfig) -> str:
+    """A short hash of everything that decides which model training makes for ``struct`` under ``cfg``.
+
+    The seed is left out on purpose: a victim trained with another seed is an equally good victim of
+    the same config, so ``attack`` reuses what ``demo`` or ``train`` stored (and vice versa).
+    """
+    from pandemonium.models.factory import model_config_from
+    from pandemonium.models.training import trainer_settings
+
+    sampling = to_plain(OmegaConf.select(cfg, "sampling", default=None)) or {}
+    description = {
+        "task": {k: v for k, v in to_plain(struct.to_dict()).items() if k not in _STRUCT_VOLATILE},
+        "model": to_plain(model_config_from(OmegaConf.select(cfg, "model", default=None))),
+        "trainer": _drop(to_plain(trainer_settings(OmegaConf.select(cfg, "trainer", default=None), struct.task_type))),
+        "sampling": {k: v for k, v in sampling.items() if k not in ("num_workers", "eval_batch_size")},
+        "augmentations": to_plain(OmegaConf.select(cfg, "augmentations", default=None)),
+        "loaders": to_plain(OmegaConf.select(cfg, "loaders", default=None)),
+        "fold": int(OmegaConf.select(cfg, "fold", default=0) or 0),
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_trained_model(struct: Any, metrics: dict[str, Any]) -> run_warnings.RunWarning | None:
@@ -43,6 +93,7 @@ def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, r
     from pandemonium.models.training import fit, make_loggers
 
     task_name = struct.name
+    fingerprint = training_fingerprint(struct, cfg)  # before training: the config as given
     model_cfg = model_config_from(OmegaConf.select(cfg, "model", default=None))
     model = build_model(struct, model_cfg)
     fold = int(OmegaConf.select(cfg, "fold", default=0) or 0)
@@ -78,7 +129,8 @@ def train_task(struct: Any, datamodule: Any, cfg: DictConfig, fm: FileManager, r
         fold=fold,
         metrics=outcome["metrics"],
         extra={"seconds": outcome["seconds"], "epochs": outcome["epochs"], "monitor": outcome["monitor"],
-               "stopped_by_time_cap": outcome["stopped_by_time_cap"], "run_dir": str(run_dir)},
+               "stopped_by_time_cap": outcome["stopped_by_time_cap"], "run_dir": str(run_dir),
+               FINGERPRINT_KEY: fingerprint},
     )
     struct.paths["models"] = path
     log.info("task %s: model stored at %s (%s, %.1fs)", task_name, path, outcome["metrics"], outcome["seconds"])
@@ -105,11 +157,29 @@ class ModelSource:
         check_trained_model(struct, dict((meta or {}).get("metrics") or {}))  # a reused model may be at chance too
         return model, meta
 
+    def matching(self, struct: Any) -> Path | None:
+        """The newest stored model of the task in this project trained under the current config (same
+        :func:`training_fingerprint`), or ``None``."""
+        from pandemonium.models.storage import ModelArtifactError, read_artifact
+
+        wanted = training_fingerprint(struct, self.ctx.cfg)
+        for path in reversed(self.ctx.fm.list_artifacts("models", struct.name)):
+            try:
+                extra = read_artifact(path, struct.name).get("extra") or {}
+            except ModelArtifactError as err:  # a foreign or broken file is not a candidate
+                log.info("task %s: skipping stored model %s (%s)", struct.name, path, err)
+                continue
+            if extra.get(FINGERPRINT_KEY) == wanted:
+                return path
+        return None
+
     def ensure(self, struct: Any, make_datamodule: Callable[[Any], Any], seed: int) -> dict[str, Any]:
-        """Train the task's model with :func:`train_task` unless one is stored already."""
-        existing = self.ctx.model_path(struct)
+        """Train the task's model with :func:`train_task` unless a usable one exists: the one attached to
+        the struct (this run, ``continue`` or ``reuse.models``), else a stored one of the same config
+        (:meth:`matching`)."""
+        existing = struct.paths.get("models") or self.matching(struct)
         if existing is not None:
-            struct.paths["models"] = existing
+            struct.paths["models"] = Path(existing)
             log.info("task %s: using stored model %s", struct.name, existing)
             return {"model": str(existing), "trained": False}
         with lightning_progress_off(self.ctx.cfg):
