@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pandemonium.modes.steps.routine import queue_per_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,7 @@ class AdoptScheduler(AbstractBaseScheduler):
         self.results: dict[str, dict[str, Any]] = {}
 
     def create_routine(self) -> None:
-        if "adopt" in self.subroutines:
-            for task in self.task_list:
-                self.commands.append(self.adopt)
-                self.params.append([task])
+        queue_per_task(self, "adopt", self.adopt)
 
     def adopt(self, task_name: str) -> dict[str, Any]:
         from pandemonium.models.imported import adopt_model

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pandemonium.errors import UnknownTaskError
+from pandemonium.modes.steps.routine import queue_per_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,7 @@ class CreateScheduler(AbstractBaseScheduler):
                 )
 
     def create_routine(self) -> None:
-        if "create" in self.subroutines:
-            for task in self.task_list:
-                self.commands.append(self.create)
-                self.params.append([task])
+        queue_per_task(self, "create", self.create)
 
     def create(self, task_name: str) -> dict[str, Any]:
         from pandemonium.tasks.creators import create_task, list_tasks

@@ -23,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pandemonium.errors import ConfigError
+from pandemonium.modes.steps.routine import load_stored_model, queue_per_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -43,19 +44,12 @@ class PredictScheduler(AbstractBaseScheduler):
             raise ConfigError(f"mode.splits: unknown split(s) {bad}; choose from {list(VALID_SPLITS)}")
 
     def create_routine(self) -> None:
-        if "predict" in self.subroutines:
-            for task in self.cfg.task_list:
-                self.commands.append(self.predict_task)
-                self.params.append([task])
+        queue_per_task(self, "predict", self.predict_task, self.cfg.task_list)
 
     def predict_task(self, task_name: str) -> dict[str, str]:
-        from pandemonium.models.storage import attach_stored_model, load_task_model
-        from pandemonium.models.training import resolve_device, run_model
+        from pandemonium.models.training import run_model
 
-        struct = self.get_struct(task_name)
-        attach_stored_model(struct, self.fm)
-        device = resolve_device(str(OmegaConf.select(self.cfg, "device", default="auto")))
-        model, _ = load_task_model(struct, map_location=device)
+        struct, model, _, device = load_stored_model(self, task_name)
         datamodule = self.create_datamodule(struct)
         written: dict[str, str] = {}
         for split in self.splits:

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pandemonium.modes.steps.models import check_trained_model
+from pandemonium.modes.steps.routine import load_stored_model, queue_per_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -37,23 +38,16 @@ class TestScheduler(AbstractBaseScheduler):
         self.results: dict[str, dict[str, Any]] = {}
 
     def create_routine(self) -> None:
-        if "test" in self.subroutines:
-            for task in self.cfg.task_list:
-                self.commands.append(self.test_task)
-                self.params.append([task])
+        queue_per_task(self, "test", self.test_task, self.cfg.task_list)
 
     def test_task(self, task_name: str) -> dict[str, float]:
         import pandas as pd
 
         from pandemonium.models.lightning_module import build_metrics, metrics_config
         from pandemonium.models.metrics import bootstrap_metrics
-        from pandemonium.models.storage import attach_stored_model, load_task_model
-        from pandemonium.models.training import make_loggers, resolve_device, run_model
+        from pandemonium.models.training import make_loggers, run_model
 
-        struct = self.get_struct(task_name)
-        attach_stored_model(struct, self.fm)
-        device = resolve_device(str(OmegaConf.select(self.cfg, "device", default="auto")))
-        model, meta = load_task_model(struct, map_location=device)
+        struct, model, meta, device = load_stored_model(self, task_name)
         split = str(OmegaConf.select(self.cfg, "mode.split", default="test"))
         metrics_spec = OmegaConf.select(self.cfg, "trainer.metrics", default=None)
         metrics_spec = OmegaConf.to_container(metrics_spec) if OmegaConf.is_config(metrics_spec) else metrics_spec

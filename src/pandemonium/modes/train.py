@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from pandemonium.modes.steps.context import step_seed_of
 from pandemonium.modes.steps.models import train_task
+from pandemonium.modes.steps.routine import queue_per_task
 from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,7 @@ class TrainScheduler(AbstractBaseScheduler):
         self.results: dict[str, dict[str, Any]] = {}
 
     def create_routine(self) -> None:
-        if "train" in self.subroutines:
-            for task in self.cfg.task_list:
-                self.commands.append(self.train_task)
-                self.params.append([task])
+        queue_per_task(self, "train", self.train_task, self.cfg.task_list)
 
     def train_task(self, task_name: str) -> dict[str, Any]:
         """Fit and store the task's model (see :func:`pandemonium.modes.steps.models.train_task`)."""
