@@ -7,7 +7,13 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pandemonium.modes.tune import PruningCallback, TuneError, parse_space, space_fingerprint, validation_spec
+from pandemonium.modes.steps.search_space import (
+    PruningCallback,
+    TuneError,
+    parse_space,
+    space_fingerprint,
+    validation_spec,
+)
 from pandemonium.runs.base import build_scheduler
 from pandemonium.testing.fixtures import write_fake_task
 

@@ -47,93 +47,26 @@ from pandemonium.modes.steps.context import (
 )
 from pandemonium.modes.steps.fit import fit_patch
 from pandemonium.modes.steps.models import ModelSource
+from pandemonium.modes.steps.routine import queue_per_task
+from pandemonium.modes.steps.search_space import (
+    PruningCallback,
+    TuneError,
+    parse_space,
+    space_fingerprint,
+    validation_spec,
+)
 from pandemonium.plain import to_plain
 from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_scheduler
 from pandemonium.tracking.study_plots import save_study_plots, study_html
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TuneError", "TuneScheduler", "parse_space", "PruningCallback"]
+__all__ = ["TuneScheduler"]
 
 STUDIES_FILE = "studies.json"
 RUN_FILE = "tune.json"
 SPACE_ATTR = "pandemonium_space"
 SUBROUTINES = ("train", "tune", "plots")
-_MISSING = object()
-
-
-class TuneError(ConfigError):
-    """A search space, study name or ``use_best`` that cannot work (bad input, exit code 2)."""
-
-
-def parse_space(space: Mapping[str, Any], cfg: DictConfig | None = None) -> dict[str, tuple[str, Any]]:
-    """``{name: (config key, optuna distribution)}`` from the ``tune.space`` config.
-
-    >>> parse_space({"lr": {"key": "attack.lr", "type": "float", "low": 0.01, "high": 0.1, "log": True}})["lr"][0]
-    'attack.lr'
-    """
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    space = to_plain(space) or {}
-    if not space:
-        raise TuneError("tune.space is empty: name at least one parameter (see configs/tune/default.yaml)")
-    out: dict[str, tuple[str, Any]] = {}
-    for name, spec in space.items():
-        where = f"tune.space.{name}"
-        if not isinstance(spec, Mapping) or not spec.get("key"):
-            raise TuneError(f"{where}: needs a config `key` (e.g. attack.lr) and a `type`")
-        key, kind = str(spec["key"]), str(spec.get("type", "float"))
-        if cfg is not None and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            raise TuneError(f"{where}.key={key!r} is not a key of the composed config")
-        if kind == "categorical":
-            choices = list(spec.get("choices") or [])
-            if not choices:
-                raise TuneError(f"{where}: categorical with no choices")
-            out[name] = (key, CategoricalDistribution(choices))
-            continue
-        if kind not in ("float", "int"):
-            raise TuneError(f"{where}.type={kind!r}: use float, int or categorical")
-        low, high, use_log = spec.get("low"), spec.get("high"), bool(spec.get("log", False))
-        if low is None or high is None:
-            raise TuneError(f"{where}: {kind} needs low and high")
-        if not float(low) < float(high):
-            raise TuneError(f"{where}: empty or inverted range low={low} >= high={high}")
-        if use_log and float(low) <= 0:
-            raise TuneError(f"{where}: a log range needs low > 0, got low={low}")
-        step = spec.get("step")
-        if kind == "int":
-            out[name] = (key, IntDistribution(int(low), int(high), log=use_log, step=int(step or 1)))
-        else:
-            out[name] = (key, FloatDistribution(float(low), float(high), log=use_log,
-                                                step=None if step is None else float(step)))
-    return out
-
-
-def space_fingerprint(space: Mapping[str, tuple[str, Any]]) -> str:
-    from optuna.distributions import distribution_to_json
-
-    return json.dumps({n: [k, json.loads(distribution_to_json(d))] for n, (k, d) in sorted(space.items())},
-                      sort_keys=True)
-
-
-class PruningCallback:
-    """PatchTrainer hook: report the evaluation metric to the trial after each evaluation, stop the
-    fit (``optuna.TrialPruned``) when the pruner says so."""
-
-    def __init__(self, trial: Any, metric: str) -> None:
-        self.trial, self.metric = trial, metric
-
-    def on_evaluation_end(self, trainer: Any, step: int, result: Any) -> None:
-        import optuna
-
-        value = result.summary.get(self.metric)
-        if value is None:
-            return
-        self.trial.report(float(value), int(step))
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} ({self.metric}={float(value):.4g})")
-
-    on_validation_end = on_evaluation_end  # the hook's name before the trainer moved to attack/training
 
 
 class TuneScheduler(AbstractBaseScheduler):
@@ -302,10 +235,7 @@ class TuneScheduler(AbstractBaseScheduler):
                 storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
     def create_routine(self) -> None:
-        if "train" in self.subroutines:
-            for task in self.task_list:
-                self.commands.append(self.train_model)
-                self.params.append([task])
+        queue_per_task(self, "train", self.train_model)
         if "tune" in self.subroutines:
             for slot in range(self.slots):
                 self.commands.append(self.run_trial)
@@ -418,12 +348,3 @@ def _storage_exists(url: str) -> bool:
     if not url.startswith("sqlite:///"):
         return True
     return Path(url[len("sqlite:///"):]).is_file()
-
-
-def validation_spec(spec: AttackSpec, struct: Any, data_dir: str, fold: int) -> AttackSpec:
-    """The spec with the task's own image bank evaluating on the validation fold (never the test split)."""
-    bank = {"task": struct.name, "data_dir": str(data_dir), "train_split": "train", "eval_split": "val",
-            "fold": int(fold)}
-    stages = tuple({**stage, "bank": dict(bank)} if stage.get("bank", "") in (None, "task") else dict(stage)
-                   for stage in spec.stages)
-    return dataclasses.replace(spec, stages=stages)
