@@ -80,3 +80,12 @@ def test_warning_when_rows_outnumber_scenes():
     with pytest.warns(RepeatedScenesWarning, match="256 rows come from only 56 distinct scenes"):
         assert warn_if_repeated_scenes(256, 56)
     assert not warn_if_repeated_scenes(56, 56)
+
+
+def test_wilson_bounds_are_exact_at_zero_and_one():
+    from pandemonium.attack.statistics import wilson_interval
+
+    low, high = wilson_interval(0, 50)
+    assert low == 0.0 and 0.0 < high < 0.1
+    low, high = wilson_interval(50, 50)
+    assert high == 1.0 and 0.9 < low < 1.0

@@ -100,7 +100,10 @@ def wilson_interval(successes: float, trials: float, confidence: float = CONFIDE
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(max(p * (1 - p), 0.0) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 and 1 at p = 0 and p = 1; floating point leaves ~1e-18 there
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= trials else min(1.0, centre + half)
+    return low, high
 
 
 def newcombe_interval(p_a: float, n_a: float, p_b: float, n_b: float,
