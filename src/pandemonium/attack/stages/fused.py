@@ -185,40 +185,39 @@ class FusedImplantAugment(RectangleImplanter):
         )
 
     # ------------------------------------------------------------ sampling
-    @staticmethod
-    def _gate(values: Tensor, identity: float, gate: Tensor) -> Tensor:
-        """``values`` where the per-sample ``gate`` is on, the identity value elsewhere."""
-        return torch.where(gate, values, torch.full_like(values, identity))
+    def _draw(self, batch: int, device, ranges: Sequence[tuple[float, float]]) -> list[Tensor]:
+        """One ``(batch, k)`` uniform draw scaled to ``k`` ranges: a few ops per step instead of a few per value."""
+        bounds = torch.tensor(ranges, dtype=torch.float32).to(device)
+        drawn = self.uniform(0.0, 1.0, (batch, len(ranges)), device)
+        return list((bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * drawn).unbind(1))
 
     def _sample_placement(self, batch, device):
-        u = lambda lo, hi: self.uniform(lo, hi, (batch,), device)  # noqa: E731
-        geo = self.bernoulli(self.p_geometric, (batch,), device)
-        corners = self.uniform(-self.perspective, self.perspective, (batch, 4, 2), device)
+        g, p = self.degrees, self.perspective
+        scale, ox, oy, on, angle, shear, zoom, sx, sy, *corners = self._draw(batch, device, [
+            tuple(self.scale), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-g, g), (-self.shear, self.shear),
+            tuple(self.jitter_scale), (-self.translate, self.translate), (-self.translate, self.translate),
+            *[(-p, p)] * 8,
+        ])
+        geo = (on < self.p_geometric).to(scale.dtype)  # 1: jittered; 0: the identity pose
         return {
-            "scale": u(*self.scale),
-            "offset_x": u(0.0, 1.0),
-            "offset_y": u(0.0, 1.0),
-            "angle": self._gate(u(-self.degrees, self.degrees), 0.0, geo),
-            "shear": self._gate(u(-self.shear, self.shear), 0.0, geo),
-            "zoom": self._gate(u(*self.jitter_scale), 1.0, geo),
-            "shift_x": self._gate(u(-self.translate, self.translate), 0.0, geo),
-            "shift_y": self._gate(u(-self.translate, self.translate), 0.0, geo),
-            "corners": torch.where(geo.view(-1, 1, 1), corners, torch.zeros_like(corners)),
+            "scale": scale, "offset_x": ox, "offset_y": oy,
+            "angle": angle * geo, "shear": shear * geo, "zoom": 1 + (zoom - 1) * geo,
+            "shift_x": sx * geo, "shift_y": sy * geo,
+            "corners": torch.stack(corners, -1).view(batch, 4, 2) * geo.view(-1, 1, 1),
         }
 
     def _sample_scene(self, batch, device):
-        u = lambda lo, hi: self.uniform(lo, hi, (batch,), device)  # noqa: E731
-        color = self.bernoulli(self.p_color, (batch,), device)
-        blur_on = self.bernoulli(self.blur_p, (batch,), device) & color
-        sigma = u(*self.blur_sigma) if self.blur_sigma is not None else torch.zeros(batch, device=device)
+        sigma = tuple(self.blur_sigma) if self.blur_sigma is not None else (0.0, 0.0)
+        on, blur, b, c, s, noise, sig = self._draw(batch, device, [
+            (0.0, 1.0), (0.0, 1.0), (-self.brightness, self.brightness), (1 - self.contrast, 1 + self.contrast),
+            (1 - self.saturation, 1 + self.saturation), (0.0, self.noise), sigma,
+        ])
+        color = (on < self.p_color).to(b.dtype)
+        blur_on = (blur < self.blur_p).to(b.dtype) * color
         seed = self.randint(0, SEED_HIGH, (batch,), device)  # one per row: a row re-renders alone
         return {
-            "brightness": self._gate(u(-self.brightness, self.brightness), 0.0, color),
-            "contrast": self._gate(u(1 - self.contrast, 1 + self.contrast), 1.0, color),
-            "saturation": self._gate(u(1 - self.saturation, 1 + self.saturation), 1.0, color),
-            "noise_std": self._gate(u(0.0, self.noise), 0.0, color),
-            "blur_sigma": torch.where(blur_on, sigma, torch.zeros_like(sigma)),
-            "noise_seed": seed,
+            "brightness": b * color, "contrast": 1 + (c - 1) * color, "saturation": 1 + (s - 1) * color,
+            "noise_std": noise * color, "blur_sigma": sig * blur_on, "noise_seed": seed,
         }
 
     # ------------------------------------------------------------ geometry

@@ -36,7 +36,6 @@ from typing import Any
 import kornia.augmentation as KA
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import get_affine_matrix2d
 from torch import Tensor, nn
 
 from pandemonium.attack.stages.augment import KorniaAugment
@@ -205,19 +204,27 @@ class FusedImplantWarp(RectangleImplanter):
         """Kornia's forward affine (``get_affine_matrix2d``, index coordinates, centre ``(W/2 - .5, H/2 - .5)``)
         moved to this package's continuous pixel coordinates: ``(B, 3, 3)`` float64, source -> output."""
         height, width = image_hw
-        f = {k: v.detach().cpu().double() for k, v in scene.items()}
-        b = f["angle"].shape[0]
-        centre = torch.tensor([[width / 2.0 - 0.5, height / 2.0 - 0.5]], dtype=torch.float64).expand(b, 2)
-        translations = torch.stack([f["translate_x"] * width, f["translate_y"] * height], -1)
-        m = get_affine_matrix2d(
-            translations, centre, torch.stack([f["scale_x"], f["scale_y"]], -1), f["angle"],
-            f["shear_x"] * (math.pi / 180.0), f["shear_y"] * (math.pi / 180.0),
-        )
-        shift = torch.eye(3, dtype=torch.float64)
-        shift[:2, 2] = 0.5
-        unshift = torch.eye(3, dtype=torch.float64)
-        unshift[:2, 2] = -0.5
-        return shift @ m @ unshift
+        names = ("angle", "scale_x", "scale_y", "shear_x", "shear_y", "translate_x", "translate_y")
+        angle, zx, zy, shx, shy, tx, ty = torch.stack([scene[n].detach() for n in names]).cpu().double()
+        # get_affine_matrix2d written out: [R(-angle) S | t] @ Shear, all of it one stack at the end
+        rad = angle * (math.pi / 180.0)
+        cos, sin = rad.cos(), rad.sin()
+        a, b, c, d = cos * zx, -sin * zy, sin * zx, cos * zy
+        cx, cy = width / 2.0 - 0.5, height / 2.0 - 0.5
+        ex = cx - (a * cx + b * cy) + tx * width
+        ey = cy - (c * cx + d * cy) + ty * height
+        hx, hy = (shx * (math.pi / 180.0)).tan(), (shy * (math.pi / 180.0)).tan()
+        # Shear = [[1, -hx, hx*cy], [-hy, 1 + hx*hy, hy*(cx - hx*cy)], [0, 0, 1]]
+        s00, s01, s02 = 1.0, -hx, hx * cy
+        s10, s11, s12 = -hy, 1 + hx * hy, hy * (cx - hx * cy)
+        m00, m01 = a * s00 + b * s10, a * s01 + b * s11
+        m10, m11 = c * s00 + d * s10, c * s01 + d * s11
+        m02, m12 = a * s02 + b * s12 + ex, c * s02 + d * s12 + ey
+        # Kornia's index coordinates -> continuous pixel coordinates: shift by half a pixel on both sides
+        m02 = m02 + 0.5 - 0.5 * (m00 + m01)
+        m12 = m12 + 0.5 - 0.5 * (m10 + m11)
+        zero, one = torch.zeros_like(a), torch.ones_like(a)
+        return torch.stack([m00, m01, m02, m10, m11, m12, zero, zero, one], -1).view(-1, 3, 3)
 
     def _placement(self, values, image_index, patch_hw):
         h_img2patch, box = super()._placement(values, image_index, patch_hw)

@@ -158,16 +158,14 @@ def window_grid(
     m = _normalise_source(h_img2src, source_hw)
     b = m.shape[0]
     origin = origin.to(device=device, dtype=dtype)
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5).view(1, 1, width) + origin[:, 0].view(b, 1, 1)
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5).view(1, height, 1) + origin[:, 1].view(b, 1, 1)
-
-    def row(r: int) -> torch.Tensor:
-        return m[:, r, 0].view(b, 1, 1) * xs + m[:, r, 1].view(b, 1, 1) * ys + m[:, r, 2].view(b, 1, 1)
-
-    grid = torch.stack([row(0), row(1)], -1)
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5).view(1, 1, width, 1) + origin[:, 0].view(b, 1, 1, 1)
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5).view(1, height, 1, 1) + origin[:, 1].view(b, 1, 1, 1)
+    # both grid coordinates at once, broadcast to (B, H, W, 2): a*x + b*y + c per pixel, elementwise
+    rows = m[:, :2].unsqueeze(1).unsqueeze(1)  # (B, 1, 1, 2, 3)
+    grid = rows[..., 0] * xs + rows[..., 1] * ys + rows[..., 2]
     if bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12)):
         return grid  # affine: w == 1 everywhere
-    den = row(2).unsqueeze(-1)
+    den = (m[:, 2, 0].view(b, 1, 1, 1) * xs + m[:, 2, 1].view(b, 1, 1, 1) * ys + m[:, 2, 2].view(b, 1, 1, 1))
     return torch.where(den > 1e-8, grid / den.clamp_min(1e-8), torch.full_like(den, 2.0))
 
 
@@ -331,22 +329,20 @@ def rotation_shear_scale_matrix(
     )
 
 
+_ADJUGATE_SIGN = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+
+
 def invert_affine(m: Tensor) -> Tensor:
     """Closed-form inverse of ``(B, 3, 3)`` affine matrices; the bottom row stays exactly (0, 0, 1),
     which keeps :func:`homography_grid` on its cheaper affine path."""
-    a, b, tx = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
-    c, d, ty = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
-    det = a * d - b * c
-    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-    zero, one = torch.zeros_like(a), torch.ones_like(a)
-    return torch.stack(
-        [
-            torch.stack([ia, ib, -(ia * tx + ib * ty)], -1),
-            torch.stack([ic, id_, -(ic * tx + id_ * ty)], -1),
-            torch.stack([zero, zero, one], -1),
-        ],
-        -2,
-    )
+    lin, t = m[:, :2, :2], m[:, :2, 2:]
+    swapped = lin.flip(-1).flip(-2)  # [[d, c], [b, a]]
+    products = lin * swapped  # [[ad, bc], [cb, da]]
+    det = (products[:, 0, 0] - products[:, 0, 1]).view(-1, 1, 1)
+    inverse = swapped.transpose(1, 2) * _ADJUGATE_SIGN.to(m.device, m.dtype) / det  # [[d, -b], [-c, a]] / det
+    shift = -(inverse * t.transpose(1, 2)).sum(-1, keepdim=True)
+    bottom = F.pad(m.new_zeros(m.shape[0], 1, 2), (0, 1), value=1.0)
+    return torch.cat([torch.cat([inverse, shift], -1), bottom], 1)
 
 
 def apply_homography_to_points(h: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
