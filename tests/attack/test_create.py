@@ -9,18 +9,10 @@ import torch
 from PIL import ImageCms
 
 from pandemonium.attack.stages.base import StageError
-from pandemonium.attack.stages.create import (
-    ChannelStack,
-    HighPassFilter,
-    LowPassFilter,
-    RandomScroll,
-    ReflectPadTranslate,
-    Resize,
-    SoftProof,
-    SpectrumNoise,
-    Tile,
-)
+from pandemonium.attack.stages.create import ChannelStack, RandomScroll, ReflectPadTranslate, Resize, Tile
+from pandemonium.attack.stages.frequency import HighPassFilter, LowPassFilter, SpectrumNoise
 from pandemonium.attack.stages.registry import resolve_stage_class
+from pandemonium.attack.stages.softproof import SoftProof
 from pandemonium.testing import check_stage
 
 STAGES = [

@@ -19,6 +19,8 @@ _MODULES = (
     "pandemonium.attack.stages.model",
     "pandemonium.attack.patches",
     "pandemonium.attack.stages.create",
+    "pandemonium.attack.stages.frequency",
+    "pandemonium.attack.stages.softproof",
     "pandemonium.attack.losses",
     "pandemonium.attack.stages.banks",
     "pandemonium.attack.stages.implant_base",

@@ -76,7 +76,12 @@ def resolve_stage_class(target: str) -> type:
     )
 
 
-_OWN_MODULES = ("pandemonium.attack.stages.create", "pandemonium.attack.stages.model")
+_OWN_MODULES = (
+    "pandemonium.attack.stages.create",
+    "pandemonium.attack.stages.frequency",
+    "pandemonium.attack.stages.softproof",
+    "pandemonium.attack.stages.model",
+)
 # built by another engineer; a missing or broken module must not break short names of the others
 _OPTIONAL_MODULES = (
     "pandemonium.attack.stages.implant",
