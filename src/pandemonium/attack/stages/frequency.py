@@ -3,7 +3,8 @@
 All work on the ``rfft2`` spectrum of ``(B, C, h, w)`` patches; frequencies are in cycles/pixel
 (Nyquist = 0.5). ``SpectrumNoise`` is train only (identity with ``evaluate=True``).
 
->>> LowPassFilter(cutoff=0.1)(torch.rand(2, 3, 16, 16)).shape
+>>> out, _ = LowPassFilter(cutoff=0.1)(torch.rand(2, 3, 16, 16))
+>>> out.shape
 torch.Size([2, 3, 16, 16])
 """
 

@@ -1,6 +1,7 @@
 """Print simulation: :class:`SoftProof` shows the patch as it would look printed (eval only).
 
->>> SoftProof(lut_size=5)(torch.rand(1, 3, 8, 8), evaluate=True).shape
+>>> out, _ = SoftProof(lut_size=5)(torch.rand(1, 3, 8, 8), evaluate=True)
+>>> out.shape
 torch.Size([1, 3, 8, 8])
 """
 
