@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pandemonium.attack.stages.banks import BankError, ImageBank, normalise_bank_spec
+from pandemonium.attack.stages.bank_sources import BankError, normalise_bank_spec
+from pandemonium.attack.stages.banks import ImageBank
 
 
 def _write_bank(path, n=6, size=32, boxes=True, quads=True, **extra):

@@ -22,6 +22,7 @@ _MODULES = (
     "pandemonium.attack.stages.frequency",
     "pandemonium.attack.stages.softproof",
     "pandemonium.attack.losses",
+    "pandemonium.attack.stages.bank_sources",
     "pandemonium.attack.stages.banks",
     "pandemonium.attack.stages.implant_base",
     "pandemonium.attack.stages.implant",

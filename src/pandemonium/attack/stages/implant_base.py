@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pandemonium.attack.stages.banks import BankError, ImageBank, normalise_bank_spec
+from pandemonium.attack.stages.bank_sources import BankError, normalise_bank_spec
+from pandemonium.attack.stages.banks import ImageBank
 from pandemonium.attack.stages.base import PipelineBase
 from pandemonium.attack.stages.contract import StageError
 from pandemonium.attack.stages.geometry import (
