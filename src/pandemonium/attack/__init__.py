@@ -24,6 +24,7 @@ _MODULES = (
     "pandemonium.attack.losses",
     "pandemonium.attack.stages.bank_sources",
     "pandemonium.attack.stages.banks",
+    "pandemonium.attack.stages.implant_args",
     "pandemonium.attack.stages.implant_base",
     "pandemonium.attack.stages.implant",
     "pandemonium.attack.stages.fused",

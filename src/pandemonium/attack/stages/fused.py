@@ -45,8 +45,8 @@ from pandemonium.attack.stages.geometry import (
     unit_quad,
 )
 from pandemonium.attack.stages.implant import RectangleImplanter
-from pandemonium.attack.stages.implant_base import MaskSpec
-from pandemonium.attack.stages.implant_base import checked_range as _range
+from pandemonium.attack.stages.implant_args import MaskSpec
+from pandemonium.attack.stages.implant_args import checked_range as _range
 from pandemonium.attack.stages.registry import register_stage
 
 __all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix"]

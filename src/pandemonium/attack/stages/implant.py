@@ -39,7 +39,8 @@ from pandemonium.attack.stages.geometry import (
     quad_to_box,
     unit_quad,
 )
-from pandemonium.attack.stages.implant_base import BankSpec, ImplanterBase, Range, size_and_offset
+from pandemonium.attack.stages.implant_args import Range, size_and_offset
+from pandemonium.attack.stages.implant_base import BankSpec, ImplanterBase
 from pandemonium.attack.stages.registry import register_stage
 
 __all__ = ["RectangleImplanter", "FixedRatioImplanter", "ScaleToBoxImplanter", "PerspectiveImplanter"]
