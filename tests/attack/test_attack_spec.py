@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pandemonium.attack.spec import DEFAULTS, AttackConfigError, AttackSpec, AttackSpecs, EvaluationPlan
+from pandemonium.attack.presets import DEFAULTS, AttackConfigError
+from pandemonium.attack.spec import AttackSpec, AttackSpecs, EvaluationPlan
 from pandemonium.build import BuildError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "src" / "pandemonium" / "configs" / "attack"

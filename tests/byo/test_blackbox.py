@@ -118,7 +118,8 @@ def test_schedule_and_budget_errors():
 
 def test_attack_spec_method_and_blackbox_settings_are_checked():
     from pandemonium.attack.blackbox import BlackBoxSettings
-    from pandemonium.attack.spec import AttackConfigError, AttackSpec
+    from pandemonium.attack.presets import AttackConfigError
+    from pandemonium.attack.spec import AttackSpec
 
     base = {"name": "p", "task": "t", "task_type": "classification", "patch_shape": [3, 4, 4], "steps": 1,
             "success_metric": "targeted_success", "target_class": 0, "weights": {"targeted": 1.0},

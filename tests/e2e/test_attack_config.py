@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from pandemonium.attack.spec import AttackConfigError, patch_shape_for, select_preset, stage_configs
+from pandemonium.attack.presets import AttackConfigError, patch_shape_for, select_preset, stage_configs
 from pandemonium.modes.attack import AttackScheduler
 from pandemonium.modes.evaluate import EvaluateScheduler
 from pandemonium.modes.report import ReportScheduler, summary_table
@@ -206,7 +206,7 @@ def test_demo_config_targets_star_with_a_patch_under_a_tenth_of_the_image(roots)
 
 
 def test_stored_patch_is_judged_by_its_own_target_class(roots):
-    from pandemonium.attack.spec import with_patch_target
+    from pandemonium.attack.presets import with_patch_target
 
     cfg = compose("attack", roots)
     preset = select_preset(cfg.attack, "shapes_cls", "classification")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pandemonium.attack.spec import AttackConfigError
+from pandemonium.attack.presets import AttackConfigError
 from pandemonium.modes.steps.context import ModeContext, check_reuse
 from pandemonium.runs import warnings as run_warnings
 

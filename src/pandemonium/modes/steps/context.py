@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pandemonium.attack.spec import AttackConfigError, AttackSpec, AttackSpecs
+from pandemonium.attack.presets import AttackConfigError
+from pandemonium.attack.spec import AttackSpec, AttackSpecs
 from pandemonium.modes.steps import UNIVERSAL_TASK
 from pandemonium.plain import to_plain
 from pandemonium.runs import warnings as run_warnings

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from pandemonium.attack.spec import AttackConfigError, AttackSpec
+from pandemonium.attack.presets import AttackConfigError
+from pandemonium.attack.spec import AttackSpec
 from pandemonium.attack.splits import REPORT_SPLIT
 from pandemonium.modes.steps import EVAL_SUMMARY_KEY, EXAMPLES_KEY
 from pandemonium.modes.steps.context import ModeContext

@@ -18,7 +18,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pandemonium.attack.multitask import MultiTaskLoss, MultiTaskPipeline
-from pandemonium.attack.spec import AttackConfigError, AttackSpec
+from pandemonium.attack.presets import AttackConfigError
+from pandemonium.attack.spec import AttackSpec
 from pandemonium.attack.splits import SELECT_SPLIT
 from pandemonium.modes.steps import CURVES_KEY, UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext, resume_mlflow_run

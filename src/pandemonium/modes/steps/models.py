@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pandemonium.attack.spec import AttackConfigError
+from pandemonium.attack.presets import AttackConfigError
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.plain import to_plain
 from pandemonium.runs import warnings as run_warnings

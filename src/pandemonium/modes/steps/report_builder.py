@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from pandemonium.attack.spec import AttackConfigError
+from pandemonium.attack.presets import AttackConfigError
 from pandemonium.modes.steps import CURVES_KEY, EVAL_SUMMARY_KEY, EXAMPLES_KEY
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import headline_figures, load_patch, split_counts

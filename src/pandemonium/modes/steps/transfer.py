@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pandemonium.attack.spec import SCALED_IMPLANTERS, AttackConfigError, EvaluationPlan
+from pandemonium.attack.presets import SCALED_IMPLANTERS, AttackConfigError
+from pandemonium.attack.spec import EvaluationPlan
 from pandemonium.attack.splits import REPORT_SPLIT
 from pandemonium.modes.steps import UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext
