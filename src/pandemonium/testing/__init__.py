@@ -11,7 +11,7 @@ from pandemonium._lazy import lazy_exports
 
 _EXPORTS = {
     "check_stage": "pandemonium.testing.stages",
-    "check_loss": "pandemonium.testing.stages",
+    "check_loss": "pandemonium.testing.losses",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""Contract checkers for plugin authors: ``check_stage(stage, x)`` and ``check_loss(loss, outputs, kwargs)``.
+"""The stage contract checker for plugin authors: ``check_stage(stage, x)`` (losses: :mod:`pandemonium.testing.losses`).
 
 ::
 
@@ -43,11 +43,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pandemonium.attack.losses import LossError, assert_finite, check_terms
 from pandemonium.attack.stages.base import stage_convention
 from pandemonium.attack.stages.contract import StageError, role_of
 
-__all__ = ["StageContractError", "check_loss", "check_stage"]
+__all__ = ["StageContractError", "check_stage"]
 
 
 class StageContractError(AssertionError):
@@ -377,27 +376,3 @@ def _check_dict_input(stage, x, rebuild_kwargs, kwargs, generator) -> None:
             raise _fail(stage, f"the error for unknown keys must name the key; got: {err}") from err
     else:
         raise _fail(stage, "keys naming a patch that is not in the input must raise StageError")
-
-
-def check_loss(
-    loss: Any, outputs: Any, kwargs: Mapping[str, Any] | None = None, batch_size: int | None = None
-) -> dict[str, Tensor]:
-    """Run ``loss(outputs, **kwargs)`` and check the loss contract; return the terms.
-
-    Raises :class:`~pandemonium.attack.losses.LossError` (naming the loss and the term) when a term
-    is not a per-sample ``(B,)`` tensor (e.g. a scalar), when the returned names differ from
-    ``loss.terms``, or when a value is NaN / inf.
-    """
-    name = getattr(loss, "name", type(loss).__name__)
-    try:
-        terms = loss(outputs, **dict(kwargs or {}))
-    except LossError:
-        raise
-    except Exception as err:
-        raise LossError(f"loss {name!r} raised {type(err).__name__}: {err}") from err
-    check_terms(name, terms, batch_size)
-    declared = getattr(loss, "terms", None)
-    if declared is not None and sorted(declared) != sorted(terms):
-        raise LossError(f"loss {name!r}: returned terms {sorted(terms)} but .terms lists {sorted(declared)}")
-    assert_finite(terms, where=f"loss {name!r}")
-    return terms
