@@ -62,6 +62,8 @@ SUBROUTINES = ("train", "attack", "evaluate")
 class AttackScheduler(AbstractBaseScheduler):
     """See the module docstring. ``run()`` returns ``{"<task>/<metric>": headline success rate}``."""
 
+    default_tasks_from = ("models",)  # without task_list: the tasks whose models it holds (or reuse.models')
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.ctx = ModeContext.of(self)

@@ -46,6 +46,8 @@ class EvaluateScheduler(AbstractBaseScheduler):
     ``run()`` returns ``{"<patch> -> <model>": rate}``.
     """
 
+    default_tasks_from = ("patches",)  # without task_list: the tasks whose patches the project holds
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg=cfg, available_subroutines=("transfer", "robustness"))
         self.ctx = ModeContext.of(self)

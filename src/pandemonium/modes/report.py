@@ -26,6 +26,8 @@ __all__ = ["REPORT_KEY", "ReportScheduler", "example_pairs", "summary_table"]
 class ReportScheduler(AbstractBaseScheduler):
     """``pandemonium report``: the HTML report of the project's stored results; returns its path."""
 
+    default_tasks_from = ("patches",)  # without task_list: the tasks whose patches the project holds
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg=cfg, available_subroutines=("report",))
         self.ctx = ModeContext.of(self)

@@ -62,6 +62,7 @@ from pandemonium.runs.journal import (
     Step,
     StepOutcome,
     decode_paths,
+    discard_created,
     encode_paths,
     read_continue_changes,
 )
@@ -80,6 +81,16 @@ def active_run_dir(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         _ACTIVE_RUN_DIR.reset(token)
+
+
+def tasks_named_on_command_line() -> bool:
+    """Whether the running Hydra job's overrides set ``task_list`` or the ``tasks`` group (True outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    keys = {str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return bool(keys & {"task_list", "tasks"})
 
 
 def step_seed(seed: int, index: int) -> int:
@@ -110,6 +121,12 @@ class AbstractBaseScheduler:
 
     #: ``run()`` refuses to start when a task of ``task_list`` is not created (``create`` turns it off)
     requires_existing_tasks: bool = True
+    #: artifact keys whose stored tasks (this project's, or ``reuse.<key>``'s) are the task list when
+    #: the command names none (``pandemonium report proj=p`` reports what ``p`` holds, not the demo tasks)
+    default_tasks_from: tuple[str, ...] = ()
+    #: artifact keys an interrupted step resumes from; ``continue`` keeps them (other files of the
+    #: interrupted step go, so the rerun writes them under the same names)
+    resumed_keys: tuple[str, ...] = ("patch_checkpoints",)
 
     def __init__(self, cfg: DictConfig, available_subroutines: Sequence[str]) -> None:
         self.cfg = cfg
@@ -131,6 +148,10 @@ class AbstractBaseScheduler:
         self.step_seed: int | None = None
         self.last_result: Any = None
         self.run_warnings: list[run_warnings.RunWarning] = []
+        if self.continuing:  # the interrupted run's own task list (it may have come from stored artifacts)
+            self.task_list = self.journal.stored_header().get("task_list", self.task_list)
+        elif self.default_tasks_from and not tasks_named_on_command_line():
+            self.task_list = self.stored_tasks(self.default_tasks_from) or self.task_list
 
     # -- set-up ------------------------------------------------------------------------------------
     def _absolutise_roots(self) -> None:
@@ -186,6 +207,14 @@ class AbstractBaseScheduler:
         (restored from ``steps.jsonl`` when that step ran before a ``continue``, if JSON-serialisable).
         Override it to return e.g. a metric that a sweep optimises."""
         return self.last_result
+
+    def stored_tasks(self, keys: Sequence[str]) -> list[str]:
+        """Created tasks with a stored artifact of one of ``keys`` here or in the ``reuse.<key>`` project."""
+        def stored(task: str, key: str) -> bool:
+            project = self.fm.reuse.get(key)
+            return bool(self.fm.list_artifacts(key, task) or (project and self.fm.find_reusable(key, project, task)))
+
+        return [task for task in self.known_tasks() if any(stored(task, key) for key in keys)]
 
     def known_tasks(self) -> list[str]:
         """Tasks created in ``data_dir``."""
@@ -282,10 +311,13 @@ class AbstractBaseScheduler:
         finished = self._load_previous_state() if self.continuing else {}
         self.after_preparation_hook()
         self.create_routine()
-        header = {"mode": str((self.cfg.get("mode") or {}).get("id")),
+        header = {"mode": str((self.cfg.get("mode") or {}).get("id")), "task_list": self.task_list,
                   "scheduler": f"{type(self).__module__}.{type(self).__qualname__}"}
         steps = self.journal.plan(self.plan(), header, self.continuing)
         pending = [s for s in steps if s.index not in finished]
+        if self.continuing:
+            # what a killed attempt of a pending step wrote goes, so the rerun does not leave it beside its own
+            discard_created(self.fm.log_path, {s.index for s in pending}, self.resumed_keys)
         if steps and steps[-1].index in finished:
             self.last_result = finished[steps[-1].index]
         if finished:
@@ -309,7 +341,7 @@ class AbstractBaseScheduler:
         """Seed, run one step and report the ``struct.paths`` it changed (used by executors)."""
         # deep copy: a step may mutate a nested value in place (paths["plots"].append(...))
         before = {name: copy.deepcopy(s.paths) for name, s in self._structs.items()}
-        self.step_index = step.index
+        self.step_index = self.fm.step = step.index
         self.step_seed = step_seed(int(self.cfg.seed), step.index)
         seed_everything(self.step_seed)
         command = getattr(self, step.command, None)

@@ -125,6 +125,9 @@ class FileManager:
         self.reuse = {k: v for k, v in (reuse or {}).items() if v}
         self.log_path = self.run_path / ARTIFACT_LOG_NAME
         self.tmp_path = self.proj_path / TMP_DIR_NAME
+        #: index of the step being run (set by the scheduler): each creation record names its step, so
+        #: `continue` can remove what a killed attempt of an unfinished step left
+        self.step: int | None = None
 
     # -- registry --------------------------------------------------------------------------------
     @staticmethod
@@ -231,7 +234,8 @@ class FileManager:
 
     def _log(self, **record: Any) -> None:
         self.run_path.mkdir(parents=True, exist_ok=True)
-        record = {"time": time.time(), **{k: str(v) if isinstance(v, Path) else v for k, v in record.items()}}
+        record = {"time": time.time(), "step": self.step,
+                  **{k: str(v) if isinstance(v, Path) else v for k, v in record.items()}}
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,31 @@ def record_continue_changes(run_dir: str | os.PathLike, changes: dict[str, Any])
     _append_line(Path(run_dir) / CHANGES_FILE, {"time": time.time(), "changes": {k: list(v) for k, v in changes.items()}})
 
 
+def discard_created(log_path: str | os.PathLike, steps: set[int], keep_keys: Sequence[str] = ()) -> list[Path]:
+    """Delete the files that the creation log ``log_path`` (FileManager's) records for ``steps``, with
+    their sidecars (same stem: ``eval.parquet`` and ``eval.params.json``), and drop their records;
+    artifact keys in ``keep_keys`` stay (state the rerun resumes from, e.g. a fit's checkpoints).
+    For ``continue``: an unfinished step reruns and writes its files again under the same names."""
+    from glob import escape
+
+    log_path = Path(log_path)
+    if not log_path.is_file():
+        return []
+    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    discarded = [r for r in records if r.get("step") in steps and r.get("path") and r.get("key") not in keep_keys]
+    stale = [Path(str(r["path"])) for r in discarded]
+    for path in stale:
+        for file in {path, *path.parent.glob(f"{escape(path.stem)}.*")}:
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+    if stale:
+        kept = [r for r in records if r not in discarded]
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, log_path)
+    return stale
+
+
 def read_continue_changes(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(run_dir) / CHANGES_FILE
     if not path.is_file():
@@ -167,6 +193,17 @@ class RunJournal:
         """Record ``step`` as finished (fsynced, so a kill right after it keeps the record)."""
         record = {**step.to_dict(), "seconds": round(outcome.seconds, 4), "result": _json_or_none(outcome.result)}
         _append_line(self.run_dir / STEPS_FILE, encode_paths(record))
+
+    def stored_header(self) -> dict[str, Any]:
+        """The stored plan's header (mode, task list, scheduler); empty when there is no plan yet."""
+        plan_file = self.run_dir / PLAN_FILE
+        if not plan_file.is_file():
+            return {}
+        try:
+            stored = json.loads(plan_file.read_text())
+        except ValueError as exc:
+            raise ContinueError(f"continue: {plan_file} is corrupt ({exc})") from None
+        return {k: v for k, v in stored.items() if k != "steps"} if isinstance(stored, dict) else {}
 
     def plan(self, steps: list[Step], header: dict[str, Any], continuing: bool) -> list[Step]:
         """Write the plan (``header`` + steps); when continuing, check it against the stored one and
