@@ -2,7 +2,8 @@
 
 At ``point`` the process writes ``marker`` and sleeps, so a test kills it exactly there (never on time):
 
-- ``fit``: after the first patch checkpoint of the fit is on disk (metrics up to it logged);
+- ``fit`` (``fit=<run name>``: of that fit only, e.g. ``fit=attack/shapes_det``): after the first patch
+  checkpoint of the fit is on disk (metrics up to it logged);
 - ``between``: after the first step's record is in ``steps.jsonl``, before the next step starts;
 - ``evaluation``: inside the first evaluation step, its files written, before its MLflow run is logged.
 """
@@ -21,14 +22,16 @@ def _pause(marker: Path) -> None:
 
 
 def install(point: str, marker: Path) -> None:
-    if point == "fit":
+    if point.split("=", 1)[0] == "fit":
         from pandemonium.attack.training.checkpointing import Checkpoint
 
         original = Checkpoint.on_evaluation_end
+        name = point.split("=", 1)[1] if "=" in point else None
 
         def on_evaluation_end(self, trainer, step, result):
             original(self, trainer, step, result)
-            _pause(marker)
+            if name is None or trainer.run_name == name:
+                _pause(marker)
 
         Checkpoint.on_evaluation_end = on_evaluation_end
     elif point == "between":
