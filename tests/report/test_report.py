@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pandemonium.attack.success.summary import arm_column, summarize_success
+from pandemonium.modes.steps.transfer import figures_record
 from pandemonium.report.data import (
     ExamplePair,
     Prediction,
@@ -19,26 +21,44 @@ from pandemonium.report.data import (
     read_table,
 )
 from pandemonium.report.html import extract_numbers, render_html, write_report
-from pandemonium.report.transfer import robustness_curve, transfer_matrix
 
 from .chromium import dump_dom, screenshot
 
+METRIC = "attack_success"
+
+
+def _evaluation_table(rng, p: float, rows: int = 30) -> pd.DataFrame:
+    """Per-row counts of one fixed evaluation, as FixedEvaluation stores them (patch, control and
+    random arms of one rate, one trial per row, one scene per row)."""
+    table = {"scene_id": np.arange(rows)}
+    for arm, rate in (("patch", p), ("control", 0.05), ("random", 0.1)):
+        stem = arm_column(METRIC, arm)
+        table[f"{stem}_hits"] = (rng.random(rows) < rate).astype(float)
+        table[f"{stem}_trials"] = np.ones(rows)
+    return pd.DataFrame(table)
+
+
+def _figures(table: pd.DataFrame) -> dict:
+    """A transfer / robustness row the way the modes build it: the evaluation's scene-level summary."""
+    return figures_record(summarize_success(table, table["scene_id"].to_numpy()), METRIC)
+
 
 def _stored_tables(tmp_path):
-    """Tables as the evaluate mode stores them: per-sample records → CSV/Parquet on disk."""
+    """Tables as the evaluate mode stores them: one row per patch x model (x swept value), read from
+    the scene-level summary of that pair's evaluation, written to CSV."""
     rng = np.random.default_rng(0)
-    rows = []
+    transfer_rows, curve_rows = [], []
     for patch in ("shapes_cls-patch-0", "shapes_det-patch-0"):
         for model in ("shapes_cls-model-0", "shapes_det-model-0"):
+            ids = {"patch_id": patch, "model_id": model}
+            transfer_rows.append({**ids, **_figures(_evaluation_table(rng, rng.uniform(0.1, 0.95))), "metric": METRIC})
             for scale in (0.05, 0.1):
-                p = rng.uniform(0.1, 0.95)
-                rows += [{"patch_id": patch, "model_id": model, "scale": scale,
-                          "success": float(rng.random() < p), "weight": 1.0} for _ in range(30)]
-    records = pd.DataFrame(rows)
+                curve_rows.append({**ids, "scale": scale, **_figures(_evaluation_table(rng, rng.uniform(0.1, 0.95))),
+                                   "metric": METRIC})
     transfer_path = tmp_path / "transfer.csv"
-    transfer_matrix(records).to_csv(transfer_path, index=False)
-    curve_path = tmp_path / "scale.parquet"
-    robustness_curve(records, "scale").to_parquet(curve_path)
+    pd.DataFrame(transfer_rows).to_csv(transfer_path, index=False)
+    curve_path = tmp_path / "robustness_scale.csv"
+    pd.DataFrame(curve_rows).to_csv(curve_path, index=False)
     summary_path = tmp_path / "eval_summary.csv"
     pd.DataFrame({"metric": ["attack_success", "loss_patch", "loss_control"],
                   "mean": [0.8666, 0.1234, 2.5], "ci_low": [0.7, 0.1, 2.1],

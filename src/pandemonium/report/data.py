@@ -79,9 +79,9 @@ class HeadlineFigure:
 
 @dataclass
 class ReportData:
-    """The whole report. ``transfer`` is the long table of :func:`~pandemonium.report.transfer.transfer_matrix`;
-    ``robustness`` maps a swept condition (``scale``, ``angle``) to its
-    :func:`~pandemonium.report.transfer.robustness_curve` table."""
+    """The whole report. ``transfer`` is the stored transfer table (one row per patch x model) and
+    ``robustness`` maps a swept condition (``scale``, ``angle``, ...) to its stored curve table, both as
+    ``pandemonium.modes.steps.transfer`` writes them from the evaluations' summaries."""
 
     title: str
     command: str = ""
