@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,12 +201,19 @@ def test_killed_attack_finishes_with_continue_without_redoing_finished_tasks(cli
     args = ("proj=e2e_continue", "reuse.models=e2e", "mode.subroutines=[attack,evaluate]", *TINY_ATTACK,
             "attack.presets.detection.steps=40", "attack.presets.detection.eval_every=2",
             "logging.mlflow.enabled=false")
-    proc = cli.popen("attack", *args, log=tmp_path / "first.log")
+    # the process pauses after shapes_det's first patch checkpoint and says so (a marker file): the kill
+    # lands there however loaded the machine is, never after the fit ended
+    marker, log = tmp_path / "paused", tmp_path / "first.log"
+    runner = Path(__file__).parents[1] / "validation" / "support" / "kill_points.py"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, str(runner), "fit=attack/shapes_det", str(marker),
+                                 *cli.command("attack", *args)[3:]], stdout=handle, stderr=subprocess.STDOUT,
+                                env=cli.env(), cwd=cli.out_dir.parent)
     runs_root = cli.out_dir / "e2e_continue"
     ckpt = runs_root / "PATCH_CHECKPOINTS" / "shapes_det" / "fit" / "checkpoints" / "last.pt"
     try:
-        assert _wait_for(ckpt.is_file, 600, proc), (tmp_path / "first.log").read_text()[-3000:]
-        assert proc.poll() is None, "the attack finished before it could be interrupted"
+        assert _wait_for(marker.is_file, 900, proc), log.read_text()[-3000:]
+        assert ckpt.is_file() and proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
     finally:
