@@ -304,12 +304,14 @@ def _run_mode(cfg: Any) -> Any:
 
     from hydra.core.hydra_config import HydraConfig
 
+    from pandemonium.allocator import tune_allocator
     from pandemonium.cli.checks import user_error_types
     from pandemonium.plugins import load_plugins
     from pandemonium.runs.base import active_run_dir, build_scheduler
     from pandemonium.runs.warnings import OnceFilter
 
     log = logging.getLogger(PROG)
+    tune_allocator()  # patch fits reallocate the same large buffers every step: keep them mapped
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     mode = str(cfg.mode.get("id"))
     logging.getLogger("pandemonium.attack.pipeline").addFilter(OnceFilter())
