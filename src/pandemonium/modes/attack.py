@@ -64,10 +64,8 @@ class AttackScheduler(AbstractBaseScheduler):
 
     default_tasks_from = ("models",)  # without task_list: the tasks whose models it holds (or reuse.models')
 
-    subroutine_names: tuple[str, ...] = SUBROUTINES
-
     def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg=cfg, available_subroutines=self.subroutine_names)
+        super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.ctx = ModeContext.of(self)
         self.models = ModelSource(self.ctx)
         self.fitting = PatchFit(self.ctx, self.models)
@@ -129,13 +127,9 @@ class AttackScheduler(AbstractBaseScheduler):
         return self.headline()
 
     def summary_lines(self) -> list[str]:
-        """The base lines, then :meth:`figure_lines`."""
-        return [*super().summary_lines(), *self.figure_lines()]
-
-    def figure_lines(self) -> list[str]:
-        """Each evaluated task's patched, control and random-patch rates and their difference (with
-        intervals), plus the queries each black-box patch cost (``attack=blackbox``)."""
+        """The base lines, each evaluated task's patched, control and random-patch rates and their
+        difference (with intervals), plus the queries each black-box patch cost (``attack=blackbox``)."""
         fits = self.ctx.results.get("fits") or {}
-        return [*stored_evaluation_lines(self.ctx), *(
+        return [*super().summary_lines(), *stored_evaluation_lines(self.ctx), *(
             f"  {task}: black-box patch after {fit['queries']} queries to the model (budget {fit['query_budget']})"
             for task, fit in fits.items() if fit.get("method") == "blackbox")]

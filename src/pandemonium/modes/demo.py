@@ -19,12 +19,28 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pandemonium.attack.spec import EvaluationPlan
-from pandemonium.modes.attack import AttackScheduler
 from pandemonium.modes.steps import EVAL_SUMMARY_KEY
-from pandemonium.modes.steps.evaluate_patch import format_figure, headline_figures, split_counts
+from pandemonium.modes.steps.checks import check_attack_inputs
+from pandemonium.modes.steps.context import (
+    ModeContext,
+    finish_tracking,
+    start_tracking,
+    step_seed_of,
+    tracked,
+)
+from pandemonium.modes.steps.evaluate_patch import (
+    PatchEvaluation,
+    evaluation_headline,
+    format_figure,
+    headline_figures,
+    split_counts,
+)
+from pandemonium.modes.steps.fit import PatchFit
+from pandemonium.modes.steps.models import ModelSource
 from pandemonium.modes.steps.report_builder import REPORT_KEY, ReportBuilder
 from pandemonium.modes.steps.transfer import Transfer, read_summary
 from pandemonium.plain import as_float
+from pandemonium.runs.base import AbstractBaseScheduler
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +49,20 @@ __all__ = ["DemoScheduler"]
 SUBROUTINES = ("create", "train", "attack", "evaluate", "transfer", "robustness", "report")
 
 
-class DemoScheduler(AttackScheduler):
+class DemoScheduler(AbstractBaseScheduler):
     """create → train → attack → evaluate → transfer → robustness → report; ``run()`` returns the
-    headline figures ``{"<task>/<metric>": rate}``.
+    headline figures ``{"<task>/<metric>": rate}``."""
 
-    The train / attack / evaluate steps, the input checks and the MLflow run tree are the ``attack``
-    mode's (:class:`~pandemonium.modes.attack.AttackScheduler`); the demo adds creating the tasks,
-    the transfer and robustness evaluations, the report and its closing summary.
-    """
-
-    subroutine_names = SUBROUTINES
     requires_existing_tasks = False
-    default_tasks_from = ()  # the demo's task_list is its config's (the tasks it creates)
 
     def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.started = time.perf_counter()
-        super().__init__(cfg)
+        self.ctx = ModeContext.of(self)
         self.evaluation_plan = EvaluationPlan.from_mode(cfg.get("mode"), check=False)
+        self.models = ModelSource(self.ctx)
+        self.fitting = PatchFit(self.ctx, self.models)
+        self.evaluation = PatchEvaluation(self.ctx, self.models)
         self.transfers = Transfer(self.ctx, self.models, self.evaluation_plan)
         self.builder = ReportBuilder(self.ctx)
 
@@ -57,8 +70,16 @@ class DemoScheduler(AttackScheduler):
     def after_preparation_hook(self) -> None:
         if "create" in self.subroutines:
             self.create_missing_tasks()
+        check_attack_inputs(self.ctx, self.subroutines)
         self.evaluation_plan.check("mode")
-        super().after_preparation_hook()
+        start_tracking(self.ctx, self)
+
+    def before_finishing_hook(self) -> None:
+        finish_tracking(self.ctx, evaluation_headline(self.ctx))
+
+    def run(self) -> Any:
+        with tracked(self.ctx):
+            return super().run()
 
     def create_missing_tasks(self) -> None:
         """Materialise the demo tasks that are not on disk yet (existing ones are kept)."""
@@ -79,13 +100,27 @@ class DemoScheduler(AttackScheduler):
             log.info("demo: created task %s in %.1f s", task, time.perf_counter() - start)
 
     def create_routine(self) -> None:
-        super().create_routine()  # train, attack, evaluate per task
+        per_task = (("train", self.train_model), ("attack", self.attack_task), ("evaluate", self.evaluate_patch))
+        for name, command in per_task:
+            if name in self.subroutines:
+                for task in self.task_list:
+                    self.commands.append(command)
+                    self.params.append([task])
         for name, command in (("transfer", self.transfer), ("robustness", self.robustness), ("report", self.report)):
             if name in self.subroutines:
                 self.commands.append(command)
                 self.params.append([])
 
     # ------------------------------------------------------------------ steps (names are journal entries)
+    def train_model(self, task_name: str) -> dict[str, Any]:
+        return self.models.ensure(self.get_struct(task_name), self.create_datamodule, step_seed_of(self))
+
+    def attack_task(self, task_name: str) -> dict[str, Any]:
+        return self.fitting.attack_task(task_name, step_seed_of(self))
+
+    def evaluate_patch(self, task_name: str) -> dict[str, Any]:
+        return self.evaluation.evaluate_patch(task_name)
+
     def transfer(self) -> dict[str, Any]:
         return self.transfers.transfer()
 
@@ -94,9 +129,6 @@ class DemoScheduler(AttackScheduler):
 
     def report(self) -> dict[str, Any]:
         return self.builder.report()
-
-    def figure_lines(self) -> list[str]:
-        return []  # finish() prints the demo's own block of headline figures
 
     # ------------------------------------------------------------------ result
     def headline_rows(self) -> list[dict[str, Any]]:
