@@ -43,7 +43,7 @@ def _store(struct, source, fingerprint):
 
     model = build_model(struct, OmegaConf.to_container(source.ctx.cfg.model))
     return save_model_artifact(model, struct, source.ctx.cfg.model, fm=source.ctx.fm,
-                               extra={FINGERPRINT_KEY: fingerprint})
+                               extra={} if fingerprint is None else {FINGERPRINT_KEY: fingerprint})
 
 
 def test_fingerprint_follows_what_changes_the_model_and_ignores_what_does_not(struct):
@@ -100,3 +100,12 @@ def test_a_broken_artifact_is_skipped_not_fatal(struct, tmp_path):
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"not a torch file")
     assert source.matching(struct) == good
+
+
+def test_a_model_brought_along_is_used_as_it_is(struct, tmp_path):
+    """An adopted model has no training recipe to compare: it is the victim, not retrained."""
+    struct.paths.pop("models", None)
+    source = _source(_cfg(), tmp_path)
+    trained_elsewhere = _store(struct, source, "0000000000000000")
+    adopted = _store(struct, source, None)
+    assert source.matching(struct) == adopted != trained_elsewhere

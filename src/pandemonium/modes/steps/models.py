@@ -158,8 +158,9 @@ class ModelSource:
         return model, meta
 
     def matching(self, struct: Any) -> Path | None:
-        """The newest stored model of the task in this project trained under the current config (same
-        :func:`training_fingerprint`), or ``None``."""
+        """The newest stored model of the task in this project that fits the current config, or ``None``:
+        one trained here under the same :func:`training_fingerprint`, or one brought along (``adopt``,
+        which has no training recipe to compare, so it is used as it is)."""
         from pandemonium.models.storage import ModelArtifactError, read_artifact
 
         wanted = training_fingerprint(struct, self.ctx.cfg)
@@ -169,7 +170,7 @@ class ModelSource:
             except ModelArtifactError as err:  # a foreign or broken file is not a candidate
                 log.info("task %s: skipping stored model %s (%s)", struct.name, path, err)
                 continue
-            if extra.get(FINGERPRINT_KEY) == wanted:
+            if extra.get(FINGERPRINT_KEY, wanted) == wanted:
                 return path
         return None
 
