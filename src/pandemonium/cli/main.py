@@ -316,8 +316,11 @@ def _run_mode(cfg: Any) -> Any:
     mode = str(cfg.mode.get("id"))
     logging.getLogger("pandemonium.attack.pipeline").addFilter(OnceFilter())
     scheduler = None
+    plugins = load_plugins()
+    # a mode run in-process (tests, notebooks) leaves the registries as it found them
+    activated_here = not plugins.activated
     try:
-        load_plugins(activate=True)
+        plugins.activate()
         with active_run_dir(run_dir):
             scheduler = build_scheduler(cfg)
             result = scheduler.run()
@@ -339,6 +342,9 @@ def _run_mode(cfg: Any) -> Any:
         _close_tracking("FAILED")
         print(f"{PROG}: error: {exc} (details in {run_dir / 'pandemonium.log'})", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if activated_here:
+            plugins.deactivate()
     log.info("mode %s finished in %s; result: %s", mode, scheduler.run_dir, reprlib.repr(result))
     for line in scheduler.summary_lines():
         print(line)
