@@ -64,6 +64,8 @@ class TaskSection:
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: str = ""
+    #: findings that make the figures mean little (a model at chance level, no success, a tiny patch)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ text-align:right}th{background:#f3f3f3}
 pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em;max-height:420px}
 .headline{display:flex;flex-wrap:wrap;gap:1em}.fig{border:1px solid #ddd;padding:.8em 1.2em;border-radius:6px}
 .fig .v{font-size:1.6em;font-weight:600}.fig .k{font-size:.8em;color:#555}.fig .ci{font-size:.85em}
-img{max-width:100%}.patch{image-rendering:pixelated;border:1px solid #999}.note{color:#666;font-size:.8em}
+img{max-width:100%}.patch{image-rendering:pixelated;border:1px solid #999}.note{color:#666;font-size:.8em}.warning{color:#a40;font-weight:bold}
 """
 
 
@@ -110,6 +110,8 @@ def render_html(data: ReportData) -> str:
         parts.append(f"<h2 id='task-{anchor}'>Task {anchor}</h2>")
         ids = [("task type", section.task_type), ("model", section.model_id), ("patch", section.patch_id)]
         parts.append("<p>" + " · ".join(f"{k}: <code>{esc(str(v))}</code>" for k, v in ids if v) + "</p>")
+        for warning in section.warnings:
+            parts.append(f"<p class='warning'>warning: {esc(warning)}</p>")
         if section.notes:
             parts.append(f"<p>{esc(section.notes)}</p>")
         if section.metrics:

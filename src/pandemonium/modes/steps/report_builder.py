@@ -34,6 +34,7 @@ from pandemonium.report.data import (
 )
 from pandemonium.report.html import write_report
 from pandemonium.runs.provenance import artifact_id, command_line
+from pandemonium.runs.warnings import read_warnings
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,18 @@ class ReportBuilder:
         if summary.get("environment"):
             tables["environment"] = environment_table(summary)
         return TaskSection(
-            task=task, task_type=struct.task_type.value,
+            task=task, task_type=struct.task_type.value, warnings=self.warnings_of(task),
             model_id=summary.get("model_id") or artifact_id(ctx.model_path(struct)),
             patch_id=artifact_id(patch_path), patch=payload["patch"],
             examples=example_pairs(examples, ctx.num_examples) if examples else [],
             curves=curves, metrics=metrics, tables=tables, notes=patch_note,
         )
+
+    def warnings_of(self, task: str) -> list[str]:
+        """What the project's runs (and this one) found wrong with the task's figures, once each."""
+        runs = sorted((self.ctx.proj_path / "runs").glob("*")) if (self.ctx.proj_path / "runs").is_dir() else []
+        found = [w for run in [*runs, self.ctx.run_dir] for w in read_warnings(run)]
+        return list(dict.fromkeys(w.message for w in found if w.task == task))
 
     def report_data(self) -> ReportData:
         ctx = self.ctx
