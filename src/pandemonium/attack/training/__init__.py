@@ -20,6 +20,7 @@ from pandemonium.attack.training.callbacks import (
 from pandemonium.attack.training.checkpointing import Checkpoint
 from pandemonium.attack.training.config import EvaluationSettings, TrainerSettingError
 from pandemonium.attack.training.defaults import CALLBACKS, default_callbacks
+from pandemonium.attack.training.distributed import DistributedFitError, rank_zero_only, shard_seed
 from pandemonium.attack.training.loggers import MLflowLogger, TensorBoardLogger
 from pandemonium.attack.training.patch_module import PatchDict, PatchSpecError, TensorPatch, patch_to_image
 from pandemonium.attack.training.plots import PatchFiles, Plots
@@ -32,6 +33,7 @@ __all__ = [
     "Callback",
     "CallbackSettingError",
     "Checkpoint",
+    "DistributedFitError",
     "EarlyStopping",
     "EvaluationSettings",
     "FitResult",
@@ -49,5 +51,7 @@ __all__ = [
     "TensorPatch",
     "TrainerSettingError",
     "default_callbacks",
+    "rank_zero_only",
+    "shard_seed",
     "patch_to_image",
 ]

@@ -23,7 +23,7 @@ __all__ = ["EvaluationSettings", "TrainerSettingError", "derived_seed", "trainer
 
 #: keys of a trainer config besides ``evaluation`` and ``callbacks`` (the constructor's keywords)
 TRAINER_KEYS = ("patch", "batch_size", "optimizer", "schedule", "seed", "device", "out_dir", "run_name",
-                "grad_accumulation", "sharpness_aware")
+                "grad_accumulation", "sharpness_aware", "devices", "accelerator", "strategy")
 
 
 class TrainerSettingError(ConfigError, ValueError):

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pandemonium.attack.checkpoint import get_rng_state, set_rng_state
+from pandemonium.attack.training.config import TrainerSettingError
 
 if TYPE_CHECKING:
     from pandemonium.attack.training.trainer import PatchTrainer
@@ -49,6 +50,7 @@ def trainer_state(t: PatchTrainer) -> dict[str, Any]:
         "run_id": t.run_id,
         "steps_total": t.max_steps,
         "settings": t.hparams(),
+        **({"shards": t.sharding.state_dict()} if t.sharding is not None else {}),
         "callbacks": {  # stateless callbacks (an empty state) are left out
             key: state for key, state in (
                 (key, callback.state_dict() if hasattr(callback, "state_dict") else {})
@@ -68,6 +70,13 @@ def restore_state(t: PatchTrainer, state: Mapping[str, Any]) -> None:
     t.history, t.evals = list(state["history"]), list(state["evals"])
     t.run_id = state.get("run_id")
     set_rng_state(state["rng"], t.pipeline, t.patch)
+    if t.sharding is not None:  # after "rng": this process's shard streams win
+        t.sharding.load_state_dict(t, state.get("shards"))
+    elif state.get("shards", {}).get("shards", 1) != 1:
+        raise TrainerSettingError(
+            f"PatchTrainer: the checkpoint was written by a fit on {state['shards']['shards']} devices; "
+            "resume it with the same devices"
+        )
     saved = dict(state.get("callbacks") or {})
     for key, callback in zip(callback_keys(t.callbacks), t.callbacks):
         if key in saved and hasattr(callback, "load_state_dict"):

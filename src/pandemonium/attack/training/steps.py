@@ -8,6 +8,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,11 @@ class StepRunner:
 
     def __init__(self, trainer: PatchTrainer) -> None:
         self.t = trainer
+        plan = trainer.sharding
+        # several devices: this process draws its shards' share of the batch from their own streams
+        self.shards: list[int | None] = plan.local_shards if plan is not None else [None]
+        self.batch = plan.batch if plan is not None else trainer.batch_size
+        self.micro_steps = trainer.grad_accumulation * len(self.shards)
 
     def terms_or_raise(self, terms: Mapping[str, Tensor], step: int) -> Tensor:
         """Per-term batch means; raises naming the first non-finite term (one device sync)."""
@@ -52,10 +58,18 @@ class StepRunner:
 
     def forward_loss(self, params: Mapping[str, Any] | None = None) -> tuple[Tensor, Mapping[str, Tensor]]:
         t = self.t
-        x = expand_patch(patch_value(t.patch), t.batch_size)
+        x = expand_patch(patch_value(t.patch), self.batch)
         y, kwargs = t.pipeline(x, params=params)
         terms = t.loss(y, **kwargs)
-        return weighted_total(terms, t.weights) / t.grad_accumulation, terms
+        return weighted_total(terms, t.weights) / self.micro_steps, terms
+
+    def stream(self, shard: int | None) -> Any:
+        plan = self.t.sharding
+        return contextlib.nullcontext() if plan is None or shard is None else plan.stream(self.t, shard)
+
+    def sync_grads(self) -> None:
+        if self.t.sharding is not None:
+            self.t.sharding.sync_grads(self.t)
 
     def step(self, step: int) -> dict[str, float]:
         """One optimiser step; ``step`` (1-based, as logged) only names the step in errors."""
@@ -69,12 +83,15 @@ class StepRunner:
         means = None
         try:
             for _ in range(t.grad_accumulation):
-                total, terms = self.forward_loss()
-                term_means = self.terms_or_raise(terms, step)
-                means = term_means if means is None else means + term_means
-                total.backward()
-                if t.sharpness_aware:
-                    samples.append(t.pipeline.get_last_sample_as_dict())
+                for shard in self.shards:
+                    with self.stream(shard):
+                        total, terms = self.forward_loss()
+                    term_means = self.terms_or_raise(terms, step)
+                    means = term_means if means is None else means + term_means
+                    total.backward()
+                    if t.sharpness_aware:
+                        samples.append(t.pipeline.get_last_sample_as_dict())
+            self.sync_grads()
             if t.sharpness_aware:
                 self.sharpness_aware_grad(samples, step)
             self.check_grads(step)
@@ -88,7 +105,8 @@ class StepRunner:
         project_patch_(t.patch)
         if not is_plateau(t.scheduler):
             t.scheduler.step()
-        logs = dict(zip(terms, (means / t.grad_accumulation).tolist()))
+        means = means / self.micro_steps
+        logs = dict(zip(terms, (t.sharding.mean(means) if t.sharding is not None else means).tolist()))
         logs["total"] = float(sum(t.weights[k] * logs[k] for k in t.weights))
         logs["lr"] = float(opt.param_groups[0]["lr"])
         return logs
@@ -112,6 +130,7 @@ class StepRunner:
                 total, terms = self.forward_loss(params=sample)
                 self.terms_or_raise(terms, step)
                 total.backward()
+            self.sync_grads()
         finally:
             with torch.no_grad():
                 for p, s in zip(params, saved):

@@ -20,6 +20,21 @@ Results folder (``out_dir``), with the default callbacks::
     checkpoints/last.pt              Checkpoint, at every evaluation; fit(resume_from=...)
     eval/eval_step<k>.parquet        per-sample evaluation table (+ .params.json: param types)
     patch_last.{pt,png}, patch_best.{pt,png}, pipeline.yaml, plots/
+
+Several devices (:mod:`~pandemonium.attack.training.distributed`, Lightning Fabric DDP)::
+
+    PatchTrainer(..., batch_size=64, devices=4, accelerator="cuda")   # 4 GPUs, 16 samples each
+    PatchTrainer(..., batch_size=8, devices=2, accelerator="cpu")     # 2 CPU processes (gloo)
+    pandemonium attack attack.devices=4 attack.accelerator=cuda      # the same from the attack config
+
+Each device draws a disjoint ``batch_size / devices`` share of every batch from its own streams
+(seeded from the run seed and its rank), the patch gradient is averaged over the devices, process 0
+alone logs and writes checkpoints, and ``fit(resume_from=...)`` works as with one device (the
+checkpoint keeps every rank's streams). *Within tolerance* means: a ``devices=W`` fit and the same fit
+with ``strategy="serial"`` (one process drawing the ``W`` shards from the same streams, the same total
+batch) end with patches whose largest absolute difference is at most ``1e-5`` after tens of steps on
+CPU (float32; only the order of the gradient sums differs). A plain ``devices=1`` fit draws the batch
+from one stream, so it is a different (equally valid) sample: compare it statistically, not bit-wise.
 """
 
 from __future__ import annotations
@@ -28,7 +43,6 @@ import datetime as _dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +64,10 @@ from pandemonium.attack.training.config import (
     trainer_kwargs,
 )
 from pandemonium.attack.training.defaults import default_callbacks
+from pandemonium.attack.training.distributed import shard_plan
 from pandemonium.attack.training.loggers import MLflowLogger, TensorBoardLogger
-from pandemonium.attack.training.patch_module import as_patch_module, detached, patch_value
+from pandemonium.attack.training.patch_module import as_patch_module, patch_value
+from pandemonium.attack.training.result import FitResult, fit_result
 from pandemonium.attack.training.state import restore_state, trainer_state
 from pandemonium.attack.training.steps import NonFiniteLossError, StepRunner
 from pandemonium.testing import check_loss
@@ -59,27 +75,6 @@ from pandemonium.testing import check_loss
 __all__ = ["FitResult", "NonFiniteLossError", "PatchTrainer"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FitResult:
-    """What :meth:`PatchTrainer.fit` returns: last and best patch, history and where things are."""
-
-    patch: Any
-    best_patch: Any
-    best_step: int | None
-    best_metric: float | None
-    metric: str
-    steps_run: int
-    stopped_early: bool
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
-    checkpoint_path: Path | None = None
-    eval_table_path: Path | None = None
-    out_dir: Path | None = None
-    run_id: str | None = None
-    seconds: float = 0.0
-    eval_seconds: float = 0.0
 
 
 class PatchTrainer:
@@ -106,6 +101,11 @@ class PatchTrainer:
         grad_accumulation: micro-batches per optimiser step.
         sharpness_aware: SAM radius ``rho`` (None: off); the ascent step replays exactly the sampled
             conditions of the step (``params=`` replay).
+        devices: processes (one per device) sharing each batch (see the module docstring); 1: the
+            plain loop, no Fabric. With more, each process uses Fabric's device, not ``device``.
+        accelerator: Fabric's accelerator when ``devices > 1`` (``"cpu"``, ``"cuda"``, ``"auto"``).
+        strategy: ``"ddp"`` (default with ``devices > 1``) or ``"serial"`` (the ``devices`` shards in
+            this process: the single-process reference of a multi-device fit).
     """
 
     def __init__(
@@ -126,6 +126,9 @@ class PatchTrainer:
         run_name: str = "patch-fit",
         grad_accumulation: int = 1,
         sharpness_aware: float | None = None,
+        devices: int = 1,
+        accelerator: str = "cpu",
+        strategy: str | None = None,
     ) -> None:
         if batch_size < 1 or grad_accumulation < 1:
             raise TrainerSettingError(
@@ -133,7 +136,9 @@ class PatchTrainer:
             )
         if sharpness_aware is not None and sharpness_aware <= 0:
             raise TrainerSettingError(f"PatchTrainer: sharpness_aware (rho) must be > 0, got {sharpness_aware}")
-        self.device = torch.device(device)
+        self.sharding = shard_plan(devices, batch_size, accelerator, strategy)
+        # processes get their device from Fabric; CUDA stays untouched here so they can be forked
+        self.device = torch.device("cpu" if self.sharding is not None and self.sharding.launches else device)
         self.pipeline = pipeline.to(self.device)
         self.loss = loss
         self.weights = {str(k): float(v) for k, v in dict(weights).items()}
@@ -257,7 +262,8 @@ class PatchTrainer:
             "optimizer": spec.pop("_target_"), "optimizer_kwargs": spec, "schedule": self.schedule_spec,
             "batch_size": self.batch_size, "evaluation": self.settings.as_dict(),
             "grad_accumulation": self.grad_accumulation, "sharpness_aware": self.sharpness_aware,
-            "seed": self.seed, "weights": self.weights, "patch": type(self.patch).__name__,
+            "seed": self.seed, "devices": self.sharding.shards if self.sharding is not None else 1,
+            "weights": self.weights, "patch": type(self.patch).__name__,
             "callbacks": [type(c).__name__ for c in self.callbacks],
         }
 
@@ -295,7 +301,8 @@ class PatchTrainer:
         result = self.evaluate(self.step, writer=tb.writer if tb is not None else None,
                                logging_to_mlflow=ml is not None and ml.run_id is not None)
         self.evals.append({"step": self.step, **{k: float(v) for k, v in result.summary.items()}})
-        self.last_table = save_table(result.table, self.out_dir / "eval" / f"eval_step{self.step:06d}")
+        if self.sharding is None or self.sharding.on_evaluation(self):  # several devices: rank 0 writes
+            self.last_table = save_table(result.table, self.out_dir / "eval" / f"eval_step{self.step:06d}")
         if is_plateau(self.scheduler):
             self.scheduler.step(require_metric(result.summary, self.monitor, "plateau schedule"))
         self._hook("on_evaluation_end", self.step, result)
@@ -326,9 +333,20 @@ class PatchTrainer:
                 f"step {load_checkpoint(self.checkpoint_path)['step']}); pass resume_from='auto' to continue it, "
                 "overwrite=True to start afresh, or another out_dir"
             )
+        if self.sharding is not None and self.sharding.launches:
+            result, state = self.sharding.launch(self.run_loop, self, steps, resume_from)
+            self._build(steps)
+            self.load_state_dict(state)  # this object ends where process 0 ended
+            return result
+        return self.run_loop(steps, resume_from)
+
+    def run_loop(self, steps: int, resume_from: str | Path | None = None) -> FitResult:
+        """The loop of :meth:`fit` in this process (one process of a multi-device fit)."""
         start = time.perf_counter()
         self._reset_state()
         self._build(steps)
+        if self.sharding is not None:
+            self.sharding.seed_streams(self)
         if resume_from is not None:
             # on CPU: RNG states must be CPU byte tensors; load_state_dict moves the rest to the patch
             self.load_state_dict(load_checkpoint(resume_from, map_location="cpu"))
@@ -348,7 +366,7 @@ class PatchTrainer:
                 self._hook("on_step_end", self.step, logs)
                 if self.step % self.settings.every == 0 or self.step == steps:
                     eval_seconds += self._evaluate_now()
-            result = self._result(time.perf_counter() - start, eval_seconds)
+            result = fit_result(self, time.perf_counter() - start, eval_seconds)
             self._hook("on_fit_end", result)
         except BaseException as err:
             if isinstance(err, NonFiniteLossError):
@@ -358,25 +376,6 @@ class PatchTrainer:
         finally:
             self._hook("teardown")
         return result
-
-    def _result(self, seconds: float, eval_seconds: float) -> FitResult:
-        best = self.callback(BestPatch)
-        if self.last_table is not None:
-            self.artifacts.append((self.last_table, "eval"))
-            spec = self.last_table.with_suffix(".params.json")
-            if spec.exists():
-                self.artifacts.append((spec, "eval"))
-        with torch.no_grad():
-            patch = detached(patch_value(self.patch))
-        return FitResult(
-            patch=patch, best_patch=best.best_patch(self.patch) if best is not None else patch,
-            best_step=best.best_step if best is not None else None,
-            best_metric=best.best_value if best is not None else None,
-            metric=best.metric if best is not None else self.monitor, steps_run=self.step,
-            stopped_early=self.should_stop, history=self.history, evals=self.evals,
-            checkpoint_path=self.last_checkpoint, eval_table_path=self.last_table, out_dir=self.out_dir,
-            run_id=self.run_id, seconds=seconds, eval_seconds=eval_seconds,
-        )
 
     def _hook(self, name: str, *args: Any) -> None:
         # getattr: a duck-typed object with only some of the hooks is a callback too
