@@ -118,6 +118,7 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
                                           split=SELECT_SPLIT),
             optimizer={"_target_": optimizer_name, **optimizer}, schedule={"name": schedule_name, **schedule},
             seed=seed, out_dir=out_dir, run_name=f"attack/{name}", device=ctx.device,
+            **fit_devices(cfg.get("attack")),
             callbacks=[*default_callbacks(
                 best_metric=metric, best_mode=mode,
                 mlflow=tracking.tracking_uri if tracking is not None and tracking.enabled else False,
@@ -141,6 +142,13 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     checkpoint = result.checkpoint_path or (resume if resume.is_file() else None)
     return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
                       checkpoint, result.run_id)
+
+
+def fit_devices(attack_cfg: Any) -> dict[str, Any]:
+    """``devices``/``accelerator``/``strategy`` of the attack config (absent: one device)."""
+    attack = attack_cfg if attack_cfg is not None else {}
+    return {"devices": int(attack.get("devices") or 1), "accelerator": str(attack.get("accelerator") or "cpu"),
+            "strategy": attack.get("strategy")}
 
 
 def pipeline_configs(members: Sequence[tuple[Any, Any, AttackSpec]], pipelines: dict[str, Any]) -> dict[str, Any]:
