@@ -119,3 +119,11 @@ def test_info_and_cfg_flags_run_nothing(pandemonium_roots, capsys, snapshot):
     assert main(["attack", "--cfg", "job"]) == 0
     assert "steps" in capsys.readouterr().out
     assert snapshot(pandemonium_roots.out_dir) == before
+
+
+def test_attack_devices_below_one_is_refused_before_work(tmp_path):
+    from pandemonium.cli.main import main
+
+    code = main(["attack", "attack.devices=0", f"out_dir={tmp_path / 'out'}", f"data_dir={tmp_path / 'data'}"])
+    assert code == 2
+    assert not (tmp_path / "out").exists()

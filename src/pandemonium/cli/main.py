@@ -301,10 +301,12 @@ def _run_mode(cfg: Any) -> Any:
     """The Hydra task function: build the mode's scheduler and run it in Hydra's run directory."""
     import logging
     import reprlib
+    import warnings
 
     from hydra.core.hydra_config import HydraConfig
 
     from pandemonium.allocator import tune_allocator
+    from pandemonium.attack.statistics import RepeatedScenesWarning
     from pandemonium.cli.checks import user_error_types
     from pandemonium.plugins import load_plugins
     from pandemonium.runs.base import active_run_dir, build_scheduler
@@ -321,7 +323,9 @@ def _run_mode(cfg: Any) -> Any:
     activated_here = not plugins.activated
     try:
         plugins.activate()
-        with active_run_dir(run_dir):
+        with active_run_dir(run_dir), warnings.catch_warnings():
+            # the log already carries this finding (once per evaluation); Python's warning would repeat it
+            warnings.simplefilter("ignore", RepeatedScenesWarning)
             scheduler = build_scheduler(cfg)
             result = scheduler.run()
     except user_error_types() as exc:

@@ -99,6 +99,7 @@ ATTACK_OVERRIDES: dict[str, Check] = {
     "num_eval": Check("int", low=1, nullable=True),
     "lr": Check("float", low=0.0, low_open=True, nullable=True),
     "patch_fraction": Check("float", low=0.0, high=1.0, low_open=True, nullable=True),
+    "devices": Check("int", low=1, nullable=True),
 }
 PRESET_SCHEMA: dict[str, Check] = {
     "steps": POSITIVE_INT,
