@@ -44,14 +44,16 @@ class FitOutcome:
     run_id: str | None
 
 
-def _curves_frame(history: list[dict[str, float]], evals: list[dict[str, float]]) -> Any:
-    """One wide table: training terms per step, evaluation metrics (``eval_<name>``) at their steps."""
+def curves_frame(history: list[dict[str, float]], evals: list[dict[str, float]],
+                  metrics: Sequence[str] = ()) -> Any:
+    """One wide table: training terms per step and, at the evaluation steps, each success metric with its
+    no-patch and random-patch baselines (``eval_<name>``) and the total patch loss."""
     import pandas as pd
 
     train = pd.DataFrame(history)
-    interesting = ("success", "disappearance", "pixel_flip", "prediction_changed", "total_patch")
-    keep = [c for c in (evals[0].keys() if evals else []) if c != "step" and any(w in c for w in interesting)
-            and not c.endswith(("_se", "_ci_low", "_ci_high", "_n"))]
+    wanted = {f"{m}{arm}" for m in metrics for arm in ("", "_control", "_random")}
+    keep = [c for c in (evals[0].keys() if evals else [])
+            if c.rsplit("/", 1)[-1] in wanted or c.rsplit("/", 1)[-1] == "total_patch"]
     ev = pd.DataFrame([{"step": e["step"], **{f"eval_{k}": e[k] for k in keep}} for e in evals])
     if train.empty:
         return ev
@@ -140,7 +142,9 @@ def fit_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, AttackSpec]], 
     configs = pipeline_configs(members, pipelines)
     # a fit killed after its last checkpoint resumes at its end and writes none: that one is the fit's
     checkpoint = result.checkpoint_path or (resume if resume.is_file() else None)
-    return FitOutcome(patch, to_plain(summary), _curves_frame(result.history, result.evals), configs, specs,
+    success_metrics = sorted({spec.success_metric for spec in specs.values()})
+    return FitOutcome(patch, to_plain(summary), curves_frame(result.history, result.evals, success_metrics),
+                      configs, specs,
                       checkpoint, result.run_id)
 
 
@@ -178,7 +182,7 @@ def fit_blackbox_patch(ctx: ModeContext, members: Sequence[tuple[Any, Any, Attac
         raise AttackConfigError(f"attack of {name!r}: {err}") from None
     log.info("task %s: black-box patch after %d queries (budget %d), loss %.4g", name, found.summary["queries"],
              found.summary["query_budget"], found.summary["best_loss"])
-    return FitOutcome(found.patch, to_plain(found.summary), _curves_frame(found.history, []),
+    return FitOutcome(found.patch, to_plain(found.summary), curves_frame(found.history, []),
                       pipeline_configs(members, pipelines), {m[0].name: m[2] for m in members}, None, None)
 
 
