@@ -57,7 +57,7 @@ from pandemonium.modes.steps.search_space import (
 )
 from pandemonium.plain import to_plain
 from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_scheduler
-from pandemonium.tracking.study_plots import save_study_plots, study_html
+from pandemonium.tracking.study_plots import save_study_plots, save_trials_table, study_html
 
 log = logging.getLogger(__name__)
 
@@ -329,13 +329,18 @@ class TuneScheduler(AbstractBaseScheduler):
         if complete:
             summary.update(best_value=study.best_value, best_params=study.best_params, best_trial=study.best_trial.number)
         owner = self.study_name()
-        best_path = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_best.json")
-        best_path.write_text(json.dumps(to_plain(summary), indent=1))
-        pngs = save_study_plots(study, lambda fname: self.fm.construct_saving_path(
-            obj=None, key="plots", task_name=owner, file_name=fname)) if complete else []
-        html = self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name="tune_study.html")
+
+        def path_for(fname: str) -> Path:
+            return self.fm.construct_saving_path(obj=None, key="plots", task_name=owner, file_name=fname)
+
+        pngs = save_study_plots(study, path_for) if complete else []
+        trials = save_trials_table(study, path_for("tune_trials.csv"))
+        html = path_for("tune_study.html")
         html.write_text(study_html(study, summary, pngs))
         summary["plots"] = [str(p) for p in [*pngs, html]]
+        summary["trials"] = str(trials)
+        # written last: the report reads the newest record and the plots and trials it names
+        path_for("tune_best.json").write_text(json.dumps(to_plain(summary), indent=1))
         self.study_summary = summary
         return summary
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ExamplePair", "HeadlineFigure", "Prediction", "ReportData", "TaskSection", "format_number",
+__all__ = ["ExamplePair", "HeadlineFigure", "Prediction", "ReportData", "StudyReport", "TaskSection", "format_number",
            "headline_from_mapping", "image_to_hwc", "read_table"]
 
 
@@ -80,6 +80,17 @@ class HeadlineFigure:
 
 
 @dataclass
+class StudyReport:
+    """A tune study: its stored summary (best value and parameters), its plots as PNG bytes by name
+    (``tune_history``, ``tune_importance``, ``tune_parallel``) and its trials table."""
+
+    name: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, bytes] = field(default_factory=dict)
+    trials: pd.DataFrame | None = None
+
+
+@dataclass
 class ReportData:
     """The whole report. ``transfer`` is the stored transfer table (one row per patch x model) and
     ``robustness`` maps a swept condition (``scale``, ``angle``, ...) to its stored curve table, both as
@@ -96,6 +107,10 @@ class ReportData:
     robustness: dict[str, pd.DataFrame] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
+    #: the jobs of a sweep side by side (``pandemonium.modes.steps.sweep.sweep_table``) and its folder
+    sweep: pd.DataFrame | None = None
+    sweep_dir: str = ""
+    studies: list[StudyReport] = field(default_factory=list)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

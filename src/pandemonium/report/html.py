@@ -36,6 +36,7 @@ from pandemonium.report.figures import (
     image_to_data_uri,
     robustness_figure,
 )
+from pandemonium.report.sweep_html import study_parts, sweep_parts
 
 __all__ = ["extract_numbers", "render_html", "write_report"]
 
@@ -148,6 +149,8 @@ def render_html(data: ReportData) -> str:
                                  row_key=["patch_id", "model_id", condition]))
     for name, table in data.tables.items():
         parts.append(f"<h2>{esc(name)}</h2>" + _table_html(name, table))
+    parts += sweep_parts(data.sweep, data.sweep_dir, _table_html)
+    parts += study_parts(data.studies, _table_html)
 
     parts.append("<h2 id='reproduce'>Reproduce</h2><p>Command:</p>")
     parts.append(f"<pre id='command'>{esc(data.command)}</pre><p>Composed configuration:</p>")

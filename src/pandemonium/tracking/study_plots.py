@@ -14,11 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pandemonium.plain import to_plain
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_study_plots", "study_html"]
+__all__ = ["save_study_plots", "save_trials_table", "study_html", "trials_table"]
 
 
 def save_study_plots(study: Any, path_for: Callable[[str], Path]) -> list[Path]:
@@ -44,6 +46,20 @@ def save_study_plots(study: Any, path_for: Callable[[str], Path]) -> list[Path]:
         plt.close(figure)
         saved.append(path)
     return saved
+
+
+def trials_table(study: Any) -> pd.DataFrame:
+    """One row per trial: ``number``, ``state``, ``value`` and one column per parameter."""
+    rows = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, **t.params}
+            for t in study.trials]
+    params = sorted({k for t in study.trials for k in t.params})
+    return pd.DataFrame(rows, columns=["number", "state", "value", *params])
+
+
+def save_trials_table(study: Any, path: Path) -> Path:
+    """The trials table as CSV at ``path`` (what the report shows)."""
+    trials_table(study).to_csv(path, index=False)
+    return path
 
 
 def study_html(study: Any, summary: Mapping[str, Any], pngs: Sequence[Path]) -> str:

@@ -22,6 +22,7 @@ from pandemonium.attack.presets import AttackConfigError
 from pandemonium.modes.steps import CURVES_KEY, EVAL_SUMMARY_KEY, EXAMPLES_KEY
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import headline_figures, load_patch, split_counts
+from pandemonium.modes.steps.sweep import newest_sweep, read_sweep, study_reports, sweep_table
 from pandemonium.modes.steps.transfer import CURVE_CONDITIONS, TRANSFER_KEY, read_summary
 from pandemonium.plain import as_float
 from pandemonium.report.data import (
@@ -202,11 +203,14 @@ class ReportBuilder:
         if ctx.tracking is not None and ctx.tracking.tracking_uri:
             links["MLflow"] = f"mlflow ui --backend-store-uri {ctx.tracking.tracking_uri}"
         links["TensorBoard"] = f"tensorboard --logdir {ctx.proj_path}"
+        sweep_dir = newest_sweep(ctx.proj_path)  # the project's newest multirun: its jobs side by side
         return ReportData(
             title=f"pandemonium report: {ctx.cfg.proj} ({', '.join(ctx.task_list)})",
             command=command_line(), config_yaml=config_yaml, headline=headline, sections=sections,
             transfer=read_table(transfer_path) if transfer_path else None,
             robustness=robustness, links=links,
+            sweep=sweep_table(read_sweep(sweep_dir)) if sweep_dir else None, sweep_dir=str(sweep_dir or ""),
+            studies=study_reports(ctx.fm.list_artifacts("plots", task_name="*")),
         )
 
     def report(self) -> dict[str, Any]:
