@@ -240,6 +240,10 @@ class FusedImplantAugment(RectangleImplanter):
         h_img2patch = to_patch @ invert_affine(affine)
         return h_img2patch, quad_to_box(apply_homography_to_points(affine, quad))
 
+    def _affine_placement(self):
+        # corner jitter makes the placement projective; without it every factor is affine
+        return True if self.perspective == 0 and type(self)._placement is FusedImplantAugment._placement else None
+
     # ------------------------------------------------------------ photometrics
     def _window_margin(self) -> int:
         # blur reads kernel//2 pixels around each output pixel: a ring that wide at the window edge is

@@ -235,6 +235,10 @@ class FusedImplantWarp(RectangleImplanter):
         quad = apply_homography_to_points(forward.to(box.dtype), box_to_quad(box))
         return h_img2patch @ invert_affine(forward).to(h_img2patch.dtype), quad_to_box(quad)
 
+    def _affine_placement(self):
+        # the rectangle's box stretch composed with the (affine) warp of the scene
+        return True if type(self)._placement is FusedImplantWarp._placement else None
+
     # ------------------------------------------------------------ colour
     def _colour_matrix(self, scene: Mapping[str, Tensor], channels: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         b = scene["brightness"].to(dtype)
@@ -274,7 +278,7 @@ class FusedImplantWarp(RectangleImplanter):
             with torch.no_grad():  # the scene carries no gradient: warp it once
                 # a whole-image "window": elementwise grid maths, so a row warps the same alone or in a batch
                 origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
-                grid = window_grid(invert_affine(forward).to(images.device, images.dtype), origin, hw, hw)
+                grid = window_grid(invert_affine(forward).to(images.device, images.dtype), origin, hw, hw, True)
                 images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             self.__dict__["_forward_affine"] = forward
         try:

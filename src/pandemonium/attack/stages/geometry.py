@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ __all__ = [
     "homography_grid",
     "warp_homography",
     "window_grid",
+    "is_affine",
     "warp_patch",
     "composite",
     "warp_composite",
@@ -113,11 +115,41 @@ def box_to_source_homography(boxes: torch.Tensor, source_hw: tuple[int, int]) ->
 def _normalise_source(h_out2src: torch.Tensor, source_hw: tuple[int, int]) -> torch.Tensor:
     # Fold the pixel -> [-1, 1] normalisation of grid_sample (align_corners=False) into the matrix,
     # so the per-pixel work is one batched matmul and one division.
-    sh, sw = source_hw
-    norm = torch.tensor(
-        [[2.0 / sw, 0.0, -1.0], [0.0, 2.0 / sh, -1.0], [0.0, 0.0, 1.0]], dtype=h_out2src.dtype, device=h_out2src.device
-    )
-    return norm @ h_out2src
+    return _normaliser(source_hw[0], source_hw[1], h_out2src.dtype, h_out2src.device) @ h_out2src
+
+
+# Constants of a step (normalisers, index ramps) are built once per shape/dtype/device and reused: each
+# would otherwise be a few tiny ops (and, on a GPU, a host-to-device copy) per step. They are read-only,
+# and built outside inference mode: a cached inference tensor could never be saved for a backward pass.
+@lru_cache(maxsize=64)
+def _normaliser(sh: int, sw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor([[2.0 / sw, 0.0, -1.0], [0.0, 2.0 / sh, -1.0], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=64)
+def _pixel_centres(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n,)`` ramp ``0.5, 1.5, ...`` (exact in every float dtype for image-sized ``n``)."""
+    with torch.inference_mode(False):
+        return torch.arange(n, device=device, dtype=dtype) + 0.5
+
+
+@lru_cache(maxsize=32)
+def _pixel_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Homogeneous pixel centres ``(H*W, 3)``, row-major."""
+    ys, xs = _pixel_centres(height, dtype, device), _pixel_centres(width, dtype, device)
+    with torch.inference_mode(False):
+        return torch.stack(
+            [xs.repeat(height), ys.repeat_interleave(width), torch.ones(height * width, device=device, dtype=dtype)], -1
+        )
+
+
+@lru_cache(maxsize=64)
+def _window_offsets(height: int, width: int, stride: int, device: torch.device) -> Tensor:
+    """Flat offsets ``(h*w,)`` of a ``height x width`` window's pixels in rows of ``stride`` pixels."""
+    with torch.inference_mode(False):
+        rows = torch.arange(height, device=device).view(-1, 1) * stride
+        return (rows + torch.arange(width, device=device)).view(-1)
 
 
 def homography_grid(h_out2src: torch.Tensor, out_hw: tuple[int, int], source_hw: tuple[int, int]) -> torch.Tensor:
@@ -129,41 +161,46 @@ def homography_grid(h_out2src: torch.Tensor, out_hw: tuple[int, int], source_hw:
     height, width = out_hw
     dtype, device = h_out2src.dtype, h_out2src.device
     m = _normalise_source(h_out2src, source_hw)
-    ys = torch.arange(height, device=device, dtype=dtype) + 0.5
-    xs = torch.arange(width, device=device, dtype=dtype) + 0.5
-    pixels = torch.stack(
-        [xs.repeat(height), ys.repeat_interleave(width), torch.ones(height * width, device=device, dtype=dtype)], -1
-    )
     # One batched matmul maps every pixel; few large ops matter more than few FLOPs here, because each
     # large op is a parallel region (and a kernel launch on a GPU).
-    mapped = torch.matmul(pixels, m.transpose(1, 2)).view(-1, height, width, 3)
-    if bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12)):
+    mapped = torch.matmul(_pixel_grid(height, width, dtype, device), m.transpose(1, 2)).view(-1, height, width, 3)
+    if is_affine(m):
         return mapped[..., :2]  # affine: w == 1 everywhere
     den = mapped[..., 2:]
     valid = den > 1e-8
     return torch.where(valid, mapped[..., :2] / den.clamp_min(1e-8), torch.full_like(den, 2.0))
 
 
+def is_affine(m: Tensor) -> bool:
+    """Whether every ``(B, 3, 3)`` matrix has the bottom row ``(0, 0, 1)`` (one host sync)."""
+    return bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12))
+
+
 def window_grid(
-    h_img2src: torch.Tensor, origin: torch.Tensor, out_hw: tuple[int, int], source_hw: tuple[int, int]
+    h_img2src: torch.Tensor,
+    origin: torch.Tensor,
+    out_hw: tuple[int, int],
+    source_hw: tuple[int, int],
+    affine: bool | None = None,
 ) -> torch.Tensor:
     """Sampling grid ``(B, H, W, 2)`` of per-sample windows at ``origin`` ``(B, 2)`` (x, y) of the image.
 
     Each window pixel's image coordinates (integers + 0.5, exact) are mapped with elementwise ops only,
     so a pixel's grid value does not depend on where its window starts or how large it is -- a row
-    rendered alone (with its own window) gets the same pixels as in its batch.
+    rendered alone (with its own window) gets the same pixels as in its batch. ``affine=True`` says the
+    caller knows every matrix is affine (skips the check, a host sync); ``None`` checks.
     """
     height, width = out_hw
     dtype, device = h_img2src.dtype, h_img2src.device
     m = _normalise_source(h_img2src, source_hw)
     b = m.shape[0]
-    origin = origin.to(device=device, dtype=dtype)
-    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5).view(1, 1, width, 1) + origin[:, 0].view(b, 1, 1, 1)
-    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5).view(1, height, 1, 1) + origin[:, 1].view(b, 1, 1, 1)
+    origin = origin.to(device=device, dtype=dtype).view(b, 1, 1, 2)
+    xs = _pixel_centres(width, dtype, device).view(1, 1, width, 1) + origin[..., :1]
+    ys = _pixel_centres(height, dtype, device).view(1, height, 1, 1) + origin[..., 1:]
     # both grid coordinates at once, broadcast to (B, H, W, 2): a*x + b*y + c per pixel, elementwise
     rows = m[:, :2].unsqueeze(1).unsqueeze(1)  # (B, 1, 1, 2, 3)
     grid = rows[..., 0] * xs + rows[..., 1] * ys + rows[..., 2]
-    if bool((m[:, 2, :2].abs().amax() < 1e-12) & ((m[:, 2, 2] - 1).abs().amax() < 1e-12)):
+    if affine or (affine is None and is_affine(m)):
         return grid  # affine: w == 1 everywhere
     den = (m[:, 2, 0].view(b, 1, 1, 1) * xs + m[:, 2, 1].view(b, 1, 1, 1) * ys + m[:, 2, 2].view(b, 1, 1, 1))
     return torch.where(den > 1e-8, grid / den.clamp_min(1e-8), torch.full_like(den, 2.0))
@@ -187,6 +224,7 @@ def warp_patch(
     h_img2patch: torch.Tensor,
     out_hw: tuple[int, int],
     origin: torch.Tensor | None = None,
+    affine: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample ``patch`` (``(B, C, h, w)``) and its ``alpha`` onto an ``out_hw`` image raster.
 
@@ -194,7 +232,7 @@ def warp_patch(
     are resampled together, premultiplied, in ONE ``grid_sample`` (zero padding gives the patch a soft,
     anti-aliased border). Returns the premultiplied patch ``(B, C, H, W)`` and coverage ``(B, 1, H, W)``.
     With ``origin`` ``(B, 2)`` the raster is a per-sample window of the image at that offset (see
-    :func:`window_grid`).
+    :func:`window_grid`; ``affine`` as there).
     """
     b, c, h, w = patch.shape
     if alpha is None:
@@ -205,7 +243,7 @@ def warp_patch(
     if origin is None:
         warped = warp_homography(source, h_img2patch.to(patch.dtype), out_hw)
     else:
-        grid = window_grid(h_img2patch.to(patch.dtype), origin, out_hw, (h, w))
+        grid = window_grid(h_img2patch.to(patch.dtype), origin, out_hw, (h, w), affine)
         warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # coverage depends only on alpha and the pose, never on patch pixels: detached, autograd skips a
     # whole backward branch through it
@@ -263,12 +301,24 @@ def patch_windows(
     return torch.stack([ox, oy], dim=-1), (win_h, win_w)
 
 
+# The last few window indices, keyed by the origin tensor itself: one step crops and pastes the same
+# windows several times (scene, background, coverage, mask), so the index is built once per step.
+_INDEX_CACHE: dict[tuple, tuple[Tensor, int, Tensor]] = {}
+
+
 def _window_index(origin: Tensor, size: tuple[int, int], width: int, channels: int) -> Tensor:
     # flat pixel index (B, C, h*w) of every window pixel: gather/scatter on contiguous (B, C, H*W)
     # views are much cheaper than advanced indexing with a channel slice
-    rows = origin[:, 1:2] + torch.arange(size[0], device=origin.device)
-    cols = origin[:, 0:1] + torch.arange(size[1], device=origin.device)
-    flat = (rows.unsqueeze(-1) * width + cols.unsqueeze(1)).view(origin.shape[0], 1, -1)
+    key = (id(origin), tuple(size), width, origin.device)
+    hit = _INDEX_CACHE.get(key)
+    if hit is not None and hit[0] is origin and hit[1] == origin._version:
+        flat = hit[2]
+    else:
+        start = origin[:, 1:2] * width + origin[:, 0:1]  # (B, 1): flat index of each window's corner
+        flat = (start + _window_offsets(size[0], size[1], width, origin.device)).unsqueeze(1)
+        if len(_INDEX_CACHE) >= 8:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = (origin, origin._version, flat)
     return flat.expand(-1, channels, -1)
 
 

@@ -81,6 +81,10 @@ class RectangleImplanter(ImplanterBase):
         box = self._scaled_box(values, patch_hw)
         return box_to_source_homography(box, patch_hw), box
 
+    def _affine_placement(self):
+        # a box stretch is affine; a subclass with its own placement says for itself
+        return True if type(self)._placement is RectangleImplanter._placement else None
+
 
 @register_stage
 class FixedRatioImplanter(ImplanterBase):
@@ -103,6 +107,9 @@ class FixedRatioImplanter(ImplanterBase):
             self.bank.image_size, "patch",
         )
         return box_to_source_homography(box, patch_hw), box
+
+    def _affine_placement(self):
+        return True if type(self)._placement is FixedRatioImplanter._placement else None
 
 
 @register_stage
@@ -138,6 +145,9 @@ class ScaleToBoxImplanter(ImplanterBase):
         y0 = target[:, 1] + values["offset_y"] * (bh - sh)
         box = torch.stack([x0, y0, x0 + sw, y0 + sh], dim=-1)
         return box_to_source_homography(box, patch_hw), box
+
+    def _affine_placement(self):
+        return True if type(self)._placement is ScaleToBoxImplanter._placement else None
 
 
 @register_stage

@@ -220,6 +220,11 @@ class ImplanterBase(PipelineBase):
         """Extra window margin (pixels) for neighbourhood ops after compositing; none here."""
         return 0
 
+    def _affine_placement(self) -> bool | None:
+        """``True`` when every ``h_img2patch`` of :meth:`_placement` is affine by construction (the warp then
+        skips checking it, a host sync per step); ``None``: unknown, checked per step."""
+        return None
+
     def _composite_windows(
         self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
         control: bool,
@@ -231,9 +236,7 @@ class ImplanterBase(PipelineBase):
         placed: dict[str | None, tuple[Tensor, Tensor]] = {}
         bleed = 0.0
         for key, patch in patches.items():
-            # Placement math is a few dozen tiny (B,)-sized ops: on the CPU they cost microseconds, on
-            # a GPU each would be a kernel launch, so only the finished (B, 3, 3) matrices move there.
-            values = {k: v.detach().cpu() for k, v in self._placement_values(params, key).items()}
+            values = _on_host(self._placement_values(params, key))
             h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
             placed[key] = (h_img2patch.to(patch.device), box.cpu())
             size = (box[:, 2:] - box[:, :2]).detach()
@@ -255,7 +258,9 @@ class ImplanterBase(PipelineBase):
         scene_lum = luminance(images) if self.match_brightness and not control else None
         for key, patch in patches.items():
             h_img2patch, _ = placed[key]
-            premultiplied, coverage = warp_patch(patch, self._alpha_for(patch), h_img2patch, size, origin=origin)
+            premultiplied, coverage = warp_patch(
+                patch, self._alpha_for(patch), h_img2patch, size, origin=origin, affine=self._affine_placement()
+            )
             coverage_total = coverage.detach() if len(patches) == 1 else torch.maximum(coverage_total, coverage.detach())
             if control:
                 continue
@@ -313,6 +318,27 @@ class ImplanterBase(PipelineBase):
 
     def _check_fits(self, h: int, w: int) -> None:
         """Raise when a patch of ``h x w`` cannot fit where this implanter puts it."""
+
+
+def _on_host(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached CPU copies of the drawn placement values, with at most one device-to-host copy.
+
+    Placement math is a few dozen tiny (B,)-sized ops: on the CPU they cost microseconds, on a GPU each
+    would be a kernel launch, so only the finished (B, 3, 3) matrices move there. Drawn values never
+    need a gradient, so values already on the CPU pass through untouched (no op at all).
+    """
+    values = dict(values)
+    away = [k for k, v in values.items() if v.device.type != "cpu" or v.requires_grad]
+    if not away:
+        return values
+    dtypes = {values[k].dtype for k in away}
+    if len(dtypes) == 1 and len(away) > 1:  # one copy for all of them, split again on the host
+        flat = torch.cat([values[k].detach().reshape(-1) for k in away]).cpu()
+        for k, part in zip(away, flat.split([values[k].numel() for k in away])):
+            values[k] = part.view(values[k].shape)
+    else:
+        values.update({k: values[k].detach().cpu() for k in away})
+    return values
 
 
 def implanter_signature(cls: type) -> inspect.Signature:
