@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -49,7 +50,7 @@ from pandemonium.attack.stages.implant_args import MaskSpec
 from pandemonium.attack.stages.implant_args import checked_range as _range
 from pandemonium.attack.stages.registry import register_stage
 
-__all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix"]
+__all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix", "colour_constants"]
 
 
 def colour_matrix(
@@ -62,15 +63,23 @@ def colour_matrix(
     of three (and the luma weights sum to 1, so the offset is just ``contrast * brightness``).
     """
     b = brightness.shape[0]
-    eye = torch.eye(channels, dtype=brightness.dtype, device=brightness.device).expand(b, channels, channels)
+    eye, luma = colour_constants(channels, brightness.dtype, brightness.device)
     c = contrast.view(-1, 1, 1)
     if saturation is not None and channels == 3:
-        luma = brightness.new_tensor([0.299, 0.587, 0.114]).view(1, 1, 3).expand(b, 3, 3)
         s = saturation.view(-1, 1, 1)
         matrix = c * (s * eye + (1 - s) * luma)
     else:
         matrix = c * eye
     return matrix, (contrast * brightness).view(-1, 1).expand(b, channels)
+
+
+@lru_cache(maxsize=16)
+def colour_constants(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The identity ``(C, C)`` and the Rec. 601 luma rows ``(1, 3)`` of a colour matrix, built once per
+    dtype/device (read-only; outside inference mode, so a backward pass may save them)."""
+    with torch.inference_mode(False):
+        eye = torch.eye(channels, dtype=dtype, device=device)
+        return eye, torch.tensor([[0.299, 0.587, 0.114]], dtype=dtype, device=device)
 
 
 def apply_colour_matrix(images: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
@@ -250,12 +259,19 @@ class FusedImplantAugment(RectangleImplanter):
         # taken from the full-image background, so the window needs that ring plus the blur's reach
         return 2 * (self.blur_kernel // 2) if self.blur_sigma is not None else 0
 
-    def _photometric(self, images: Tensor, scene: Mapping[str, Tensor], noise: Tensor | None) -> Tensor:
-        """Colour matrix, then blur, then noise, then clamp to [0, 1]."""
-        dtype = images.dtype
-        matrix, offset = colour_matrix(
-            scene["brightness"].to(dtype), scene["contrast"].to(dtype), scene["saturation"].to(dtype), images.shape[1]
+    def _colour(self, scene: Mapping[str, Tensor], channels: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The step's colour matrix and offset (built once; the background and the windows share it)."""
+        return colour_matrix(
+            scene["brightness"].to(dtype), scene["contrast"].to(dtype), scene["saturation"].to(dtype), channels
         )
+
+    def _photometric(
+        self, images: Tensor, scene: Mapping[str, Tensor], noise: Tensor | None,
+        colour: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Colour matrix (``colour``, or built from ``scene``), then blur, then noise, then clamp to [0, 1]."""
+        dtype = images.dtype
+        matrix, offset = colour if colour is not None else self._colour(scene, images.shape[1], dtype)
         out = apply_colour_matrix(images, matrix, offset)
         if self.blur_sigma is not None:
             sigma = scene["blur_sigma"].to(dtype)
@@ -297,14 +313,15 @@ class FusedImplantAugment(RectangleImplanter):
         patches, index, images, targets = self._scenes(x, params)
         scene = {k[len("scene.") :]: v.to(images.device) for k, v in params.items() if k.startswith("scene.")}
         noise = self._noise(images, scene)
+        colour = self._colour(scene, images.shape[1], images.dtype)
         with torch.no_grad():  # the background carries no gradient: only the windows around patches do
-            background = self._photometric(images, scene, noise)
+            background = self._photometric(images, scene, noise, colour)
         windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
         if control:
             out = background
         else:
             window_noise = crop_windows(noise, origin, size) if noise is not None else None
-            finished = self._photometric(windows, scene, window_noise)
+            finished = self._photometric(windows, scene, window_noise, colour)
             inner = self._inner(origin, size, tuple(images.shape[-2:]), images.device)
             if inner is not None:
                 finished = torch.where(inner, finished, crop_windows(background, origin, size))

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.banks import ImageBank
 from pandemonium.attack.stages.base import StageError
-from pandemonium.attack.stages.fused import apply_colour_matrix
+from pandemonium.attack.stages.fused import apply_colour_matrix, colour_constants
 from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FusedImplantWarp", "fuse_stages", "fusion_blocker", "kornia_ranges"]
 
-_LUMA = (0.299, 0.587, 0.114)  # Kornia's rgb_to_grayscale weights
 _logged: set[str] = set()
 
 
@@ -160,7 +159,6 @@ class FusedImplantWarp(RectangleImplanter):
         self.affine = next((r for r in ranges if r["op"] == "RandomAffine"), None)
         # colour before the warp leaves the zero padding black; after it, padding takes the offset
         self.colour_first = bool(self.colour and self.affine and names.index(self.colour["op"]) < names.index("RandomAffine"))
-        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 1, 3), persistent=False)
         self.params = {**self.params, "augmentations": {str(k): dict(v or {}) for k, v in augmentations.items()}}
 
     # ------------------------------------------------------------ sampling (Kornia's distributions)
@@ -244,9 +242,9 @@ class FusedImplantWarp(RectangleImplanter):
         b = scene["brightness"].to(dtype)
         c = scene["contrast"].to(dtype).view(-1, 1, 1)
         s = scene["saturation"].to(dtype).view(-1, 1, 1)
-        eye = torch.eye(channels, dtype=dtype, device=b.device)
+        eye, luma = colour_constants(channels, dtype, b.device)
         if channels == 3:
-            sat = s * eye + (1 - s) * self.luma.to(device=b.device, dtype=dtype)
+            sat = s * eye + (1 - s) * luma
         else:
             sat = eye.expand(b.shape[0], channels, channels)
         if self.colour["op"] == "ColorJitter":  # brightness multiplies; it commutes with the luma blend
@@ -257,8 +255,10 @@ class FusedImplantWarp(RectangleImplanter):
         offset = shift * (first * c.view(-1, 1) + (1 - first))
         return c * sat, offset.expand(-1, channels)
 
-    def _recolour(self, images: Tensor, scene: Mapping[str, Tensor]) -> Tensor:
-        matrix, offset = self._colour_matrix(scene, images.shape[1], images.dtype)
+    def _recolour(
+        self, images: Tensor, scene: Mapping[str, Tensor], colour: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        matrix, offset = colour if colour is not None else self._colour_matrix(scene, images.shape[1], images.dtype)
         return apply_colour_matrix(images, matrix.to(images.device), offset.to(images.device)).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------ apply
@@ -269,10 +269,12 @@ class FusedImplantWarp(RectangleImplanter):
         # colour before the warp (Kornia's order in the config): recolour the scene and the small patch, then
         # warp; the warp's zero padding stays black and no full-image op runs with a gradient
         before = self.colour is not None and (self.affine is None or self.colour_first)
+        # one colour matrix per step, shared by the scene, the patches and the windows
+        colour = self._colour_matrix(scene, images.shape[1], images.dtype) if self.colour is not None else None
         if before:
             with torch.no_grad():
-                images = self._recolour(images, scene)
-            patches = {k: self._recolour(p, scene) for k, p in patches.items()}
+                images = self._recolour(images, scene, colour)
+            patches = {k: self._recolour(p, scene, colour) for k, p in patches.items()}
         if self.affine is not None:
             forward = self._affine(scene, hw)
             with torch.no_grad():  # the scene carries no gradient: warp it once
@@ -287,11 +289,11 @@ class FusedImplantWarp(RectangleImplanter):
             self.__dict__.pop("_forward_affine", None)
         after = self.colour is not None and not before
         with torch.no_grad():
-            background = self._recolour(images, scene) if after else images
+            background = self._recolour(images, scene, colour) if after else images
         if control:
             out = background
         else:
-            out = paste_windows(background, origin, self._recolour(windows, scene) if after else windows)
+            out = paste_windows(background, origin, self._recolour(windows, scene, colour) if after else windows)
         return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
 
 
