@@ -289,16 +289,23 @@ def patch_windows(
     """
     height, width = image_hw
     box = boxes.detach()
-    x0 = box[:, 0].clamp(0, width).floor()
-    y0 = box[:, 1].clamp(0, height).floor()
-    x1 = box[:, 2].clamp(0, width).ceil()
-    y1 = box[:, 3].clamp(0, height).ceil()
-    extent = torch.stack([(x1 - x0).max(), (y1 - y0).max()]).tolist() if box.shape[0] else [0.0, 0.0]
+    zero, limit = _box_limits(height, width, box.dtype, box.device)
+    box = torch.clamp(box, zero, limit)
+    low, high = box[:, :2].floor(), box[:, 2:].ceil()  # (B, 2) x, y each
+    # the window size is a shape, so it has to reach Python: one host read per batch, of two numbers
+    extent = (high - low).amax(0).tolist() if box.shape[0] else [0.0, 0.0]
     win_w = min(width, int(math.ceil((extent[0] + 2 * margin) / multiple) * multiple))
     win_h = min(height, int(math.ceil((extent[1] + 2 * margin) / multiple) * multiple))
-    ox = (x0 - margin).clamp(min=0).clamp(max=width - win_w).long()
-    oy = (y0 - margin).clamp(min=0).clamp(max=height - win_h).long()
-    return torch.stack([ox, oy], dim=-1), (win_h, win_w)
+    top = box.new_tensor([width - win_w, height - win_h])
+    return torch.minimum((low - margin).clamp_min(0), top).long(), (win_h, win_w)
+
+
+@lru_cache(maxsize=32)
+def _box_limits(height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False):
+        return torch.zeros(4, dtype=dtype, device=device), torch.tensor(
+            [width, height, width, height], dtype=dtype, device=device
+        )
 
 
 # The last few window indices, keyed by the origin tensor itself: one step crops and pastes the same
