@@ -10,11 +10,17 @@ Measured in one process on fresh temporary roots (two tiny 32 px tasks, tiny mod
 * ``tune`` with N trials: ``executor=ray`` (2 trials at a time) / ``executor=local`` (one at a time);
   target <= 0.65.
 
-Ray is started once before the timed runs and its two workers import what a step imports (as on a
-running cluster); Ray's start and a worker's start (a fresh interpreter importing torch, Lightning
-and pandemonium) are printed as separate one-off costs: a fresh ``pandemonium attack executor=ray``
-on a local Ray pays both once. The headlines of both executors must be identical. Exits 1 when a
-ratio misses its target or the headlines differ.
+Like with like: a Ray worker holding one CPU runs torch on one thread (Ray sets ``OMP_NUM_THREADS``;
+the benchmark reads the worker's count), the local executor on all cores. Both ratios are printed:
+against the local executor as it runs by default (the target) and against the local executor at the
+worker's thread count (what parallelism alone gains).
+
+One-off costs, printed separately: Ray's start (``ray.init``; none on a running cluster), and a
+worker's start plus first step (the first ``executor=ray`` run on cold workers minus the same run on
+warm ones; of it, the first attack step's extra seconds inside the worker). The timed ratios use warm
+workers, as on a running cluster; a fresh ``pandemonium attack executor=ray`` on a local Ray pays the
+one-off costs once. The headlines of both executors must be identical. Exits 1 when a target ratio
+is missed or the headlines differ.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['command']}({', '.join(map(str, s['params']))}) {s['seconds']:.1f}"
             + (f" {s['result'].get('state')}" if isinstance(s.get("result"), dict) and "state" in s["result"] else "")
             for s in steps))
-        return result
+        return result, steps
 
     print(f"scale_out: 2 tasks, {steps} attack steps, {trials} tune trials, {os.cpu_count()} CPUs")
     timed("train the two models (local)", run, "attack", "task_list=[bench_a,bench_b]", "mode.subroutines=[train]")
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}}))
 
     @ray.remote(num_cpus=1)
-    def warm() -> float:
+    def warm() -> tuple[float, int]:
         start = time.perf_counter()
         # what a worker's first step imports (the driver has them from training the models)
         import pandemonium.attack.training  # noqa: F401
@@ -90,41 +96,55 @@ def main(argv: list[str] | None = None) -> int:
         import pandemonium.modes.attack  # noqa: F401
         import pandemonium.modes.tune  # noqa: F401
         import pandemonium.tasks.datamodule  # noqa: F401 - lightning: the largest share
-        return time.perf_counter() - start
-
-    worker_start, import_s = timed("first Ray task (worker start)", lambda: ray.get(warm.remote()))
-    # both workers up and warm: what a running cluster offers
-    ray.get([warm.remote() for _ in range(2)])
+        return time.perf_counter() - start, torch.get_num_threads()
 
     attack = ("task_list=[bench_a,bench_b]", "mode.subroutines=[attack,evaluate]")
-    local_attack, local_headline = timed("attack, executor=local", run, "attack", *attack)
-    ray_attack, ray_headline = timed("attack, executor=ray", run, "attack", *attack, "executor=ray")
-    # context: the local executor's torch uses every core, a Ray worker one thread per CPU it holds
+    # cold: Ray's workers start inside this run, so its steps pay a worker's start and first step
+    cold_attack, (_, cold_steps) = timed("attack, executor=ray, cold workers", run, "attack", *attack,
+                                         "executor=ray")
+    _, worker_threads = ray.get(warm.remote())
+    ray.get([warm.remote() for _ in range(2)])  # both workers up and warm: what a running cluster offers
+    ray_attack, (ray_headline, warm_steps) = timed("attack, executor=ray (warm)", run, "attack", *attack,
+                                                   "executor=ray")
+    # like with like: the local executor with its default threads, and with a Ray worker's thread count
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    local_one, _ = timed("attack, executor=local, 1 thread", run, "attack", *attack)
+    local_attack, (local_headline, _) = timed(f"attack, executor=local, {threads} threads", run, "attack", *attack)
+    torch.set_num_threads(worker_threads)
+    local_one, _ = timed(f"attack, executor=local, {worker_threads} thread(s)", run, "attack", *attack)
     torch.set_num_threads(threads)
     print(f"    headlines local {local_headline} / ray {ray_headline}: "
           f"{'identical' if local_headline == ray_headline else 'DIFFERENT'}")
 
     tune = ("mode.subroutines=[tune]", f"tune.n_trials={trials}", "tune.space.steps.low=10",
             f"tune.space.steps.high={steps}", "tune.space.steps.step=10", "task_list=[bench_a]")
-    local_tune, _ = timed(f"tune {trials} trials, 1 worker (local)", run, "tune", *tune, "tune.study=local")
     ray_tune, _ = timed(f"tune {trials} trials, 2 workers (ray)", run, "tune", *tune, "tune.study=ray",
                         "executor=ray")
-    # context: one Ray worker at a time (each trial holds both CPUs), the same 1-thread workers
-    ray_one, _ = timed(f"tune {trials} trials, 1 worker (ray)", run, "tune", *tune, "tune.study=ray_one",
-                       "executor=ray", "executor.step_resources.num_cpus=2")
+    local_tune, _ = timed(f"tune {trials} trials, local, {threads} threads", run, "tune", *tune, "tune.study=local")
+    torch.set_num_threads(worker_threads)
+    local_tune_one, _ = timed(f"tune {trials} trials, local, {worker_threads} thread(s)", run, "tune", *tune,
+                              "tune.study=local_one")
+    torch.set_num_threads(threads)
     ray.shutdown()
 
+    first_step = _mean(cold_steps, "attack_task") - _mean(warm_steps, "attack_task")
     attack_ratio, tune_ratio = ray_attack / local_attack, ray_tune / local_tune
-    print(f"\nray start {ray_start:.1f} s; a worker's first task {worker_start:.1f} s "
-          f"(of which importing pandemonium {import_s:.1f} s)")
-    print(f"attack ray/local      = {attack_ratio:.2f}  (target <= {TARGET}); "
-          f"against a 1-thread local run {ray_attack / local_one:.2f}")
-    print(f"tune 2 workers/1      = {tune_ratio:.2f}  (target <= {TARGET}); "
-          f"against 1 Ray worker {ray_tune / ray_one:.2f}")
+    attack_like, tune_like = ray_attack / local_one, ray_tune / local_tune_one
+    print(f"\nray start (ray.init)         {ray_start:6.1f} s (once per driver; 0 on a running cluster)")
+    print(f"worker start + first step     {cold_attack - ray_attack:6.1f} s (cold minus warm attack run, wall)")
+    print(f"  a worker's first step costs {first_step:6.1f} s more than a warm one (attack step, inside the worker)")
+    print(f"a Ray worker's torch threads  {worker_threads}; the local executor's {threads}")
+    print(f"attack ray/local ({threads} threads) = {attack_ratio:.2f}  (target <= {TARGET}: "
+          f"{'met' if attack_ratio <= TARGET else 'MISSED'})")
+    print(f"attack ray/local ({worker_threads} thread)  = {attack_like:.2f}  (like with like: same threads per step)")
+    print(f"tune 2 ray workers/local ({threads} threads) = {tune_ratio:.2f}  (target <= {TARGET}: "
+          f"{'met' if tune_ratio <= TARGET else 'MISSED'})")
+    print(f"tune 2 ray workers/local ({worker_threads} thread)  = {tune_like:.2f}  (like with like)")
     return 0 if attack_ratio <= TARGET and tune_ratio <= TARGET and local_headline == ray_headline else 1
+
+
+def _mean(steps: list[dict], command: str) -> float:
+    seconds = [s["seconds"] for s in steps if s["command"] == command]
+    return sum(seconds) / len(seconds) if seconds else float("nan")
 
 
 if __name__ == "__main__":
