@@ -160,42 +160,55 @@ class FusedImplantWarp(RectangleImplanter):
         # colour before the warp leaves the zero padding black; after it, padding takes the offset
         self.colour_first = bool(self.colour and self.affine and names.index(self.colour["op"]) < names.index("RandomAffine"))
         self.params = {**self.params, "augmentations": {str(k): dict(v or {}) for k, v in augmentations.items()}}
+        self._build_scene_table()
 
     # ------------------------------------------------------------ sampling (Kornia's distributions)
     def _sample_scene(self, batch: int, device: torch.device) -> dict[str, Tensor]:
-        # every value of a row from ONE draw of (batch, k) uniforms: a handful of ops per step, not dozens
-        ranges: list[tuple[str, list[float], float]] = []
+        # every value of a row from ONE draw of (batch, k) uniforms, mapped by a table built once: a
+        # handful of ops per step, not dozens
+        low = self.scene_low
+        u = self.uniform(0.0, 1.0, (batch, low.shape[0]), low.device)
+        # a column keeps its draw where its op's gate (a uniform of its own "_on" column) is below the
+        # op's p, else the identity; brightness_first is 1 (constant draw) where its own uniform < 0.5
+        drawn = low + self.scene_width * u
+        values = torch.where(u[:, self.scene_gate_column] < self.scene_gate_p, drawn, self.scene_identity)
+        return dict(zip(self.scene_names, values[:, self.scene_source].to(device).unbind(1)))
+
+    def _build_scene_table(self) -> None:
+        """The per-column sampling table of :meth:`_sample_scene` (non-persistent buffers, built once)."""
+        rows: list[tuple[str, list[float], float, str | None, float]] = []  # name, range, identity, gate, p
         if self.affine is not None:
-            a = self.affine
+            a, p = self.affine, self.affine["p"]
             tx, ty = a["translate"]
-            ranges += [
-                ("affine_on", [0.0, 1.0], 0.0), ("angle", a["degrees"], 0.0), ("scale_x", a["scale"][:2], 1.0),
-                ("scale_y", a["scale"][2:], 1.0), ("translate_x", [-tx, tx], 0.0), ("translate_y", [-ty, ty], 0.0),
-                ("shear_x", a["shear"][0], 0.0), ("shear_y", a["shear"][1], 0.0),
+            rows += [("affine_on", [0.0, 1.0], 0.0, None, 0.0)] + [
+                (n, r, i, "affine_on", p) for n, r, i in (
+                    ("angle", a["degrees"], 0.0), ("scale_x", a["scale"][:2], 1.0), ("scale_y", a["scale"][2:], 1.0),
+                    ("translate_x", [-tx, tx], 0.0), ("translate_y", [-ty, ty], 0.0),
+                    ("shear_x", a["shear"][0], 0.0), ("shear_y", a["shear"][1], 0.0),
+                )
             ]
         if self.colour is not None:
-            c = self.colour
-            ranges += [
-                ("colour_on", [0.0, 1.0], 0.0), ("brightness", c["brightness"], 1.0), ("contrast", c["contrast"], 1.0),
-                ("saturation", c["saturation"], 1.0), ("brightness_first", [0.0, 1.0], 0.0),
+            c, p = self.colour, self.colour["p"]
+            rows += [("colour_on", [0.0, 1.0], 0.0, None, 0.0)] + [
+                (n, c[n], 1.0, "colour_on", p) for n in ("brightness", "contrast", "saturation")
             ]
-        bounds = torch.tensor([r[1] for r in ranges], dtype=torch.float32)
-        identity = torch.tensor([r[2] for r in ranges], dtype=torch.float32)
-        drawn = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * self.uniform(0.0, 1.0, (batch, len(ranges))).cpu()
-        names = [r[0] for r in ranges]
-        gate = torch.ones(batch, len(ranges), dtype=torch.bool)
-        for flag, p, members in (("affine_on", self.affine, range(1, 8)), ("colour_on", self.colour, range(1, 4))):
-            if p is not None:
-                col = names.index(flag)
-                gate[:, [col + m for m in members]] = (drawn[:, col] < p["p"]).unsqueeze(1)
-        values = torch.where(gate, drawn, identity)
-        if self.affine is not None and not self.affine["scale_y_own"]:
-            values[:, names.index("scale_y")] = values[:, names.index("scale_x")]  # isotropic, as Kornia
-        if self.colour is not None:
             # Kornia permutes its four steps; only brightness vs contrast order changes the result
-            col = names.index("brightness_first")
-            values[:, col] = (drawn[:, col] < 0.5).to(values.dtype)
-        return {n: values[:, i].to(device) for i, n in enumerate(names) if not n.endswith("_on")}
+            rows += [("brightness_first", [1.0, 1.0], 0.0, "brightness_first", 0.5)]
+        names = [r[0] for r in rows]
+        bounds = torch.tensor([r[1] for r in rows], dtype=torch.float32).view(-1, 2)
+        gate_column = torch.tensor([names.index(r[3]) if r[3] else i for i, r in enumerate(rows)])
+        gate_p = torch.tensor([r[4] if r[3] else math.inf for r in rows])
+        source = list(range(len(rows)))
+        if self.affine is not None and not self.affine["scale_y_own"]:
+            source[names.index("scale_y")] = names.index("scale_x")  # isotropic, as Kornia
+        keep = [i for i, n in enumerate(names) if not n.endswith("_on")]
+        self.scene_names = [names[i] for i in keep]
+        table = {
+            "low": bounds[:, 0], "width": bounds[:, 1] - bounds[:, 0], "identity": torch.tensor([r[2] for r in rows]),
+            "gate_column": gate_column, "gate_p": gate_p, "source": torch.tensor([source[i] for i in keep]),
+        }
+        for name, value in table.items():
+            self.register_buffer(f"scene_{name}", value, persistent=False)
 
     # ------------------------------------------------------------ geometry
     def _affine(self, scene: Mapping[str, Tensor], image_hw: tuple[int, int]) -> Tensor:
