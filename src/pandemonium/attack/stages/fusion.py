@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kornia.augmentation as KA
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,7 +46,6 @@ from pandemonium.attack.stages.fused import apply_colour_matrix, colour_constant
 from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
-    invert_affine,
     paste_windows,
     quad_to_box,
     window_grid,
@@ -211,20 +211,25 @@ class FusedImplantWarp(RectangleImplanter):
             self.register_buffer(f"scene_{name}", value, persistent=False)
 
     # ------------------------------------------------------------ geometry
-    def _affine(self, scene: Mapping[str, Tensor], image_hw: tuple[int, int]) -> Tensor:
+    def _affine(self, scene: Mapping[str, Tensor], image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Kornia's forward affine (``get_affine_matrix2d``, index coordinates, centre ``(W/2 - .5, H/2 - .5)``)
-        moved to this package's continuous pixel coordinates: ``(B, 3, 3)`` float64, source -> output."""
+        moved to this package's continuous pixel coordinates, and its inverse: ``(B, 3, 3)`` float64 each,
+        source -> output and back.
+
+        Three dozen elementwise steps on ``(B,)`` values: done in NumPy on the host (float64), where each
+        costs about a microsecond instead of a dispatched tensor op; rows stay independent.
+        """
         height, width = image_hw
         names = ("angle", "scale_x", "scale_y", "shear_x", "shear_y", "translate_x", "translate_y")
-        angle, zx, zy, shx, shy, tx, ty = torch.stack([scene[n].detach() for n in names]).cpu().double()
+        angle, zx, zy, shx, shy, tx, ty = torch.stack([scene[n].detach() for n in names]).cpu().double().numpy()
         # get_affine_matrix2d written out: [R(-angle) S | t] @ Shear, all of it one stack at the end
         rad = angle * (math.pi / 180.0)
-        cos, sin = rad.cos(), rad.sin()
+        cos, sin = np.cos(rad), np.sin(rad)
         a, b, c, d = cos * zx, -sin * zy, sin * zx, cos * zy
         cx, cy = width / 2.0 - 0.5, height / 2.0 - 0.5
         ex = cx - (a * cx + b * cy) + tx * width
         ey = cy - (c * cx + d * cy) + ty * height
-        hx, hy = (shx * (math.pi / 180.0)).tan(), (shy * (math.pi / 180.0)).tan()
+        hx, hy = np.tan(shx * (math.pi / 180.0)), np.tan(shy * (math.pi / 180.0))
         # Shear = [[1, -hx, hx*cy], [-hy, 1 + hx*hy, hy*(cx - hx*cy)], [0, 0, 1]]
         s00, s01, s02 = 1.0, -hx, hx * cy
         s10, s11, s12 = -hy, 1 + hx * hy, hy * (cx - hx * cy)
@@ -234,17 +239,24 @@ class FusedImplantWarp(RectangleImplanter):
         # Kornia's index coordinates -> continuous pixel coordinates: shift by half a pixel on both sides
         m02 = m02 + 0.5 - 0.5 * (m00 + m01)
         m12 = m12 + 0.5 - 0.5 * (m10 + m11)
-        zero, one = torch.zeros_like(a), torch.ones_like(a)
-        return torch.stack([m00, m01, m02, m10, m11, m12, zero, zero, one], -1).view(-1, 3, 3)
+        # closed-form inverse; the bottom rows stay exactly (0, 0, 1), so both warps stay affine
+        det = m00 * m11 - m01 * m10
+        i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det
+        i02, i12 = -(i00 * m02 + i01 * m12), -(i10 * m02 + i11 * m12)
+        zero, one = np.zeros_like(a), np.ones_like(a)
+        both = np.stack([m00, m01, m02, m10, m11, m12, zero, zero, one, i00, i01, i02, i10, i11, i12, zero, zero, one], -1)
+        forward, inverse = torch.from_numpy(both.reshape(-1, 2, 3, 3)).unbind(1)
+        return forward, inverse
 
     def _placement(self, values, image_index, patch_hw):
         h_img2patch, box = super()._placement(values, image_index, patch_hw)
-        forward = self.__dict__.get("_forward_affine")
-        if forward is None:
+        warp = self.__dict__.get("_forward_affine")
+        if warp is None:
             return h_img2patch, box
+        forward, inverse = warp
         # the patch is resampled straight into the warped image: output -> source image -> patch
         quad = apply_homography_to_points(forward.to(box.dtype), box_to_quad(box))
-        return h_img2patch @ invert_affine(forward).to(h_img2patch.dtype), quad_to_box(quad)
+        return h_img2patch @ inverse.to(h_img2patch.dtype), quad_to_box(quad)
 
     def _affine_placement(self):
         # the rectangle's box stretch composed with the (affine) warp of the scene
@@ -289,13 +301,13 @@ class FusedImplantWarp(RectangleImplanter):
                 images = self._recolour(images, scene, colour)
             patches = {k: self._recolour(p, scene, colour) for k, p in patches.items()}
         if self.affine is not None:
-            forward = self._affine(scene, hw)
+            forward, inverse = self._affine(scene, hw)
             with torch.no_grad():  # the scene carries no gradient: warp it once
                 # a whole-image "window": elementwise grid maths, so a row warps the same alone or in a batch
                 origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
-                grid = window_grid(invert_affine(forward).to(images.device, images.dtype), origin, hw, hw, True)
+                grid = window_grid(inverse.to(images.device, images.dtype), origin, hw, hw, True)
                 images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            self.__dict__["_forward_affine"] = forward
+            self.__dict__["_forward_affine"] = (forward, inverse)
         try:
             windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
         finally:
