@@ -36,7 +36,6 @@ from pandemonium.attack.stages.contract import SEED_HIGH
 from pandemonium.attack.stages.geometry import (
     apply_homography_to_points,
     box_to_quad,
-    box_to_source_homography,
     crop_windows,
     homography_from_quads,
     invert_affine,
@@ -45,6 +44,7 @@ from pandemonium.attack.stages.geometry import (
     rotation_shear_scale_matrix,
     unit_quad,
 )
+from pandemonium.attack.stages.host_geometry import posed_box_placement
 from pandemonium.attack.stages.implant import RectangleImplanter
 from pandemonium.attack.stages.implant_args import MaskSpec
 from pandemonium.attack.stages.implant_args import checked_range as _range
@@ -233,6 +233,10 @@ class FusedImplantAugment(RectangleImplanter):
     def _placement(self, values, image_index, patch_hw):
         h, w = patch_hw
         box = self._scaled_box(values, patch_hw)
+        if self.perspective == 0:  # no corner jitter: all of it closed form, on the host in one go
+            return posed_box_placement(
+                box, values["angle"], values["zoom"], values["shear"], values["shift_x"], values["shift_y"], patch_hw
+            )
         size = torch.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)
         centre = 0.5 * (box[:, :2] + box[:, 2:])
         quad = box_to_quad(box) + values["corners"] * size.unsqueeze(1)
@@ -240,12 +244,8 @@ class FusedImplantAugment(RectangleImplanter):
             values["angle"], values["zoom"], values["shear"], centre,
             torch.stack([values["shift_x"], values["shift_y"]], -1) * size,
         )
-        # image -> patch = (patch -> corner-jittered box)^-1 composed with the jitter's inverse; without
-        # corner jitter the first factor is closed-form, which skips the 8x8 DLT solve per sample
-        if self.perspective > 0:
-            to_patch = homography_from_quads(quad, unit_quad(h, w, quad.shape[0], quad.device, quad.dtype))
-        else:
-            to_patch = box_to_source_homography(box, patch_hw)
+        # image -> patch = (patch -> corner-jittered box)^-1 composed with the jitter's inverse
+        to_patch = homography_from_quads(quad, unit_quad(h, w, quad.shape[0], quad.device, quad.dtype))
         h_img2patch = to_patch @ invert_affine(affine)
         return h_img2patch, quad_to_box(apply_homography_to_points(affine, quad))
 
