@@ -184,6 +184,7 @@ class FusedImplantAugment(RectangleImplanter):
             "blur_kernel": self.blur_kernel,
             "p_color": self.p_color,
         }
+        self._register_ranges()
 
     def get_description(self) -> str:
         geometry = {k: self.params[k] for k in ("scale", "degrees", "translate", "shear", "jitter_scale", "perspective")}
@@ -194,19 +195,37 @@ class FusedImplantAugment(RectangleImplanter):
         )
 
     # ------------------------------------------------------------ sampling
-    def _draw(self, batch: int, device, ranges: Sequence[tuple[float, float]]) -> list[Tensor]:
-        """One ``(batch, k)`` uniform draw scaled to ``k`` ranges: a few ops per step instead of a few per value."""
-        bounds = torch.tensor(ranges, dtype=torch.float32).to(device)
-        drawn = self.uniform(0.0, 1.0, (batch, len(ranges)), device)
-        return list((bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * drawn).unbind(1))
+    def _ranges(self) -> dict[str, list[tuple[float, float]]]:
+        """The uniform ranges of the placement and scene draws, column by column."""
+        g, p = self.degrees, self.perspective
+        sigma = tuple(self.blur_sigma) if self.blur_sigma is not None else (0.0, 0.0)
+        return {
+            "placement": [
+                tuple(self.scale), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-g, g), (-self.shear, self.shear),
+                tuple(self.jitter_scale), (-self.translate, self.translate), (-self.translate, self.translate),
+                *[(-p, p)] * 8,
+            ],
+            "scene": [
+                (0.0, 1.0), (0.0, 1.0), (-self.brightness, self.brightness), (1 - self.contrast, 1 + self.contrast),
+                (1 - self.saturation, 1 + self.saturation), (0.0, self.noise), sigma,
+            ],
+        }
+
+    def _register_ranges(self) -> None:
+        # low and width of every column, built once as buffers (they follow the stage's device)
+        for name, ranges in self._ranges().items():
+            bounds = torch.tensor(ranges, dtype=torch.float32)
+            self.register_buffer(f"{name}_low", bounds[:, 0].clone(), persistent=False)
+            self.register_buffer(f"{name}_width", bounds[:, 1] - bounds[:, 0], persistent=False)
+
+    def _draw(self, batch: int, device, which: str) -> list[Tensor]:
+        """One ``(batch, k)`` uniform draw scaled to the ``k`` ranges of ``which``: a few ops per step."""
+        low, width = getattr(self, f"{which}_low").to(device), getattr(self, f"{which}_width").to(device)
+        drawn = self.uniform(0.0, 1.0, (batch, low.shape[0]), device)
+        return list((low + width * drawn).unbind(1))
 
     def _sample_placement(self, batch, device):
-        g, p = self.degrees, self.perspective
-        scale, ox, oy, on, angle, shear, zoom, sx, sy, *corners = self._draw(batch, device, [
-            tuple(self.scale), (0.0, 1.0), (0.0, 1.0), (0.0, 1.0), (-g, g), (-self.shear, self.shear),
-            tuple(self.jitter_scale), (-self.translate, self.translate), (-self.translate, self.translate),
-            *[(-p, p)] * 8,
-        ])
+        scale, ox, oy, on, angle, shear, zoom, sx, sy, *corners = self._draw(batch, device, "placement")
         geo = (on < self.p_geometric).to(scale.dtype)  # 1: jittered; 0: the identity pose
         return {
             "scale": scale, "offset_x": ox, "offset_y": oy,
@@ -216,11 +235,7 @@ class FusedImplantAugment(RectangleImplanter):
         }
 
     def _sample_scene(self, batch, device):
-        sigma = tuple(self.blur_sigma) if self.blur_sigma is not None else (0.0, 0.0)
-        on, blur, b, c, s, noise, sig = self._draw(batch, device, [
-            (0.0, 1.0), (0.0, 1.0), (-self.brightness, self.brightness), (1 - self.contrast, 1 + self.contrast),
-            (1 - self.saturation, 1 + self.saturation), (0.0, self.noise), sigma,
-        ])
+        on, blur, b, c, s, noise, sig = self._draw(batch, device, "scene")
         color = (on < self.p_color).to(b.dtype)
         blur_on = (blur < self.blur_p).to(b.dtype) * color
         seed = self.randint(0, SEED_HIGH, (batch,), device)  # one per row: a row re-renders alone
