@@ -25,6 +25,7 @@ the aten ops one step issues (forward + backward, counted with a dispatch mode) 
     .venv/bin/python benchmarks/pipeline_step.py               # 8/32/128 x 64/128/256
     .venv/bin/python benchmarks/pipeline_step.py --allocator compare   # glibc tuning on vs off
     .venv/bin/python benchmarks/pipeline_step.py --device cuda  # plus the largest batch per path
+    .venv/bin/python benchmarks/pipeline_step.py --quick --op-sources 15  # where each path's ops come from
 
 ``--allocator compare`` runs each cell twice in fresh processes, with and without
 ``pandemonium.allocator.tune_allocator()`` (what the CLI applies at start-up), alternating, and prints
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -100,6 +102,39 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
+
+
+class OpSources(TorchDispatchMode):
+    """Counts the aten ops issued while active by the innermost ``pandemonium`` function that issued them
+    (``file:function``); ops issued outside the package (autograd's backward, the optimiser) are
+    ``(outside)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        where = "(outside)"
+        for frame in reversed(traceback.extract_stack(limit=40)):
+            if "/pandemonium/" in frame.filename:
+                where = f"{Path(frame.filename).name}:{frame.name}"
+                break
+        self.ops[where] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def print_op_sources(victim: str, batch: int, size: int, paths: list[str], device: torch.device, top: int) -> None:
+    """Where each path's ops per step come from (one warmed-up step per path, ``top`` sources each)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cell = Cell(victim, batch, size, paths, device, Path(tmp))
+        for name in ["bare", *paths]:
+            cell.steps[name]()
+            with OpSources() as sources:
+                cell.steps[name]()
+            total = sum(sources.ops.values())
+            print(f"\nops per step by source, {name} ({victim} {batch} x {size}): {total}")
+            for where, n in sources.ops.most_common(top):
+                print(f"  {n:5d}  {where}")
 
 
 class Cell:
@@ -255,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--allocator", choices=["on", "off", "compare"], default="on")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--op-sources", type=int, default=0, metavar="N",
+                        help="only print the N largest op sources per path (first victim, batch and size)")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # one cell, JSON out (compare runs)
     args = parser.parse_args(argv)
     args.paths = [p for p in args.paths.split(",") if p]
@@ -272,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in (args.batches or ("8,32" if args.quick else "8,32,128")).split(",")]
     sizes = [int(s) for s in (args.sizes or ("64,128" if args.quick else "64,128,256")).split(",")]
 
+    if args.op_sources:
+        print_op_sources(victims[0], batches[0], sizes[0], args.paths, device, args.op_sources)
+        return 0
     if args.cell:
         victim, batch, size = json.loads(args.cell)
         print(json.dumps(measure(victim, batch, size, args.paths, device, warmup, rounds)))
