@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import get_perspective_transform
@@ -99,6 +100,8 @@ def box_to_source_homography(boxes: torch.Tensor, source_hw: tuple[int, int]) ->
     written out because it is exact (no linear solve) and the hot path of every rectangle implanter.
     """
     h, w = source_hw
+    if boxes.device.type == "cpu" and not boxes.requires_grad and boxes.dtype in (torch.float32, torch.float64):
+        return _box_to_source_homography_host(boxes, h, w)
     x0, y0, x1, y1 = boxes.unbind(-1)
     sx = w / (x1 - x0)
     sy = h / (y1 - y0)
@@ -112,6 +115,17 @@ def box_to_source_homography(boxes: torch.Tensor, source_hw: tuple[int, int]) ->
         ],
         dim=-2,
     )
+
+
+def _box_to_source_homography_host(boxes: Tensor, h: int, w: int) -> Tensor:
+    # the same steps in NumPy, in the boxes' dtype (bit-identical: torch's scalar / tensor is a reciprocal
+    # then a product), about a microsecond each instead of a dispatched op each
+    x0, y0, x1, y1 = np.moveaxis(boxes.numpy(), -1, 0)
+    sx = np.reciprocal(x1 - x0) * np.asarray(w, x0.dtype)
+    sy = np.reciprocal(y1 - y0) * np.asarray(h, x0.dtype)
+    zero, one = np.zeros_like(sx), np.ones_like(sx)
+    rows = np.stack([sx, zero, -x0 * sx, zero, sy, -y0 * sy, zero, zero, one], -1)
+    return torch.from_numpy(rows.reshape(*boxes.shape[:-1], 3, 3))
 
 
 def _normalise_source(h_out2src: torch.Tensor, source_hw: tuple[int, int]) -> torch.Tensor:
