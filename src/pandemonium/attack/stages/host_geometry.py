@@ -25,7 +25,10 @@ __all__ = ["posed_box_placement"]
 
 
 def _host(*values: Tensor) -> np.ndarray:
-    """``(k, B)`` float64 array of ``k`` ``(B,)`` tensors: one stack, one host copy."""
+    """``(k, B)`` float64 array of ``k`` ``(B,)`` tensors: one stack, one host copy (none when they are
+    CPU tensors without gradient, the usual case: NumPy reads them in place)."""
+    if all(v.device.type == "cpu" and not v.requires_grad for v in values):
+        return np.stack([v.numpy() for v in values]).astype(np.float64)
     return torch.stack([v.detach() for v in values]).cpu().double().numpy()
 
 
