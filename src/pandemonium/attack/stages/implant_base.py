@@ -247,6 +247,7 @@ class ImplanterBase(PipelineBase):
             # bilinear edges reach half a patch pixel beyond the box: keep them inside the window
             margin = int(math.ceil(bleed)) + 2 + self._window_margin()
             origin, size = patch_windows(union, (height, width), margin)
+            origin = origin.to(images.device)  # once: every crop/paste of the step then reuses one index
         else:
             origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
             size = (height, width)

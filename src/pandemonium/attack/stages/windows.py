@@ -80,7 +80,7 @@ def _window_index(origin: Tensor, size: tuple[int, int], width: int, channels: i
     else:
         start = origin[:, 1:2] * width + origin[:, 0:1]  # (B, 1): flat index of each window's corner
         flat = (start + _window_offsets(size[0], size[1], width, origin.device)).unsqueeze(1)
-        if len(_INDEX_CACHE) >= 8:
+        if len(_INDEX_CACHE) >= 2:  # an index is B x window pixels of int64: keep only the latest ones
             _INDEX_CACHE.clear()
         _INDEX_CACHE[key] = (origin, origin._version, flat)
     return flat.expand(-1, channels, -1)
