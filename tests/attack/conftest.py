@@ -10,6 +10,30 @@ from torch import Tensor, nn
 
 from pandemonium.attack.stages.base import PipelineBase
 
+#: a four-corner placement inside the 32 px scenes of :func:`scene_bank`
+QUAD = [[4.0, 4.0], [28.0, 6.0], [26.0, 26.0], [5.0, 24.0]]
+
+
+@pytest.fixture(scope="session")
+def scene_bank(tmp_path_factory) -> str:
+    """A ``.pt`` bank of 8 scenes (32 px) with every target an implanter reads: class, mask, boxes and
+    labels, quads, and a train / eval split."""
+    path = tmp_path_factory.mktemp("scene_bank") / "scenes.pt"
+    generator = torch.Generator().manual_seed(0)
+    torch.save(
+        {
+            "images": torch.rand(8, 3, 32, 32, generator=generator) * 0.5,
+            "class": torch.arange(8),
+            "mask": torch.zeros(8, 32, 32, dtype=torch.long),
+            "boxes": [torch.tensor([[2.0, 2.0, 20.0, 24.0], [16.0, 16.0, 30.0, 30.0]]) for _ in range(8)],
+            "labels": [torch.tensor([1, 2]) for _ in range(8)],
+            "quads": [torch.tensor([QUAD]) for _ in range(8)],
+            "split": ["train"] * 6 + ["eval"] * 2,
+        },
+        path,
+    )
+    return str(path)
+
 
 class AddLevel(PipelineBase):
     """Toy stochastic stage: adds a random level and a random 2-D offset per sample."""

@@ -11,27 +11,6 @@ from pandemonium.attack.stages.implant import (
     ScaleToBoxImplanter,
 )
 
-QUAD = [[4.0, 4.0], [28.0, 6.0], [26.0, 26.0], [5.0, 24.0]]
-
-
-@pytest.fixture
-def bank_path(tmp_path):
-    path = tmp_path / "scenes.pt"
-    torch.manual_seed(0)
-    torch.save(
-        {
-            "images": torch.rand(8, 3, 32, 32) * 0.5,
-            "class": torch.arange(8),
-            "mask": torch.zeros(8, 32, 32, dtype=torch.long),
-            "boxes": [torch.tensor([[2.0, 2.0, 20.0, 24.0], [16.0, 16.0, 30.0, 30.0]]) for _ in range(8)],
-            "labels": [torch.tensor([1, 2]) for _ in range(8)],
-            "quads": [torch.tensor([QUAD]) for _ in range(8)],
-            "split": ["train"] * 6 + ["eval"] * 2,
-        },
-        path,
-    )
-    return str(path)
-
 
 def _stages(bank):
     return [
@@ -42,9 +21,9 @@ def _stages(bank):
     ]
 
 
-def test_implanters_replay_control_and_targets(bank_path):
+def test_implanters_replay_control_and_targets(scene_bank):
     patch = torch.ones(4, 3, 8, 8)
-    for stage in _stages(bank_path):
+    for stage in _stages(scene_bank):
         stage.set_seed(0, 1)
         y, kwargs = stage(patch, foo=1)
         assert y.shape == (4, 3, 32, 32)
@@ -74,8 +53,8 @@ def test_implanters_replay_control_and_targets(bank_path):
         assert torch.equal(rebuilt(patch)[0], y)
 
 
-def test_rectangle_integer_placement_is_exact(bank_path):
-    stage = RectangleImplanter(bank_path, scale=1.0)
+def test_rectangle_integer_placement_is_exact(scene_bank):
+    stage = RectangleImplanter(scene_bank, scale=1.0)
     stage.set_seed(3, 0)
     patch = torch.rand(2, 3, 8, 8)
     params = stage.sample_params(patch.shape, patch.device)
@@ -87,8 +66,8 @@ def test_rectangle_integer_placement_is_exact(bank_path):
     assert kwargs["targets"]["patch_boxes"][0].tolist() == pytest.approx([4.0, 12.0, 12.0, 20.0])
 
 
-def test_evaluate_draws_eval_split_only(bank_path):
-    stage = RectangleImplanter(bank_path)
+def test_evaluate_draws_eval_split_only(scene_bank):
+    stage = RectangleImplanter(scene_bank)
     stage.set_seed(0, 0)
     _, kwargs = stage(torch.rand(32, 3, 8, 8), evaluate=True)
     assert set(kwargs["targets"]["image_index"].tolist()) <= {6, 7}
@@ -96,8 +75,8 @@ def test_evaluate_draws_eval_split_only(bank_path):
     assert set(kwargs["targets"]["image_index"].tolist()) <= set(range(6))
 
 
-def test_scale_to_box_stays_inside_the_chosen_box(bank_path):
-    stage = ScaleToBoxImplanter(bank_path, scale=[0.5, 1.0])
+def test_scale_to_box_stays_inside_the_chosen_box(scene_bank):
+    stage = ScaleToBoxImplanter(scene_bank, scale=[0.5, 1.0])
     stage.set_seed(1, 0)
     _, kwargs = stage(torch.rand(16, 3, 8, 4))
     pb = kwargs["targets"]["patch_boxes"]
@@ -109,8 +88,8 @@ def test_scale_to_box_stays_inside_the_chosen_box(bank_path):
     assert torch.allclose((pb[:, 2] - pb[:, 0]) * 2, pb[:, 3] - pb[:, 1], atol=1e-4)  # aspect 4:8 kept
 
 
-def test_perspective_implant_lands_on_the_quad(bank_path):
-    stage = PerspectiveImplanter(bank_path)
+def test_perspective_implant_lands_on_the_quad(scene_bank):
+    stage = PerspectiveImplanter(scene_bank)
     stage.set_seed(0, 0)
     y, kwargs = stage(torch.ones(2, 3, 8, 8))
     cov = kwargs["targets"]["patch_mask"]
@@ -119,8 +98,8 @@ def test_perspective_implant_lands_on_the_quad(bank_path):
     assert kwargs["targets"]["patch_boxes"][0].tolist() == pytest.approx([4.0, 4.0, 28.0, 26.0])
 
 
-def test_dict_of_patches_each_placed(bank_path):
-    stage = RectangleImplanter(bank_path, keys=["a", "b"])
+def test_dict_of_patches_each_placed(scene_bank):
+    stage = RectangleImplanter(scene_bank, keys=["a", "b"])
     stage.set_seed(0, 0)
     x = {"a": torch.ones(3, 3, 4, 4), "b": torch.ones(3, 3, 6, 6), "c": torch.zeros(3, 3, 4, 4)}
     y, kwargs = stage(x)
@@ -144,9 +123,9 @@ def test_brightness_matching_scales_patch_to_scene(tmp_path):
     assert ym.max().item() == pytest.approx(0.8 * 0.25 / 0.5, abs=1e-4)
 
 
-def test_gradient_reaches_patch(bank_path):
+def test_gradient_reaches_patch(scene_bank):
     patch = torch.rand(2, 3, 8, 8, requires_grad=True)
-    stage = FixedRatioImplanter(bank_path, ratio=0.5)
+    stage = FixedRatioImplanter(scene_bank, ratio=0.5)
     stage.set_seed(0, 0)
     y, _ = stage(patch)
     y.sum().backward()
@@ -163,19 +142,19 @@ def test_gradient_reaches_patch(bank_path):
         (lambda b: RectangleImplanter(b), {"a": torch.rand(1, 3, 8, 8), "b": torch.rand(2, 3, 8, 8)}, "batch sizes"),
     ],
 )
-def test_bad_input_names_stage_and_value(bank_path, make, patch, message):
-    stage = make(bank_path)
+def test_bad_input_names_stage_and_value(scene_bank, make, patch, message):
+    stage = make(scene_bank)
     stage.set_seed(0, 0)
     with pytest.raises(StageError, match=message) as err:
         stage(patch)
     assert stage.name in str(err.value)
 
 
-def test_bad_construction(bank_path, tmp_path):
+def test_bad_construction(scene_bank, tmp_path):
     with pytest.raises(StageError, match="larger than its target box"):
-        ScaleToBoxImplanter(bank_path, scale=[0.5, 1.5])
+        ScaleToBoxImplanter(scene_bank, scale=[0.5, 1.5])
     with pytest.raises(StageError, match=r"ratio=.*\[1e-06, 1.0\]"):
-        FixedRatioImplanter(bank_path, ratio=1.5)
+        FixedRatioImplanter(scene_bank, ratio=1.5)
     torch.save({"images": torch.rand(2, 3, 16, 16)}, tmp_path / "nobox.pt")
     with pytest.raises(StageError, match="no 'quads'"):
         PerspectiveImplanter(str(tmp_path / "nobox.pt"))
@@ -186,8 +165,8 @@ def test_bad_construction(bank_path, tmp_path):
         ScaleToBoxImplanter(str(tmp_path / "o.pt"))
 
 
-def test_validate_reports_misfit(bank_path, caplog):
-    stage = RectangleImplanter(bank_path, scale=4.0)
+def test_validate_reports_misfit(scene_bank, caplog):
+    stage = RectangleImplanter(scene_bank, scale=4.0)
     assert stage.validate(torch.rand(1, 3, 8, 8)) is True
     assert stage.validate(torch.rand(1, 3, 12, 12)) is False
     assert "larger than" in caplog.text
@@ -195,21 +174,21 @@ def test_validate_reports_misfit(bank_path, caplog):
 
 @pytest.mark.parametrize("index", range(4), ids=["rectangle", "fixed_ratio", "scale_to_box", "perspective"])
 @pytest.mark.parametrize("dict_input", [False, True], ids=["tensor", "dict"])
-def test_implanters_pass_check_stage(bank_path, index, dict_input):
+def test_implanters_pass_check_stage(scene_bank, index, dict_input):
     from pandemonium.testing.stages import check_stage
 
-    stage = _stages(bank_path)[index]
+    stage = _stages(scene_bank)[index]
     stage.set_seed(0, 1)
     x = {"a": torch.rand(4, 3, 8, 8), "b": torch.rand(4, 3, 6, 6)} if dict_input else torch.rand(4, 3, 8, 8)
     check_stage(stage, x)
 
 
-def test_implanter_in_a_pipeline_round_trips_through_yaml(bank_path):
+def test_implanter_in_a_pipeline_round_trips_through_yaml(scene_bank):
     from pandemonium.attack.pipeline import Pipeline
     from pandemonium.attack.stages.augment import KorniaAugment
 
     pipe = Pipeline(
-        RectangleImplanter(bank_path, scale=[0.5, 1.5]), KorniaAugment({"RandomAffine": {"degrees": 10}}), seed=3
+        RectangleImplanter(scene_bank, scale=[0.5, 1.5]), KorniaAugment({"RandomAffine": {"degrees": 10}}), seed=3
     )
     patch = torch.rand(4, 3, 8, 8)
     y, kwargs = pipe(patch)
@@ -220,8 +199,8 @@ def test_implanter_in_a_pipeline_round_trips_through_yaml(bank_path):
 
 
 @pytest.mark.parametrize("index", range(4), ids=["rectangle", "fixed_ratio", "scale_to_box", "perspective"])
-def test_windowed_compositing_equals_whole_image(bank_path, index):
-    stage = _stages(bank_path)[index]
+def test_windowed_compositing_equals_whole_image(scene_bank, index):
+    stage = _stages(scene_bank)[index]
     stage.set_seed(2, 0)
     patch = {"a": torch.rand(8, 3, 8, 8), "b": torch.rand(8, 3, 4, 6)}
     fast, kw = stage(patch)
@@ -232,7 +211,7 @@ def test_windowed_compositing_equals_whole_image(bank_path, index):
     assert torch.allclose(kw["targets"]["patch_mask"], kw_ref["targets"]["patch_mask"], atol=1e-6)
 
 
-def test_visualisations_and_description(bank_path):
+def test_visualisations_and_description(scene_bank):
     class Writer:
         def __init__(self):
             self.calls = []
@@ -242,7 +221,7 @@ def test_visualisations_and_description(bank_path):
 
     from pandemonium.attack.pipeline import Pipeline
 
-    stage = RectangleImplanter(bank_path)
+    stage = RectangleImplanter(scene_bank)
     writer = Writer()
     stage.log_vizualizations(torch.rand(3, 3, 8, 8), None, writer, 0)  # nothing drawn yet: nothing logged
     assert writer.calls == []
@@ -253,7 +232,7 @@ def test_visualisations_and_description(bank_path):
     assert "scenes.pt" in stage.get_description() and "6 train / 2 eval" in stage.get_description()
     from pandemonium.attack.stages.fused import FusedImplantAugment
 
-    assert "degrees" in FusedImplantAugment(bank_path, degrees=5).get_description()
+    assert "degrees" in FusedImplantAugment(scene_bank, degrees=5).get_description()
 
 
 def test_public_names_reachable_from_package():
@@ -263,10 +242,10 @@ def test_public_names_reachable_from_package():
     assert pipeline.ImageBank.__name__ == "ImageBank"
 
 
-def test_uint8_bank_implanter_passes_check_stage(bank_path):
+def test_uint8_bank_implanter_passes_check_stage(scene_bank):
     from pandemonium.testing.stages import check_stage
 
-    stage = RectangleImplanter({"pt": bank_path, "storage": "uint8"}, scale=[0.5, 1.5])
+    stage = RectangleImplanter({"pt": scene_bank, "storage": "uint8"}, scale=[0.5, 1.5])
     stage.set_seed(0, 1)
     check_stage(stage, torch.rand(4, 3, 8, 8))
 

@@ -26,7 +26,6 @@ from pandemonium.attack.stages.registry import registered_stages
 from pandemonium.testing import check_stage
 from pandemonium.testing.example_stages import EmHighPassFilter, EmRectangleImplanter, example_stages
 
-QUAD = [[4.0, 4.0], [28.0, 6.0], [26.0, 26.0], [5.0, 24.0]]
 PATCH = (4, 3, 8, 8)  # 4 rows: the batch size at which Kornia's batch-level values once broke
 IMAGE = (4, 3, 16, 16)
 
@@ -79,23 +78,6 @@ def tiny_model(seed: int = 0) -> nn.Module:
     return model
 
 
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("bank") / "scenes.pt"
-    generator = torch.Generator().manual_seed(0)
-    torch.save(
-        {
-            "images": torch.rand(8, 3, 32, 32, generator=generator) * 0.5,
-            "class": torch.arange(8),
-            "mask": torch.zeros(8, 32, 32, dtype=torch.long),
-            "boxes": [torch.tensor([[2.0, 2.0, 20.0, 24.0], [16.0, 16.0, 30.0, 30.0]]) for _ in range(8)],
-            "labels": [torch.tensor([1, 2]) for _ in range(8)],
-            "quads": [torch.tensor([QUAD]) for _ in range(8)],
-            "split": ["train"] * 6 + ["eval"] * 2,
-        },
-        path,
-    )
-    return str(path)
 
 
 def build(name: str, bank: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor, dict]:
@@ -119,8 +101,8 @@ def test_every_registered_stage_has_a_row():
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_builtin_stage_passes_check_stage(name, bank):
-    stage, x, rebuild = build(name, bank)
+def test_builtin_stage_passes_check_stage(name, scene_bank):
+    stage, x, rebuild = build(name, scene_bank)
     check_stage(stage, x, rebuild_kwargs=rebuild)
 
 
@@ -162,11 +144,11 @@ def test_electricmayhem_stage_handles_a_dict_of_patches():
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
-def test_any_row_rerenders_alone_from_its_stored_params(name, bank, tmp_path):
+def test_any_row_rerenders_alone_from_its_stored_params(name, scene_bank, tmp_path):
     """A batch of 4 rows is rendered, its sample stored as table rows (Parquet round trip), and single
     rows, in random order, re-render bit for bit: patched and control (evaluate=True, as render_row
     does) and, for train-time conditions, through rows_to_params with evaluate=False."""
-    stage, x, _ = build(name, bank)
+    stage, x, _ = build(name, scene_bank)
     pipe = Pipeline(stage, tiny_model(), seed=3) if name != "ModelStage" else Pipeline(stage, seed=3)
     patch = x[0]
     batch = expand_patch(patch, 4)
