@@ -137,3 +137,24 @@ def test_attack_spec_method_and_blackbox_settings_are_checked():
         AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"square_init": 2}})
     with pytest.raises(AttackConfigError, match="budget of 10 queries does not cover two batches of 8"):
         AttackSpec.from_dict({**base, "method": "blackbox", "blackbox": {"queries": 10}})
+
+
+@pytest.mark.parametrize("group", [[], ["attack=blackbox"]])
+def test_the_black_box_method_is_an_override_of_any_attack_group(group):
+    """``attack.method=blackbox`` and ``attack.blackbox.*`` need no ``+`` on ``attack=default``; a gradient
+    attack keeps no black-box settings in its spec."""
+    from pandemonium.attack.presets import select_preset
+    from pandemonium.attack.spec import AttackSpec
+    from pandemonium.cli.main import compose_config
+
+    def spec_of(*overrides: str) -> AttackSpec:
+        cfg = compose_config(["mode=attack", *group, *overrides])
+        preset = select_preset(cfg.attack, "shapes_cls", "classification")
+        return AttackSpec.from_dict({**preset, "task": "shapes_cls", "task_type": "classification",
+                                     "patch_shape": [3, 8, 8]})
+
+    spec = spec_of("attack.method=blackbox", "attack.blackbox.queries=300", "attack.batch_size=8")
+    assert spec.method == "blackbox" and spec.blackbox["queries"] == 300
+    if not group:
+        gradient = spec_of()
+        assert gradient.method == "gradient" and gradient.blackbox == {}

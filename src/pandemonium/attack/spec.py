@@ -164,6 +164,7 @@ class AttackSpec:
         if not shape or len(shape) != 3:
             raise AttackConfigError(f"{where}: patch_shape must be [channels, height, width], got {shape!r}")
         known = {f.name for f in dataclasses.fields(cls)} | {"eval_batch_size", "num_eval"}
+        method = str(data.get("method") or "gradient")  # the black-box settings are kept only for that method
         spec = cls(
             name=name, task=task, task_type=task_type,
             stages=tuple(dict(s) for s in data.get("stages") or ()), loss=dict(data.get("loss") or {}),
@@ -176,7 +177,7 @@ class AttackSpec:
             schedule=dict(data.get("schedule") or DEFAULTS["schedule"]), patch=patch,
             evaluation=EvaluationPlan(num_eval=number("num_eval", DEFAULTS["num_eval"]),
                                       batch_size=number("eval_batch_size", DEFAULTS["eval_batch_size"])),
-            method=str(data.get("method") or "gradient"), blackbox=dict(data.get("blackbox") or {}),
+            method=method, blackbox=dict(data.get("blackbox") or {}) if method == "blackbox" else {},
             extra={k: v for k, v in data.items() if k not in known and k not in OVERRIDE_KEYS},
         )
         spec.check_parts()
