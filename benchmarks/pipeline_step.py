@@ -11,6 +11,8 @@ step, clamp.
   config now runs (``Pipeline(fuse=True)``, the default): one FusedImplantWarp that warps the scene too,
   like for like with ``kornia``
 * ``kornia`` : the same config on Kornia's own path (``Pipeline(fuse=False)``), for reference
+* ``electricmayhem`` : the same workload built with electricmayhem's own API (``em_contender.py``), when
+  it is importable; otherwise the script says it is not installed, how to install it, and carries on
 
 Victims: ``anchor`` is a 4-layer conv net with stride 2 in EVERY layer (a light victim, so pipeline
 overhead is not hidden behind a heavy first convolution); ``project`` is the 4-layer net of
@@ -18,8 +20,11 @@ overhead is not hidden behind a heavy first convolution); ``project`` is the 4-l
 
 Every cell (victim x batch x image size) times all paths round by round in a rotating order; each
 round's ratio is path / bare of that round, and the table shows the median ratio with its min-max,
-the aten ops one step issues (forward + backward, counted with a dispatch mode) and the peak memory
-(CUDA: max allocated; CPU: peak RSS above the level before the step).
+the aten ops one step issues (forward + backward + optimiser, counted with a dispatch mode) and the peak
+memory (CUDA: max allocated; CPU: glibc's bytes in use above the level before the step). With
+electricmayhem measured, a like-for-like table gives each path's throughput over electricmayhem's, from
+the same rounds (electricmayhem's step time / the path's step time, round by round).
+The output is markdown, headed by the device, threads, allocator setting and library versions.
 
     .venv/bin/python benchmarks/pipeline_step.py --quick       # 8/32 x 64/128, the README's table
     .venv/bin/python benchmarks/pipeline_step.py               # 8/32/128 x 64/128/256
@@ -36,18 +41,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections import Counter
 from pathlib import Path
 
+import em_contender
+import kornia
 import torch
+from step_ops import OpCounter, OpSources
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pandemonium.allocator import tune_allocator
 from pandemonium.attack.pipeline import Pipeline
@@ -55,12 +61,15 @@ from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.fused import FusedImplantAugment
 from pandemonium.attack.stages.implant import RectangleImplanter
 
-from common import PeakMemory, conv_net, make_bank
+from common import PeakMemory, conv_net, make_bank, memory_kind
 
 #: targets of the issue: pipeline step over the bare victim, at every cell ("Kornia-configured attacks"
 #: run fused_scene; the unfused kornia path is shown for reference, without a target)
 TARGETS = {"fused": 1.15, "fused_scene": 1.3}
-PATHS = ("fused", "fused_scene", "kornia")
+EM = em_contender.NAME
+PATHS = ("fused", "fused_scene", "kornia", EM)
+#: like for like, fused_scene's throughput over electricmayhem's, at this cell of the anchor victim
+EM_TARGET = {"path": "fused_scene", "cell": (32, 128), "at_least": 1.8}
 
 
 def stride2_net(num_classes: int = 10) -> nn.Module:
@@ -74,6 +83,8 @@ def stride2_net(num_classes: int = 10) -> nn.Module:
 
 
 VICTIMS = {"anchor": stride2_net, "project": conv_net}
+VICTIM_NOTES = {"anchor": "4 conv layers 3-32-64-64-128, stride 2 in every layer",
+                "project": "4 conv layers 3-32-64-64-128, strides 1, 2, 2, 2 (common.conv_net)"}
 
 
 def build(path: str, bank: str, model: nn.Module) -> Pipeline:
@@ -92,42 +103,11 @@ def build(path: str, bank: str, model: nn.Module) -> Pipeline:
     )
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops issued while active (forward, backward and optimiser alike)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
-class OpSources(TorchDispatchMode):
-    """Counts the aten ops issued while active by the innermost ``pandemonium`` function that issued them
-    (``file:function``); ops issued outside the package (autograd's backward, the optimiser) are
-    ``(outside)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        where = "(outside)"
-        for frame in reversed(traceback.extract_stack(limit=40)):
-            if "/pandemonium/" in frame.filename:
-                where = f"{Path(frame.filename).name}:{frame.name}"
-                break
-        self.ops[where] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def print_op_sources(victim: str, batch: int, size: int, paths: list[str], device: torch.device, top: int) -> None:
     """Where each path's ops per step come from (one warmed-up step per path, ``top`` sources each)."""
     with tempfile.TemporaryDirectory() as tmp:
         cell = Cell(victim, batch, size, paths, device, Path(tmp))
-        for name in ["bare", *paths]:
+        for name in cell.steps:
             cell.steps[name]()
             with OpSources() as sources:
                 cell.steps[name]()
@@ -138,7 +118,8 @@ def print_op_sources(victim: str, batch: int, size: int, paths: list[str], devic
 
 
 class Cell:
-    """Everything one (victim, batch, image size) cell needs: the paths' step functions and the bare one."""
+    """Everything one (victim, batch, image size) cell needs: the paths' step functions and the bare one.
+    Every path shares the victim and starts from the same patch."""
 
     def __init__(self, victim: str, batch: int, size: int, paths: list[str], device: torch.device, tmp: Path):
         self.device = device
@@ -146,16 +127,18 @@ class Cell:
         self.model = VICTIMS[victim]().to(device)
         side = max(2, size // 4)
         self.patch = torch.rand(1, 3, side, side, device=device, requires_grad=True)
+        start = self.patch.detach().clone()  # electricmayhem optimises its own copy
         self.optimiser = torch.optim.Adam([self.patch], lr=0.01)
         self.batch = batch
-        self.pipelines = {p: build(p, bank, self.model).to(device).train() for p in paths}
-        first = next(iter(self.pipelines.values()))
+        self.pipelines = {p: build(p, bank, self.model).to(device).train() for p in paths if p != EM}
         with torch.no_grad():
-            implanter = first.stages[0]
+            implanter = build("kornia", bank, self.model).to(device).stages[0]
             self.composited, kw = implanter(self.patch.expand(batch, -1, -1, -1))
         self.labels = kw["targets"]["class"].clamp_min(0)
         self.loss = nn.CrossEntropyLoss()
         self.steps = {"bare": self.bare, **{p: (lambda pipe=pipe: self.step(pipe)) for p, pipe in self.pipelines.items()}}
+        if EM in paths:
+            self.steps[EM] = em_contender.build_step(bank, self.model, start, batch, device, tmp)
 
     def step(self, pipe: Pipeline) -> None:
         self.optimiser.zero_grad(set_to_none=True)
@@ -206,6 +189,8 @@ def measure(victim: str, batch: int, size: int, paths: list[str], device: torch.
             for name in names[r % len(names):] + names[: r % len(names)]:
                 times[name].append(cell.timed(name))
     ratios = {p: [t / b for t, b in zip(times[p], times["bare"])] for p in paths}
+    # throughput over electricmayhem's, paired round by round like the ratios to bare
+    vs_em = {p: [e / t for e, t in zip(times[EM], times[p])] for p in paths if p != EM} if EM in paths else {}
     return {
         "victim": victim, "batch": batch, "size": size,
         "bare_ms": statistics.median(times["bare"]) * 1e3,
@@ -214,6 +199,9 @@ def measure(victim: str, batch: int, size: int, paths: list[str], device: torch.
         "ratio_min": {p: min(r) for p, r in ratios.items()},
         "ratio_max": {p: max(r) for p, r in ratios.items()},
         "ops": ops, "memory_mib": {n: m / 2**20 for n, m in memory.items()},
+        "vs_em": {p: statistics.median(r) for p, r in vs_em.items()},
+        "vs_em_min": {p: min(r) for p, r in vs_em.items()},
+        "vs_em_max": {p: max(r) for p, r in vs_em.items()},
     }
 
 
@@ -234,12 +222,27 @@ def largest_batch(victim: str, size: int, path: str, device: torch.device, limit
     return best
 
 
+def header(device: torch.device, threads: int, allocator: str, warmup: int, rounds: int, em_version: str | None) -> str:
+    """One markdown line naming everything the figures depend on."""
+    em = f"electricmayhem {em_version}" if em_version else "electricmayhem not installed"
+    where = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    return (f"**pipeline step benchmark** - device {device} ({where}), {threads} threads, allocator {allocator}, "
+            f"torch {torch.__version__}, kornia {kornia.__version__}, {em}; warm-up {warmup}, {rounds} rounds "
+            f"per cell, all paths in one process, order rotating")
+
+
+def _spread(median: float, low: float, high: float) -> str:
+    return f"{median:.2f} [{low:.2f}-{high:.2f}]"
+
+
 def print_table(results: list[dict], paths: list[str], device: torch.device) -> bool:
+    """The markdown tables; False when the anchor victim misses a target."""
     ok = True
-    mem_kind = "CUDA max allocated" if device.type == "cuda" else "peak RSS increase"
     for victim in dict.fromkeys(r["victim"] for r in results):
-        print(f"\nvictim: {victim}   (ratio = step / bare step, median [min-max] over rounds; ops per step; "
-              f"memory MiB = {mem_kind})")
+        print(f"\nvictim: {victim} ({VICTIM_NOTES[victim]}). Ratio = step / bare step, "
+              f"median [min-max] over rounds; ops per step; memory MiB = {memory_kind(device)}\n")
         head = "| batch x image | bare ms | " + " | ".join(f"{p} / bare" for p in paths)
         head += " | ops bare / " + " / ".join(paths) + " | MiB bare / " + " / ".join(paths) + " |"
         print(head)
@@ -249,12 +252,35 @@ def print_table(results: list[dict], paths: list[str], device: torch.device) -> 
             for p in paths:
                 over = r["ratio"][p] > TARGETS.get(p, float("inf"))
                 ok &= not over or victim != "anchor"
-                cells.append(f"{r['ratio'][p]:.2f} [{r['ratio_min'][p]:.2f}-{r['ratio_max'][p]:.2f}]"
-                             + (" OVER" if over else ""))
+                cells.append(_spread(r["ratio"][p], r["ratio_min"][p], r["ratio_max"][p]) + (" OVER" if over else ""))
             ops = " / ".join(str(r["ops"][n]) for n in ["bare", *paths])
             mem = " / ".join(f"{r['memory_mib'][n]:.0f}" for n in ["bare", *paths])
             print(f"| {r['batch']} x {r['size']} | {r['bare_ms']:.1f} | " + " | ".join(cells) + f" | {ops} | {mem} |")
-    print("\ntargets (anchor victim, every cell): " + ", ".join(f"{p} <= {TARGETS[p]}" for p in paths if p in TARGETS))
+        if EM in paths:
+            ok &= print_em_table([r for r in results if r["victim"] == victim], paths, victim)
+    print("\ntargets (anchor victim, every cell): " + ", ".join(f"{p} <= {TARGETS[p]}" for p in paths if p in TARGETS)
+          + (f"; {EM_TARGET['path']} >= {EM_TARGET['at_least']}x electricmayhem's throughput at "
+             f"{EM_TARGET['cell'][0]} x {EM_TARGET['cell'][1]}" if EM in paths else ""))
+    return ok
+
+
+def print_em_table(results: list[dict], paths: list[str], victim: str) -> bool:
+    """Like for like: each path's throughput over electricmayhem's (its step time / the path's), paired
+    by round; False when the anchor victim misses the like-for-like target."""
+    ours = [p for p in paths if p != EM]
+    print(f"\nvictim: {victim}, throughput over electricmayhem's (> 1: faster), median [min-max] over rounds; "
+          "fused_scene and kornia warp the scene like electricmayhem, fused jitters only the patch\n")
+    print("| batch x image | electricmayhem ms | " + " | ".join(f"{p} vs electricmayhem" for p in ours) + " |")
+    print("|" + "---|" * (2 + len(ours)))
+    ok = True
+    for r in results:
+        cells = []
+        for p in ours:
+            short = (victim == "anchor" and p == EM_TARGET["path"] and (r["batch"], r["size"]) == EM_TARGET["cell"]
+                     and r["vs_em"][p] < EM_TARGET["at_least"])
+            ok &= not short
+            cells.append(_spread(r["vs_em"][p], r["vs_em_min"][p], r["vs_em_max"][p]) + (" SHORT" if short else ""))
+        print(f"| {r['batch']} x {r['size']} | {r['median_ms'][EM]:.1f} | " + " | ".join(cells) + " |")
     return ok
 
 
@@ -300,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     victims = [v for v in args.victims.split(",") if v]
     if set(victims) - set(VICTIMS):
         parser.error(f"--victims: choose from {list(VICTIMS)}")
+    em_version = None
+    if EM in args.paths:
+        em_version, why = em_contender.available()
+        if em_version is None:
+            # never a failure: electricmayhem is an optional contender (stderr in --cell runs: stdout is JSON)
+            print(f"{em_contender.INSTALL_HINT} ({why})", file=sys.stderr if args.cell else sys.stdout)
+            args.paths.remove(EM)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.allocator != "off":
@@ -318,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     grid = [(v, b, s) for v in victims for s in sizes for b in batches]
-    print(f"pipeline step benchmark: device={device}, threads={torch.get_num_threads()}, "
-          f"allocator={'tuned' if args.allocator != 'off' else 'glibc default'}, warm-up={warmup}, rounds={rounds}")
+    allocator = "tuned (pandemonium.allocator)" if args.allocator != "off" else "glibc default"
+    print(header(device, torch.get_num_threads(), allocator, warmup, rounds, em_version))
     results = []
     try:
         from tqdm import tqdm
@@ -331,10 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure(victim, batch, size, args.paths, device, warmup, rounds))
     ok = print_table(results, args.paths, device)
     if device.type == "cuda":
-        print("\nlargest batch per path (powers of two, CUDA):")
+        print("\nlargest batch that fits per path (anchor victim, powers of two up to 8192, CUDA)\n")
+        print("| image | " + " | ".join(["bare", *args.paths]) + " |")
+        print("|" + "---|" * (2 + len(args.paths)))
         for size in sizes:
-            fits = {p: largest_batch("anchor", size, p, device) for p in ["bare", *args.paths]}
-            print(f"  image {size}: " + ", ".join(f"{p} {b}" for p, b in fits.items()))
+            fits = [largest_batch("anchor", size, p, device) for p in ["bare", *args.paths]]
+            print(f"| {size} | " + " | ".join(str(b) for b in fits) + " |")
     if args.allocator == "compare":
         allocator_compare(args, [(v, b, s) for (v, b, s) in grid if v == "anchor"][:2])
     if args.json:
