@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/run_all.py            # all three, full size
     .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats/steps; model quality on digits only
+    .venv/bin/python benchmarks/run_all.py --pipeline-python /tmp/emvenv/bin/python  # with electricmayhem
+
+``--pipeline-python`` runs the pipeline step with another interpreter: one whose environment also has
+electricmayhem (``benchmarks/install_electricmayhem.sh``), so it is timed as a contender; without it the
+pipeline step says electricmayhem is not installed and measures the other paths.
 
 Each script measures its ratio inside one run (the pipeline step against the bare model; ``fit``
 against the bare steps it runs), so the numbers are comparable across machines; absolute seconds
@@ -22,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=["pipeline", "trainer", "quality"], default=None)
+    parser.add_argument("--pipeline-python", default=sys.executable,
+                        help="interpreter for pipeline_step.py (e.g. a side venv with electricmayhem)")
     args = parser.parse_args(argv)
 
     runs = {
@@ -34,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"\n=== {name}: {script} {' '.join(script_args)}", flush=True)
-        code = subprocess.call([sys.executable, str(HERE / script), *script_args])
+        python = args.pipeline_python if name == "pipeline" else sys.executable
+        code = subprocess.call([python, str(HERE / script), *script_args])
         if code != 0:
             failed.append(f"{name} (exit {code})")
     if failed:
