@@ -63,6 +63,7 @@ class MLflowLogger(Callback):
         self.resume_run_id = resume_run_id
         self.uri: str | None = None
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None
         self._stack = contextlib.ExitStack()
         self._buffer: Any = None
         self._error: BaseException | None = None
@@ -88,9 +89,13 @@ class MLflowLogger(Callback):
 
         uri = resolve_tracking_uri(None if self.requested is True else str(self.requested), trainer.out_dir)
         loaded = sys.modules.get("mlflow")  # only look for a parent run if MLflow is in use already
-        if self.requested is True and loaded is not None and loaded.active_run() is not None:
+        active = loaded.active_run() if loaded is not None else None
+        if self.requested is True and active is not None:
             uri = loaded.get_tracking_uri()  # inside a mode's run: the child goes where the parent is
         self.uri = check_tracking_uri(uri)
+        # a fit on several processes (Fabric DDP) logs from rank 0, where no parent run is active
+        same_store = active is not None and self.uri == loaded.get_tracking_uri()
+        self.parent_run_id = active.info.run_id if same_store else None
 
     def on_fit_start(self, trainer: PatchTrainer) -> None:
         if self.uri is None:
@@ -114,8 +119,9 @@ class MLflowLogger(Callback):
                 resume_id = None
         pipeline = trainer.pipeline
         description = pipeline.get_description() if hasattr(pipeline, "get_description") else ""
+        parent = self.parent_run_id if resume_id is None and mlflow.active_run() is None else None
         run = self._stack.enter_context(
-            start_run(name=trainer.run_name, run_id=resume_id, experiment=self.experiment,
+            start_run(name=trainer.run_name, run_id=resume_id, experiment=self.experiment, parent_run_id=parent,
                       artifact_location=_artifact_location(uri), tags={"pandemonium.kind": "patch_fit"},
                       description=description if resume_id is None else None)
         )
