@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     def warm() -> tuple[float, int]:
         start = time.perf_counter()
         # what a worker's first step imports (the driver has them from training the models)
+        import optuna  # noqa: F401 - what a tune trial adds
+
         import pandemonium.attack.training  # noqa: F401
         import pandemonium.models.storage  # noqa: F401
         import pandemonium.modes.attack  # noqa: F401

@@ -125,3 +125,17 @@ def test_tune_trials_run_in_ray_workers_as_mlflow_children(compose, pandemonium_
                                                            "and tags.study = 'ray_study'")
     assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"]
     assert all({"lr", "steps", "patch_fraction"} <= set(r.data.params) for r in trials)
+
+
+def test_a_worker_runs_torch_on_the_cpus_its_task_holds():
+    from pandemonium.runs.ray_executor import match_threads_to_cpus
+
+    def threads() -> tuple[int, int]:
+        import torch
+
+        return match_threads_to_cpus(), torch.get_num_threads()
+
+    remote = ray.remote(threads)
+    # the same worker pool serves both: a worker that ran a 1-CPU task must not keep one thread for 2 CPUs
+    for cpus in (1, 2, 1):
+        assert ray.get(remote.options(num_cpus=cpus).remote()) == (cpus, cpus)

@@ -144,3 +144,15 @@ def group_parent(client, child):
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["pandemonium.multirun"] == "true" and parent.info.status == "FINISHED"
     return parent.info.run_id
+
+
+def test_a_process_opens_a_storage_once_and_never_reuses_one_of_a_removed_file(tmp_path):
+    from pandemonium.modes.tune import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = open_storage(url)
+    assert open_storage(url, checked=True) is first
+    (tmp_path / "optuna.db").unlink()
+    again = open_storage(url)
+    assert again is not first
+    assert (tmp_path / "optuna.db").is_file()

@@ -109,14 +109,9 @@ class TuneScheduler(AbstractBaseScheduler):
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def storage(self, url: str | None = None) -> Any:
-        import optuna
-
-        url = url or str(self.tune.get("storage_url") or self.storage_url())
-        kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many kinds for a bad URL
-            raise TuneError(f"tune.storage={url!r}: cannot open the Optuna storage ({exc})") from None
+        """The Optuna storage at ``url`` (default: this study's), opened once per process."""
+        checked = bool(self.tune.get("storage_url"))  # the driver opened (and so checked) it already
+        return open_storage(url or str(self.tune.get("storage_url") or self.storage_url()), checked=checked)
 
     def load_study(self, seed: int | None = None) -> Any:
         import optuna
@@ -346,6 +341,44 @@ class TuneScheduler(AbstractBaseScheduler):
 
     def finish(self) -> Any:
         return self.study_summary or self.last_result
+
+
+_STORAGES: dict[str, tuple[Any, tuple[int, int] | None]] = {}
+
+
+def open_storage(url: str, checked: bool = False) -> Any:
+    """An ``optuna.storages.RDBStorage`` for ``url``, kept for the life of the process.
+
+    Opening one costs about 0.4 s (Optuna's schema check re-executes its alembic migration scripts), and
+    every trial, each in its own worker under ``executor=ray``, opened a fresh one; a process now opens a
+    URL once. ``checked``: the driver opened the storage before (its tables exist and match), so a worker
+    skips the schema check.
+    """
+    import optuna
+
+    identity = _sqlite_identity(url)
+    cached = _STORAGES.get(url)
+    if cached is not None and cached[1] == identity:
+        return cached[0]
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=checked)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many kinds for a bad URL
+        raise TuneError(f"tune.storage={url!r}: cannot open the Optuna storage ({exc})") from None
+    _STORAGES[url] = (storage, _sqlite_identity(url))
+    return storage
+
+
+def _sqlite_identity(url: str) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite file: a cached storage of a file since removed and made anew must not be
+    reused (its pooled connections would write to the removed file)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    try:
+        st = Path(url[len("sqlite:///"):]).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _storage_exists(url: str) -> bool:

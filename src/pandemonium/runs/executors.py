@@ -118,8 +118,8 @@ def execute_step_isolated(cfg: dict[str, Any] | DictConfig, snapshot: dict[str, 
     """
     from pandemonium.runs.base import Step, active_run_dir, build_scheduler
 
-    conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    conf = conf.copy()
+    # one fresh config either way (a DictConfig is copied, plain data converted: not both)
+    conf = cfg.copy() if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     with open_dict(conf):
         conf["continue"] = None
     with active_run_dir(run_dir):

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RayExecutor", "StepFailure", "run_step_in_worker"]
+__all__ = ["RayExecutor", "StepFailure", "match_threads_to_cpus", "run_step_in_worker"]
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory")
 # what Ray's cluster_resources() calls the same quantities
@@ -69,11 +69,29 @@ def run_step_in_worker(cfg: dict[str, Any], snapshot: dict[str, Any], step: dict
                        run_dir: str) -> StepOutcome | StepFailure:
     """The body of a Ray task: one step, its exception turned into a :class:`StepFailure` (plain data,
     so an exception class the driver cannot unpickle never hides the real error)."""
+    match_threads_to_cpus()
     try:
         return execute_step_isolated(cfg, snapshot, step, run_dir)
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the driver, which reports it
         return StepFailure(index=int(step["index"]), error=f"{type(exc).__name__}: {exc}",
                            traceback=traceback.format_exc(), exit_code=int(getattr(exc, "exit_code", 1)))
+
+
+def match_threads_to_cpus() -> int:
+    """Run torch on as many threads as CPUs the current Ray task holds (at least one) and return that.
+
+    Ray sets ``OMP_NUM_THREADS`` for a worker when it starts, but a worker lives on across tasks, and
+    torch sizes its pool once: a worker that ran a 1-CPU step would run a later 4-CPU step on one
+    thread, and more threads than CPUs held would oversubscribe the cores other steps hold.
+    """
+    import ray
+    import torch
+
+    cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) or 1)
+    threads = max(1, int(cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 class RayExecutor(Executor):
@@ -201,7 +219,7 @@ class RayExecutor(Executor):
         snapshot = scheduler.structs_snapshot()
         run_dir = str(scheduler.run_dir)
         cfg_ref = ray.put(cfg)
-        remote = ray.remote(run_step_in_worker)
+        remote = _remote_step()
         pending: dict[Any, Step] = {}
         for step in group:
             options = {"max_retries": self.max_retries, **self.resources_for(scheduler, step)}
@@ -224,6 +242,19 @@ class RayExecutor(Executor):
         log.debug("ray group %s: %d steps in %.1fs", group[0].command, len(group), time.perf_counter() - start)
         if failures:
             raise _failed(scheduler, failures)
+
+
+_REMOTE: list[Any] = []
+
+
+def _remote_step() -> Any:
+    """``run_step_in_worker`` as a Ray remote function, made once per process (Ray exports a new
+    remote function to the cluster each time one is made)."""
+    import ray
+
+    if not _REMOTE:
+        _REMOTE.append(ray.remote(run_step_in_worker))
+    return _REMOTE[0]
 
 
 def _failed(scheduler: AbstractBaseScheduler, failures: list[tuple[Step, str, str, int]]) -> StepFailedError:
