@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -285,8 +286,13 @@ def print_em_table(results: list[dict], paths: list[str], victim: str) -> bool:
 
 
 def allocator_compare(args: argparse.Namespace, grid: list[tuple[str, int, int]]) -> None:
-    """Each cell in fresh processes with and without the glibc tuning, alternating; speed-up per path."""
-    print("\nallocator: step time untuned / tuned (fresh process per measurement, alternating)")
+    """Each cell in fresh processes with and without the glibc tuning, alternating; speed-up per path and
+    the processes' peak RSS (the tuning keeps freed buffers mapped: RSS, not bytes in use, is its cost)."""
+    names = ["bare", *args.paths]
+    print("\nallocator: step time untuned / tuned (> 1: tuned is faster; median over 2 fresh processes each, "
+          "alternating) and process peak RSS untuned -> tuned\n")
+    print("| victim, batch x image | " + " | ".join(names) + " | peak RSS MiB |")
+    print("|" + "---|" * (2 + len(names)))
     for victim, batch, size in grid:
         runs: dict[str, list[dict]] = {"on": [], "off": []}
         for repeat in range(2):
@@ -296,13 +302,11 @@ def allocator_compare(args: argparse.Namespace, grid: list[tuple[str, int, int]]
                        *(["--quick"] if args.quick else [])]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 runs[setting].append(json.loads(out.strip().splitlines()[-1]))
-        names = ["bare", *args.paths]
         speed = {n: statistics.median(r["median_ms"][n] for r in runs["off"])
                  / statistics.median(r["median_ms"][n] for r in runs["on"]) for n in names}
-        peak = {n: (max(r["memory_mib"][n] for r in runs["off"]), max(r["memory_mib"][n] for r in runs["on"]))
-                for n in names}
-        print(f"  {victim} {batch} x {size}: " + ", ".join(
-            f"{n} {speed[n]:.2f}x (peak MiB {peak[n][0]:.0f} -> {peak[n][1]:.0f})" for n in names))
+        rss = {k: max(r["max_rss_mib"] for r in runs[k]) for k in runs}
+        print(f"| {victim}, {batch} x {size} | " + " | ".join(f"{speed[n]:.2f}" for n in names)
+              + f" | {rss['off']:.0f} -> {rss['on']:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cell:
         victim, batch, size = json.loads(args.cell)
-        print(json.dumps(measure(victim, batch, size, args.paths, device, warmup, rounds)))
+        result = measure(victim, batch, size, args.paths, device, warmup, rounds)
+        result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        print(json.dumps(result))
         return 0
 
     grid = [(v, b, s) for v in victims for s in sizes for b in batches]
