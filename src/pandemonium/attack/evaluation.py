@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,11 @@ class FixedEvaluation:
         baselines: also score the random-noise and grey patches (the control is always scored).
         split: name of the split the pipeline's evaluation scenes come from (recorded in results).
         task_type: the task type whose success metric scores the rows (default: from the output layout).
+        baseline_arms: the patch-like baselines scored when ``baselines`` is on (``"random"``, ``"grey"``);
+            each is drawn the same way whichever others are scored.
+        rates: summarise only these success rates (with their baselines and paired differences) and no
+            loss means: for callers that read one figure per evaluation (transfer matrix, robustness
+            curves); each rate keeps the interval it has in a full summary. Default: everything.
 
     Example:
         >>> ev = FixedEvaluation(pipeline, loss, {"ce": 1.0}, num_eval=32, batch_size=16)  # doctest: +SKIP
@@ -170,6 +175,8 @@ class FixedEvaluation:
         baselines: bool = True,
         split: str = "eval",
         task_type: str | None = None,
+        baseline_arms: Sequence[str] = ("random", "grey"),
+        rates: Sequence[str] | None = None,
     ) -> None:
         if num_eval < 1 or batch_size < 1:
             raise ValueError(f"FixedEvaluation: num_eval ({num_eval}) and batch_size ({batch_size}) must be >= 1")
@@ -185,6 +192,11 @@ class FixedEvaluation:
         self.baselines = bool(baselines)
         self.split = str(split)
         self.task_type = task_type
+        unknown = [arm for arm in baseline_arms if arm not in ("random", "grey")]
+        if unknown:
+            raise ValueError(f"FixedEvaluation: unknown baseline arms {unknown}; use 'random' and/or 'grey'")
+        self.baseline_arms = tuple(baseline_arms)
+        self.rates = None if rates is None else tuple(rates)
         self.conditions: list[dict[str, Any]] | None = None
         self.param_spec: dict[str, Any] = {}
         self._cache: list[dict[str, Any]] = []  # per batch: control outputs and baseline-arm columns
@@ -266,7 +278,7 @@ class FixedEvaluation:
         cols = self._score(y_c, y_c, kw_c, "control")
         if self.baselines:
             generator = torch.Generator().manual_seed(self.seed + 104729)
-            for arm in ("random", "grey"):
+            for arm in self.baseline_arms:
                 base = expand_patch(_baseline_patch(patch, arm, generator), b)
                 y_a, kw_a = self.pipeline(base, evaluate=True, params=params)
                 cols.update(self._score(y_a, y_c, kw_a, arm))
@@ -354,8 +366,9 @@ class FixedEvaluation:
         n_scenes = int(pd.unique(scenes).size) if scenes is not None else len(table)
         if not self._warned:
             self._warned = warn_if_repeated_scenes(len(table), n_scenes, f"evaluation on the {self.split} split")
-        summary = summarize(table, self.value_columns(table), seed=self.seed, scenes=scenes)
-        summary.update(summarize_success(table, scenes, seed=self.seed))
+        summary = {} if self.rates is not None else summarize(table, self.value_columns(table), seed=self.seed,
+                                                               scenes=scenes)
+        summary.update(summarize_success(table, scenes, seed=self.seed, only=self.rates))
         summary["n_rows"], summary["n_scenes"] = float(len(table)), float(n_scenes)
         return summary
 

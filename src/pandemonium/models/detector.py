@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,14 +111,16 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True)
-    ious = box_iou(boxes[order], boxes[order])
-    suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
+    # the greedy pass walks rows of the overlap matrix one by one: on host booleans a step costs a
+    # microsecond, on tensors several (evaluation runs this loop tens of thousands of times)
+    over = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
+    suppressed = np.zeros(len(order), dtype=bool)
     keep = []
     for i in range(len(order)):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= ious[i] > iou_threshold
+        suppressed |= over[i]
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
@@ -152,15 +155,13 @@ def decode(
     with torch.no_grad():
         cls_prob, labels = outputs["class_scores"].max(dim=-1)
         scores = outputs["objectness"] * cls_prob
-        for boxes_i, scores_i, labels_i in zip(outputs["boxes"], scores, labels):
-            keep = scores_i > score_thr
+        boxes = outputs["boxes"]
+        if image_size is not None:  # elementwise, so clipping the whole batch once equals clipping per image
+            h, w = image_size
+            boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
+                                 boxes[..., 3].clamp(0, h)], dim=-1)
+        for boxes_i, scores_i, labels_i, keep in zip(boxes, scores, labels, scores > score_thr):
             boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-            if image_size is not None:
-                h, w = image_size
-                boxes_i = torch.stack(
-                    [boxes_i[:, 0].clamp(0, w), boxes_i[:, 1].clamp(0, h), boxes_i[:, 2].clamp(0, w), boxes_i[:, 3].clamp(0, h)],
-                    dim=-1,
-                )
             kept = batched_nms(boxes_i, scores_i, labels_i, nms_iou)[:max_detections]
             results.append({"boxes": boxes_i[kept], "scores": scores_i[kept], "labels": labels_i[kept]})
     return results

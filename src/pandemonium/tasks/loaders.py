@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pandemonium.tasks.attributes import BOX_LABELS_KEY, Modality
 from pandemonium.tasks.errors import TaskFileError
+from pandemonium.tasks.image_cache import IMAGE_CACHE, file_key
 
 
 class ModalityLoader:
@@ -63,7 +64,8 @@ class ImageLoader(ModalityLoader):
     """PNG/JPEG → float32 HxWxC in [0,1] (raw) → tensor CxHxW.
 
     ``mode`` forces a PIL mode (``"RGB"``/``"L"``); by default grey stays 1 channel and anything
-    with colour becomes RGB.
+    with colour becomes RGB. Decoded images are kept in :data:`pandemonium.tasks.image_cache.IMAGE_CACHE`
+    (epochs and scene banks read the same files again).
     """
 
     modality = Modality.IMAGE
@@ -72,12 +74,19 @@ class ImageLoader(ModalityLoader):
         self.mode = mode
 
     def load(self, entry: Any, task_dir: Path) -> np.ndarray:
+        key = file_key(Path(task_dir) / str(entry), "image", self.mode)
+        cached = IMAGE_CACHE.get(key) if key is not None else None
+        if cached is not None:
+            return cached
         image = _open_image(entry, task_dir)
         mode = self.mode or ("L" if image.mode in ("L", "I;16", "I", "1") else "RGB")
         if image.mode != mode:
             image = image.convert(mode)
         array = np.asarray(image, dtype=np.float32) / 255.0
-        return array[:, :, None] if array.ndim == 2 else array
+        array = array[:, :, None] if array.ndim == 2 else array
+        if key is not None:
+            IMAGE_CACHE.put(key, array)
+        return array
 
     def to_tensor(self, raw: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=np.float32))

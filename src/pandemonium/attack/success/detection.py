@@ -21,6 +21,7 @@ evaluator as the model metrics), not from per-row counts.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,12 @@ from pandemonium.attack.success.base import RowCounts, SuccessInputs, SuccessMet
 from pandemonium.boxes import box_iou
 
 __all__ = ["DetectionSuccess", "map50", "patched_object_index"]
+
+# Every scored arm is judged against the same control output, so an evaluation batch would decode the
+# control once per arm; the last few decodings are kept, keyed by the very output tensors (alive and
+# unmodified: weak references and version counters) and the thresholds.
+_RECENT_SIZE = 4
+_RECENT: list[tuple[tuple[weakref.ref, ...], tuple[int, ...], tuple[float, float], list[dict[str, torch.Tensor]]]] = []
 
 
 def _area(b: torch.Tensor) -> torch.Tensor:
@@ -69,8 +76,17 @@ class DetectionSuccess(SuccessMetric):
         if not isinstance(outputs, Mapping) or "boxes" not in outputs or "objectness" not in outputs:
             raise SuccessMetricError("DetectionSuccess: outputs must be the detector dict with 'boxes', 'objectness', "
                                      "'class_scores' (see DEVELOPERS.md)")
+        settings = (self.score_threshold, self.nms_iou)
+        tensors = tuple(outputs[k] for k in ("boxes", "objectness", "class_scores") if k in outputs)
+        for refs, versions, cached_settings, cached in _RECENT:
+            if cached_settings == settings and len(refs) == len(tensors) and all(
+                    r() is t and v == t._version for r, v, t in zip(refs, versions, tensors)):
+                return cached
         dets = decode(outputs, score_thr=self.score_threshold, nms_iou=self.nms_iou)
-        return [{k: v[d["scores"] >= self.score_threshold] for k, v in d.items()} for d in dets]
+        kept = [{k: v[d["scores"] >= self.score_threshold] for k, v in d.items()} for d in dets]
+        _RECENT.append((tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), settings, kept))
+        del _RECENT[:-_RECENT_SIZE]
+        return kept
 
     def _found(self, det: Mapping[str, torch.Tensor], gt: torch.Tensor) -> torch.Tensor:
         if gt.numel() == 0 or det["boxes"].numel() == 0:

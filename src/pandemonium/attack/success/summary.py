@@ -20,7 +20,7 @@ of the same size), all under the same fixed conditions. Per rate ``<name>`` a ta
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -68,8 +68,13 @@ def _put(summary: dict[str, Any], key: str, iv: Interval) -> None:
     summary[key], summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] = iv.value, iv.ci_low, iv.ci_high
 
 
-def summarize_success(table: pd.DataFrame, scenes: Any = None, seed: int = 0) -> dict[str, float]:
-    """Rates of every arm, paired differences against each baseline and counts (module docstring)."""
+def summarize_success(table: pd.DataFrame, scenes: Any = None, seed: int = 0,
+                      only: Collection[str] | None = None) -> dict[str, float]:
+    """Rates of every arm, paired differences against each baseline and counts (module docstring).
+
+    ``only``: summarise just these rates (and per-class families named by their ``m<family>`` key);
+    each keeps the seed, so the interval it has in the full summary.
+    """
     summary: dict[str, float] = {}
     families: dict[str, list[str]] = {}
     names = rate_names(table)
@@ -79,8 +84,10 @@ def summarize_success(table: pd.DataFrame, scenes: Any = None, seed: int = 0) ->
 
     for i, name in enumerate(names):
         match = _CLASS_RATE.match(name)
-        if match:
+        if match and (only is None or f"m{match['family']}" in only):
             families.setdefault(match["family"], []).append(name)
+            continue
+        if match or (only is not None and name not in only):
             continue
         iv = rate_interval(col(name, "hits"), col(name, "trials"), scenes, seed=seed + i)
         _put(summary, name, iv)

@@ -242,11 +242,21 @@ class Transfer:
         self.ctx = ctx
         self.models = models
         self.plan = plan
+        # built pipelines by (model task, tilt): the transfer matrix and every curve evaluate through the
+        # same few, and building one loads its model and its scene bank (each evaluation reseeds every
+        # stage generator and replays its own conditions, so sharing leaves the figures as they were)
+        self._pipelines: dict[tuple[str, float | None], tuple[Any, Any, Any]] = {}
 
     # ------------------------------------------------------------------ evaluation of one pair
     def pipeline(self, model_task: str, tilt: float | None = None) -> tuple[Any, Any, Any]:
         """(pipeline, struct, spec) of the model of ``model_task`` evaluating on the test split;
         ``tilt``: a viewing-angle stage (up to ``tilt`` degrees) right after the implanter."""
+        key = (model_task, None if tilt is None else float(tilt))
+        if key not in self._pipelines:
+            self._pipelines[key] = self._build_pipeline(model_task, tilt)
+        return self._pipelines[key]
+
+    def _build_pipeline(self, model_task: str, tilt: float | None) -> tuple[Any, Any, Any]:
         ctx = self.ctx
         struct = ctx.get_struct(model_task)
         model, _meta = self.models.load(struct)
@@ -262,14 +272,17 @@ class Transfer:
 
     def evaluation(self, pipeline: Any, spec: Any, patch_path: Path) -> Any:
         """A fresh FixedEvaluation (conditions drawn with the patch evaluated, as the stored evaluation
-        draws them), aimed at the class the patch was fitted for on this task, if any."""
+        draws them), aimed at the class the patch was fitted for on this task, if any. It scores the
+        random-patch baseline and summarises the task's success rate only: the rest of a full
+        evaluation (grey patch, loss means) appears in no transfer or curve figure."""
         from pandemonium.attack.evaluation import FixedEvaluation
 
         num_eval, batch_size = evaluation_size(self.ctx, spec)
         aimed = spec.for_patch(load_patch(patch_path))
         return FixedEvaluation(pipeline, aimed.build_loss(), dict(spec.weights), num_eval=num_eval,
                                batch_size=batch_size, seed=self.ctx.seed, target_class=aimed.target_class,
-                               split=REPORT_SPLIT, task_type=spec.task_type)
+                               split=REPORT_SPLIT, task_type=spec.task_type, baseline_arms=("random",),
+                               rates=(spec.success_metric,))
 
     def _patch_tensor(self, path: Path, struct: Any) -> torch.Tensor | None:
         patch = load_patch(path)["patch"].float()
