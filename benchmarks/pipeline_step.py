@@ -27,6 +27,8 @@ the same rounds (electricmayhem's step time / the path's step time, round by rou
 The output is markdown, headed by the device, threads, allocator setting and library versions.
 
     .venv/bin/python benchmarks/pipeline_step.py --quick       # 8/32 x 64/128, the README's table
+    /tmp/emvenv/bin/python benchmarks/pipeline_step.py --quick # the same with electricmayhem timed too
+                                                               # (bash benchmarks/install_electricmayhem.sh)
     .venv/bin/python benchmarks/pipeline_step.py               # 8/32/128 x 64/128/256
     .venv/bin/python benchmarks/pipeline_step.py --allocator compare   # glibc tuning on vs off
     .venv/bin/python benchmarks/pipeline_step.py --device cuda  # plus the largest batch per path
