@@ -11,7 +11,9 @@ The workload, as an electricmayhem user writes it (``electricmayhem/whitebox/REA
   ``scale=(0.75, 1.25)``;
 * ``KorniaAugmentationPipeline({"ColorJiggle": ..., "RandomAffine": ...})`` with the same arguments as
   the Kornia config of the other paths;
-* the victim, which ``Pipeline`` wraps in a ``ModelWrapper``; ``set_loss`` with the untargeted
+* the victim (the benchmark's shared instance, frozen and in eval mode for every path: electricmayhem
+  does not freeze it itself, so a user's unfrozen victim would also cost it the weights' gradients),
+  which ``Pipeline`` wraps in a ``ModelWrapper``; ``set_loss`` with the untargeted
   cross-entropy to each scene's class; ``initialize_patch_params`` with the same starting patch;
 * one step = what ``Pipeline.train_patch`` does per step minus logging: ``patch_params(batch)``,
   pipeline forward, the loss terms' weighted means, backward, Adam step, ``zero_grad``, clamp to [0, 1].

@@ -127,7 +127,8 @@ class Cell:
     def __init__(self, victim: str, batch: int, size: int, paths: list[str], device: torch.device, tmp: Path):
         self.device = device
         bank = make_bank(tmp / f"scenes_{size}.pt", size)
-        self.model = VICTIMS[victim]().to(device)
+        # frozen for every path (pandemonium's model stage freezes it too): no path pays for weight gradients
+        self.model = VICTIMS[victim]().to(device).requires_grad_(False).eval()
         side = max(2, size // 4)
         self.patch = torch.rand(1, 3, side, side, device=device, requires_grad=True)
         start = self.patch.detach().clone()  # electricmayhem optimises its own copy
