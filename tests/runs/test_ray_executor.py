@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,29 @@ def test_a_worker_runs_torch_on_the_cpus_its_task_holds():
     # the same worker pool serves both: a worker that ran a 1-CPU task must not keep one thread for 2 CPUs
     for cpus in (1, 2, 1):
         assert ray.get(remote.options(num_cpus=cpus).remote()) == (cpus, cpus)
+
+
+def _record_fits(run_dir: str, owners: list[str], start: float) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from pandemonium.modes.steps.fit import fit_dir
+    from pandemonium.runs.file_manager import FileManager
+
+    path = Path(run_dir)
+    ctx = SimpleNamespace(run_dir=path, fm=FileManager(proj_path=path.parent.parent, run_path=path, reuse={}))
+    time.sleep(max(0.0, start - time.time()))  # both workers write at the same time
+    for owner in owners:
+        fit_dir(ctx, owner)
+
+
+def test_fits_in_parallel_workers_all_land_in_the_fit_record(tmp_path):
+    run_dir = tmp_path / "p" / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    remote = ray.remote(_record_fits)
+    # two workers at once, each adding its fits: a read-modify-write without a lock loses some entries
+    owners = [[f"w{w}_t{i}" for i in range(100)] for w in range(2)]
+    start = time.time() + 3
+    ray.get([remote.options(num_cpus=1).remote(str(run_dir), names, start) for names in owners])
+    fits = json.loads((run_dir / "attack_fits.json").read_text())
+    assert sorted(fits) == sorted(sum(owners, []))

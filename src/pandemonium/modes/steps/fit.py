@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from omegaconf import OmegaConf
 
 from pandemonium.attack.multitask import MultiTaskLoss, MultiTaskPipeline
@@ -66,14 +68,19 @@ def fit_dir(ctx: ModeContext, owner: str) -> Path:
     """The trainer's folder for one fit (checkpoints, eval tables, TensorBoard). Recorded in the run
     directory so that ``continue`` resumes an interrupted fit from its last checkpoint."""
     record = ctx.run_dir / "attack_fits.json"
-    fits = json.loads(record.read_text()) if record.exists() else {}
-    if owner in fits:
-        return Path(fits[owner])
-    marker = ctx.fm.construct_saving_path(obj=None, key="patch_checkpoints", task_name=owner, file_name="fit.txt")
-    marker.write_text(f"patch fit of {owner}, run {ctx.run_dir}\n")
-    folder = marker.with_suffix("")
-    fits[owner] = str(folder)
-    record.write_text(json.dumps(fits, indent=1))
+    # fits running in parallel (executor=ray) update the record one at a time and replace it whole,
+    # so none loses another's entry
+    with FileLock(str(record) + ".lock"):
+        fits = json.loads(record.read_text()) if record.exists() else {}
+        if owner in fits:
+            return Path(fits[owner])
+        marker = ctx.fm.construct_saving_path(obj=None, key="patch_checkpoints", task_name=owner, file_name="fit.txt")
+        marker.write_text(f"patch fit of {owner}, run {ctx.run_dir}\n")
+        folder = marker.with_suffix("")
+        fits[owner] = str(folder)
+        partial = record.with_name(record.name + ".partial")
+        partial.write_text(json.dumps(fits, indent=1))
+        os.replace(partial, record)
     return folder
 
 
