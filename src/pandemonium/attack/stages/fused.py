@@ -49,6 +49,7 @@ from pandemonium.attack.stages.implant import RectangleImplanter
 from pandemonium.attack.stages.implant_args import MaskSpec
 from pandemonium.attack.stages.implant_args import checked_range as _range
 from pandemonium.attack.stages.registry import register_stage
+from pandemonium.attack.stages.window_composite import apply_colour_matrix
 
 __all__ = ["FusedImplantAugment", "adjust_photometric", "colour_matrix", "apply_colour_matrix", "colour_constants"]
 
@@ -80,13 +81,6 @@ def colour_constants(channels: int, dtype: torch.dtype, device: torch.device) ->
     with torch.inference_mode(False):
         eye = torch.eye(channels, dtype=dtype, device=device)
         return eye, torch.tensor([[0.299, 0.587, 0.114]], dtype=dtype, device=device)
-
-
-def apply_colour_matrix(images: Tensor, matrix: Tensor, offset: Tensor) -> Tensor:
-    """``M v + beta`` for every pixel ``v`` of ``images`` ``(B, C, H, W)`` (one batched matmul)."""
-    b, c, h, w = images.shape
-    out = torch.baddbmm(offset.to(images.dtype).unsqueeze(-1), matrix.to(images.dtype), images.reshape(b, c, h * w))
-    return out.view(b, c, h, w)
 
 
 def adjust_photometric(
@@ -296,7 +290,8 @@ class FusedImplantAugment(RectangleImplanter):
             out = torch.where(blur_on.view(-1, 1, 1, 1), blurred, out)
         if noise is not None:
             out = out + scene["noise_std"].view(-1, 1, 1, 1).to(dtype) * noise
-        return out.clamp(0.0, 1.0)
+        # without a gradient (the background) the fresh tensor is clamped in place: one full-image copy fewer
+        return out.clamp(0.0, 1.0) if out.requires_grad else out.clamp_(0.0, 1.0)
 
     def _noise(self, images: Tensor, scene: Mapping[str, Tensor]) -> Tensor | None:
         """Each row's noise field from that row's own seed, so it does not depend on the batch."""
@@ -331,6 +326,12 @@ class FusedImplantAugment(RectangleImplanter):
         colour = self._colour(scene, images.shape[1], images.dtype)
         with torch.no_grad():  # the background carries no gradient: only the windows around patches do
             background = self._photometric(images, scene, noise, colour)
+        if self.blur_sigma is None and self._single_patch_step(patches, control):
+            std = scene["noise_std"].to(images.dtype) if noise is not None else None
+            out, origin, coverage, boxes = self._composite_one(
+                patches, index, images, params, background, post=colour, noise=noise, noise_std=std
+            )
+            return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
         windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
         if control:
             out = background

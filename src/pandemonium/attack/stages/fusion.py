@@ -284,7 +284,8 @@ class FusedImplantWarp(RectangleImplanter):
         self, images: Tensor, scene: Mapping[str, Tensor], colour: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
         matrix, offset = colour if colour is not None else self._colour_matrix(scene, images.shape[1], images.dtype)
-        return apply_colour_matrix(images, matrix.to(images.device), offset.to(images.device)).clamp(0.0, 1.0)
+        out = apply_colour_matrix(images, matrix.to(images.device), offset.to(images.device))
+        return out.clamp(0.0, 1.0) if out.requires_grad else out.clamp_(0.0, 1.0)  # in place: a fresh tensor
 
     # ------------------------------------------------------------ apply
     def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
@@ -299,7 +300,8 @@ class FusedImplantWarp(RectangleImplanter):
         if before:
             with torch.no_grad():
                 images = self._recolour(images, scene, colour)
-            patches = {k: self._recolour(p, scene, colour) for k, p in patches.items()}
+            if not self._single_patch_step(patches, control):  # else recoloured inside _composite_one
+                patches = {k: self._recolour(p, scene, colour) for k, p in patches.items()}
         if self.affine is not None:
             forward, inverse = self._affine(scene, hw)
             with torch.no_grad():  # the scene carries no gradient: warp it once
@@ -308,13 +310,19 @@ class FusedImplantWarp(RectangleImplanter):
                 grid = window_grid(inverse.to(images.device, images.dtype), origin, hw, hw, True)
                 images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             self.__dict__["_forward_affine"] = (forward, inverse)
-        try:
-            windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
-        finally:
-            self.__dict__.pop("_forward_affine", None)
         after = self.colour is not None and not before
         with torch.no_grad():
             background = self._recolour(images, scene, colour) if after else images
+        try:
+            if self._single_patch_step(patches, control):  # one autograd node from the patch to the image
+                out, origin, coverage, boxes = self._composite_one(
+                    patches, index, images, params, background, pre=colour if before else None,
+                    post=colour if after else None,
+                )
+                return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
+            windows, origin, size, coverage, boxes = self._composite_windows(patches, index, images, params, control)
+        finally:
+            self.__dict__.pop("_forward_affine", None)
         if control:
             out = background
         else:

@@ -39,8 +39,11 @@ from pandemonium.attack.stages.geometry import (
     patch_windows,
     region_mean,
     warp_patch,
+    window_grid,
 )
 from pandemonium.attack.stages.implant_args import MaskSpec, checked_range, circle_alpha, load_alpha_mask
+from pandemonium.attack.stages.window_composite import composite_window
+from pandemonium.attack.stages.windows import window_index
 
 logger = logging.getLogger(__name__)
 
@@ -225,13 +228,11 @@ class ImplanterBase(PipelineBase):
         skips checking it, a host sync per step); ``None``: unknown, checked per step."""
         return None
 
-    def _composite_windows(
-        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
-        control: bool,
-    ) -> tuple[Tensor, Tensor, tuple[int, int], Tensor, dict[str | None, Tensor]]:
-        """Implant every patch into a per-sample window around it (or the whole image when
-        ``use_windows`` is off). Returns the composited windows, their origins and size, the coverage
-        windows and the patch boxes. Under ``control`` the windows hold the bare scene."""
+    def _place_windows(
+        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor]
+    ) -> tuple[dict[str | None, tuple[Tensor, Tensor]], Tensor, tuple[int, int]]:
+        """Each patch's ``(h_img2patch`` on the patch's device, box on the CPU``)`` and the windows that hold
+        them all: origins ``(B, 2)`` on the images' device and the common size ``(h, w)``."""
         height, width = images.shape[-2:]
         placed: dict[str | None, tuple[Tensor, Tensor]] = {}
         bleed = 0.0
@@ -251,6 +252,16 @@ class ImplanterBase(PipelineBase):
         else:
             origin = torch.zeros(images.shape[0], 2, dtype=torch.long, device=images.device)
             size = (height, width)
+        return placed, origin, size
+
+    def _composite_windows(
+        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
+        control: bool,
+    ) -> tuple[Tensor, Tensor, tuple[int, int], Tensor, dict[str | None, Tensor]]:
+        """Implant every patch into a per-sample window around it (or the whole image when
+        ``use_windows`` is off). Returns the composited windows, their origins and size, the coverage
+        windows and the patch boxes. Under ``control`` the windows hold the bare scene."""
+        placed, origin, size = self._place_windows(patches, index, images, params)
         scene = crop_windows(images, origin, size)
         out = scene
         coverage_total = torch.zeros_like(scene[:, :1]) if len(patches) > 1 else None
@@ -273,13 +284,51 @@ class ImplanterBase(PipelineBase):
             out = composite(out, premultiplied, coverage, gain)
         return out, origin, size, coverage_total, {k: b.to(images.device) for k, (_, b) in placed.items()}
 
+    def _single_patch_step(self, patches: Mapping[str | None, Tensor], control: bool) -> bool:
+        """Whether :meth:`_composite_one` can run this step: one patch, with the patch, no brightness match."""
+        return len(patches) == 1 and not control and not self.match_brightness
+
+    def _composite_one(
+        self, patches: Mapping[str | None, Tensor], index: Tensor, images: Tensor, params: Mapping[str, Tensor],
+        background: Tensor, pre: tuple[Tensor, Tensor] | None = None, post: tuple[Tensor, Tensor] | None = None,
+        noise: Tensor | None = None, noise_std: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str | None, Tensor]]:
+        """The one-patch step as a single autograd node (:func:`composite_window`): the image, the window
+        origins, the coverage windows and the patch box; the same values as :meth:`_composite_windows`
+        followed by ``pre`` / ``post`` colour, ``noise_std * noise`` and the paste into ``background``."""
+        (key, patch), = patches.items()
+        placed, origin, size = self._place_windows(patches, index, images, params)
+        h_img2patch, box = placed[key]
+        b, c, ph, pw = patch.shape
+        grid = window_grid(h_img2patch.to(patch.dtype), origin, size, (ph, pw), self._affine_placement())
+        alpha = self._alpha_for(patch)
+        if alpha is not None:
+            alpha = alpha.reshape(-1, 1, ph, pw).to(patch.dtype).expand(b, 1, ph, pw)
+        height, width = images.shape[-2:]
+        index_flat = window_index(origin, size, width, c) if tuple(size) != (height, width) else None
+        scene = crop_windows(images, origin, size)
+        added = noise_std.view(-1, 1, 1, 1) * crop_windows(noise, origin, size) if noise is not None else None
+        out, coverage = composite_window(patch, alpha, grid, scene, background, index_flat, pre, post, added)
+        return out, origin, coverage, {key: box.to(images.device)}
+
     def _attach_targets(self, targets, origin, coverage, boxes, images) -> dict[str, Any]:
         targets["patch_boxes"] = boxes[None] if None in boxes else boxes
-        targets["patch_mask"] = paste_windows(torch.zeros_like(images[:, :1]), origin, coverage)
+        b, _, height, width = images.shape
+        if tuple(coverage.shape[-2:]) == (height, width):
+            targets["patch_mask"] = coverage
+        else:  # the coverage carries no gradient: paste it in place into a fresh mask
+            mask = torch.zeros_like(images[:, :1])
+            index = window_index(origin, (coverage.shape[-2], coverage.shape[-1]), width, 1)
+            mask.view(b, 1, -1).scatter_(2, index, coverage.reshape(b, 1, -1))
+            targets["patch_mask"] = mask
         return targets
 
     def apply(self, x, params, control: bool = False, evaluate: bool = False, **kwargs):
         patches, index, images, targets = self._scenes(x, params)
+        if self._single_patch_step(patches, control):
+            # the drawn scenes are this step's own copy: the window is pasted into them in place
+            out, origin, coverage, boxes = self._composite_one(patches, index, images, params, images)
+            return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}
         windows, origin, _, coverage, boxes = self._composite_windows(patches, index, images, params, control)
         out = images if control else paste_windows(images, origin, windows)
         return out, {"targets": self._attach_targets(targets, origin, coverage, boxes, images), "patch": x}

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["patch_windows", "crop_windows", "paste_windows"]
+__all__ = ["patch_windows", "crop_windows", "paste_windows", "window_index"]
 
 
 # constants built once per shape/device (read-only; outside inference mode, so autograd may save them)
@@ -70,9 +70,11 @@ def _box_limits(height: int, width: int, dtype: torch.dtype, device: torch.devic
 _INDEX_CACHE: dict[tuple, tuple[Tensor, int, Tensor]] = {}
 
 
-def _window_index(origin: Tensor, size: tuple[int, int], width: int, channels: int) -> Tensor:
-    # flat pixel index (B, C, h*w) of every window pixel: gather/scatter on contiguous (B, C, H*W)
-    # views are much cheaper than advanced indexing with a channel slice
+def window_index(origin: Tensor, size: tuple[int, int], width: int, channels: int) -> Tensor:
+    """Flat pixel index ``(B, C, h*w)`` of every pixel of the windows at ``origin`` in rows of ``width``
+    pixels: what :func:`crop_windows` gathers and :func:`paste_windows` scatters (built once per step)."""
+    # gather/scatter on contiguous (B, C, H*W) views are much cheaper than advanced indexing with a
+    # channel slice
     key = (id(origin), tuple(size), width, origin.device)
     hit = _INDEX_CACHE.get(key)
     if hit is not None and hit[0] is origin and hit[1] == origin._version:
@@ -91,7 +93,7 @@ def crop_windows(images: Tensor, origin: Tensor, size: tuple[int, int]) -> Tenso
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     b, c, _, width = images.shape
-    index = _window_index(origin.to(images.device), size, width, c)
+    index = window_index(origin.to(images.device), size, width, c)
     return images.reshape(b, c, -1).gather(2, index).view(b, c, *size)
 
 
@@ -100,6 +102,6 @@ def paste_windows(images: Tensor, origin: Tensor, windows: Tensor) -> Tensor:
     if tuple(images.shape[-2:]) == tuple(windows.shape[-2:]):
         return windows
     b, c, height, width = images.shape
-    index = _window_index(origin.to(images.device), (windows.shape[-2], windows.shape[-1]), width, c)
+    index = window_index(origin.to(images.device), (windows.shape[-2], windows.shape[-1]), width, c)
     out = images.reshape(b, c, -1).scatter(2, index, windows.reshape(b, c, -1))
     return out.view(b, c, height, width)
