@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
@@ -44,7 +45,7 @@ from pandemonium.attack.stages.geometry import (
     rotation_shear_scale_matrix,
     unit_quad,
 )
-from pandemonium.attack.stages.host_geometry import posed_box_placement
+from pandemonium.attack.stages.host_geometry import host_arrays, posed_box_placement
 from pandemonium.attack.stages.implant import RectangleImplanter
 from pandemonium.attack.stages.implant_args import MaskSpec
 from pandemonium.attack.stages.implant_args import checked_range as _range
@@ -65,13 +66,21 @@ def colour_matrix(
     """
     b = brightness.shape[0]
     eye, luma = colour_constants(channels, brightness.dtype, brightness.device)
-    c = contrast.view(-1, 1, 1)
+    values = [brightness, contrast] + ([saturation] if saturation is not None else [])
+    host = host_arrays(eye, luma, *values) if len({v.dtype for v in values}) == 1 else None
+    if host is not None:  # the same steps in NumPy, bit for bit
+        eye, luma, brightness, contrast, *rest = host
+        saturation = rest[0] if rest else None
+    c = contrast.reshape(-1, 1, 1)
     if saturation is not None and channels == 3:
-        s = saturation.view(-1, 1, 1)
+        s = saturation.reshape(-1, 1, 1)
         matrix = c * (s * eye + (1 - s) * luma)
     else:
         matrix = c * eye
-    return matrix, (contrast * brightness).view(-1, 1).expand(b, channels)
+    offset = (contrast * brightness).reshape(-1, 1)
+    if host is not None:
+        return torch.from_numpy(matrix), torch.from_numpy(np.repeat(offset, channels, axis=1))
+    return matrix, offset.expand(b, channels)
 
 
 @lru_cache(maxsize=16)

@@ -21,7 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["posed_box_placement"]
+__all__ = ["host_arrays", "posed_box_placement"]
+
+
+def host_arrays(*values: Tensor) -> list[np.ndarray] | None:
+    """NumPy views of ``values`` when all are CPU tensors without gradient (else ``None``): per-step maths on
+    ``(B,)``-sized values then costs about a microsecond per step instead of a dispatched op. Elementwise
+    float steps give the same bits in NumPy as in torch (both round each IEEE operation once)."""
+    if all(v.device.type == "cpu" and not v.requires_grad for v in values):
+        return [v.numpy() for v in values]
+    return None
 
 
 def _host(*values: Tensor) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,6 +47,8 @@ def patch_windows(
     """
     height, width = image_hw
     box = boxes.detach()
+    if box.device.type == "cpu" and not boxes.requires_grad:  # the usual case: NumPy, bit-identical
+        return _patch_windows_host(box.numpy(), height, width, margin, multiple)
     zero, limit = _box_limits(height, width, box.dtype, box.device)
     box = torch.clamp(box, zero, limit)
     low, high = box[:, :2].floor(), box[:, 2:].ceil()  # (B, 2) x, y each
@@ -55,6 +58,20 @@ def patch_windows(
     win_h = min(height, int(math.ceil((extent[1] + 2 * margin) / multiple) * multiple))
     top = box.new_tensor([width - win_w, height - win_h])
     return torch.minimum((low - margin).clamp_min(0), top).long(), (win_h, win_w)
+
+
+def _patch_windows_host(
+    box: np.ndarray, height: int, width: int, margin: int, multiple: int
+) -> tuple[Tensor, tuple[int, int]]:
+    limit = np.array([width, height, width, height], dtype=box.dtype)
+    box = np.minimum(np.maximum(box, np.zeros((), box.dtype)), limit)
+    low, high = np.floor(box[:, :2]), np.ceil(box[:, 2:])
+    extent = (high - low).max(0).tolist() if box.shape[0] else [0.0, 0.0]
+    win_w = min(width, int(math.ceil((extent[0] + 2 * margin) / multiple) * multiple))
+    win_h = min(height, int(math.ceil((extent[1] + 2 * margin) / multiple) * multiple))
+    top = np.array([width - win_w, height - win_h], dtype=box.dtype)
+    origin = np.minimum(np.maximum(low - margin, np.zeros((), box.dtype)), top).astype(np.int64)
+    return torch.from_numpy(origin), (win_h, win_w)
 
 
 @lru_cache(maxsize=32)
