@@ -69,6 +69,9 @@ def run_step_in_worker(cfg: dict[str, Any], snapshot: dict[str, Any], step: dict
                        run_dir: str) -> StepOutcome | StepFailure:
     """The body of a Ray task: one step, its exception turned into a :class:`StepFailure` (plain data,
     so an exception class the driver cannot unpickle never hides the real error)."""
+    from pandemonium.allocator import tune_allocator
+
+    tune_allocator()  # what the CLI does for the driver: a worker runs the same patch fits
     match_threads_to_cpus()
     try:
         return execute_step_isolated(cfg, snapshot, step, run_dir)
