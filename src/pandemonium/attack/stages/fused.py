@@ -110,6 +110,16 @@ def adjust_photometric(
     return apply_colour_matrix(images, matrix, offset)
 
 
+def _as_float(mask: Any, like: Any) -> Any:
+    """A boolean NumPy array or tensor as 0/1 in ``like``'s dtype."""
+    return mask.astype(like.dtype) if isinstance(mask, np.ndarray) else mask.to(like.dtype)
+
+
+def _tensors(values: dict[str, Any]) -> dict[str, Tensor]:
+    """Host-computed draws (NumPy) as CPU tensors; tensors as they are."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in values.items()}
+
+
 @register_stage
 class FusedImplantAugment(RectangleImplanter):
     """Rectangle implant + affine/perspective jitter of the patch in one resampling, then cheap RGB ops.
@@ -225,26 +235,34 @@ class FusedImplantAugment(RectangleImplanter):
         """One ``(batch, k)`` uniform draw scaled to the ``k`` ranges of ``which``: a few ops per step."""
         low, width = getattr(self, f"{which}_low").to(device), getattr(self, f"{which}_width").to(device)
         drawn = self.uniform(0.0, 1.0, (batch, low.shape[0]), device)
+        host = host_arrays(low, width, drawn)
+        if host is not None:  # CPU: the scaling and gating below run in NumPy (the same bits, no ops)
+            low, width, drawn = host
+            return list(np.ascontiguousarray((low + width * drawn).T))
         return list((low + width * drawn).unbind(1))
 
     def _sample_placement(self, batch, device):
         scale, ox, oy, on, angle, shear, zoom, sx, sy, *corners = self._draw(batch, device, "placement")
-        geo = (on < self.p_geometric).to(scale.dtype)  # 1: jittered; 0: the identity pose
-        return {
+        geo = _as_float(on < self.p_geometric, scale)  # 1: jittered; 0: the identity pose
+        stack = np.stack if isinstance(scale, np.ndarray) else torch.stack
+        return _tensors({
             "scale": scale, "offset_x": ox, "offset_y": oy,
             "angle": angle * geo, "shear": shear * geo, "zoom": 1 + (zoom - 1) * geo,
             "shift_x": sx * geo, "shift_y": sy * geo,
-            "corners": torch.stack(corners, -1).view(batch, 4, 2) * geo.view(-1, 1, 1),
-        }
+            "corners": stack(corners, -1).reshape(batch, 4, 2) * geo.reshape(-1, 1, 1),
+        })
 
     def _sample_scene(self, batch, device):
         on, blur, b, c, s, noise, sig = self._draw(batch, device, "scene")
-        color = (on < self.p_color).to(b.dtype)
-        blur_on = (blur < self.blur_p).to(b.dtype) * color
+        color = _as_float(on < self.p_color, b)
+        blur_on = _as_float(blur < self.blur_p, b) * color
         seed = self.randint(0, SEED_HIGH, (batch,), device)  # one per row: a row re-renders alone
         return {
-            "brightness": b * color, "contrast": 1 + (c - 1) * color, "saturation": 1 + (s - 1) * color,
-            "noise_std": noise * color, "blur_sigma": sig * blur_on, "noise_seed": seed,
+            **_tensors({
+                "brightness": b * color, "contrast": 1 + (c - 1) * color, "saturation": 1 + (s - 1) * color,
+                "noise_std": noise * color, "blur_sigma": sig * blur_on,
+            }),
+            "noise_seed": seed,
         }
 
     # ------------------------------------------------------------ geometry

@@ -169,6 +169,12 @@ class FusedImplantWarp(RectangleImplanter):
         # handful of ops per step, not dozens
         low = self.scene_low
         u = self.uniform(0.0, 1.0, (batch, low.shape[0]), low.device)
+        table = (low, self.scene_width, self.scene_gate_column, self.scene_gate_p, self.scene_identity, self.scene_source)
+        host = host_arrays(u, *table) if torch.device(device).type == "cpu" else None
+        if host is not None:  # CPU: the same steps in NumPy (same bits, no ops)
+            u, low, width, gate_column, gate_p, identity, source = host
+            values = np.where(u[:, gate_column] < gate_p, low + width * u, identity)[:, source]
+            return dict(zip(self.scene_names, (torch.from_numpy(v) for v in np.ascontiguousarray(values.T))))
         # a column keeps its draw where its op's gate (a uniform of its own "_on" column) is below the
         # op's p, else the identity; brightness_first is 1 (constant draw) where its own uniform < 0.5
         drawn = low + self.scene_width * u

@@ -24,6 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -240,11 +241,13 @@ class ImplanterBase(PipelineBase):
             values = _on_host(self._placement_values(params, key))
             h_img2patch, box = self._placement(values, index, (patch.shape[-2], patch.shape[-1]))
             placed[key] = (h_img2patch.to(patch.device), box.cpu())
-            size = (box[:, 2:] - box[:, :2]).detach()
-            bleed = max(bleed, float((size / size.new_tensor([patch.shape[-1], patch.shape[-2]])).max()))
+            # (B, 4) values on the host: NumPy, the same float steps as in torch
+            bx = placed[key][1].detach().numpy()
+            size = bx[:, 2:] - bx[:, :2]
+            bleed = max(bleed, float((size / np.array([patch.shape[-1], patch.shape[-2]], size.dtype)).max()))
         if self.use_windows:
-            boxes = torch.stack([b for _, b in placed.values()], 0)
-            union = torch.cat([boxes[..., :2].amin(0), boxes[..., 2:].amax(0)], -1)
+            boxes = np.stack([b.detach().numpy() for _, b in placed.values()], 0)
+            union = torch.from_numpy(np.concatenate([boxes[..., :2].min(0), boxes[..., 2:].max(0)], -1))
             # bilinear edges reach half a patch pixel beyond the box: keep them inside the window
             margin = int(math.ceil(bleed)) + 2 + self._window_margin()
             origin, size = patch_windows(union, (height, width), margin)
