@@ -61,17 +61,3 @@ def test_host_size_check_still_names_the_patch():
     with pytest.raises(StageError, match="scaled patch of 70.0x1.0"):
         size_and_offset("S", torch.tensor([70.0, 2.0]), one, one, one, (48, 64), "scaled patch")
 
-
-def test_window_grid_host_equals_torch():
-    from pandemonium.attack.stages.geometry import window_grid
-    from pandemonium.attack.stages.host_geometry import posed_box_placement
-
-    n = 64
-    boxes = size_and_offset("S", _values(n, 8.0, 20.0, 0), _values(n, 8.0, 20.0, 1), _values(n, 0, 1, 2),
-                            _values(n, 0, 1, 3), (64, 64), "patch")
-    h, _ = posed_box_placement(boxes, _values(n, -20, 20, 4), _values(n, 0.9, 1.1, 5), _values(n, -5, 5, 6),
-                               _values(n, -0.1, 0.1, 7), _values(n, -0.1, 0.1, 8), (16, 16))
-    origin, size = patch_windows(boxes, (64, 64), 4)
-    host = window_grid(h, origin, size, (16, 16), True)
-    graded = window_grid(_graded(h), origin, size, (16, 16), True)
-    assert graded.requires_grad and torch.equal(host, graded.detach())

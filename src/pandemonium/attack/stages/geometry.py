@@ -202,34 +202,16 @@ def window_grid(
     dtype, device = h_img2src.dtype, h_img2src.device
     m = _normalise_source(h_img2src, source_hw)
     b = m.shape[0]
-    is_affine_ = affine or (affine is None and is_affine(m))
-    if is_affine_ and device.type == "cpu" and not m.requires_grad and b * height * width <= _HOST_GRID_PIXELS:
-        return _window_grid_host(m, origin, height, width)
     origin = origin.to(device=device, dtype=dtype).view(b, 1, 1, 2)
     xs = _pixel_centres(width, dtype, device).view(1, 1, width, 1) + origin[..., :1]
     ys = _pixel_centres(height, dtype, device).view(1, height, 1, 1) + origin[..., 1:]
     # both grid coordinates at once, broadcast to (B, H, W, 2): a*x + b*y + c per pixel, elementwise
     rows = m[:, :2].unsqueeze(1).unsqueeze(1)  # (B, 1, 1, 2, 3)
     grid = rows[..., 0] * xs + rows[..., 1] * ys + rows[..., 2]
-    if is_affine_:
+    if affine or (affine is None and is_affine(m)):
         return grid  # affine: w == 1 everywhere
     den = (m[:, 2, 0].view(b, 1, 1, 1) * xs + m[:, 2, 1].view(b, 1, 1, 1) * ys + m[:, 2, 2].view(b, 1, 1, 1))
     return torch.where(den > 1e-8, grid / den.clamp_min(1e-8), torch.full_like(den, 2.0))
-
-
-# a window grid up to this many pixels (a patch window) is computed in NumPy on the host: its dozen steps
-# then cost microseconds instead of a dispatched op each; larger ones (a whole-image warp) run in torch
-_HOST_GRID_PIXELS = 1 << 16
-
-
-def _window_grid_host(m: Tensor, origin: Tensor, height: int, width: int) -> Tensor:
-    # window_grid's affine steps on the same float values, elementwise, in the same order: the same bits
-    mn = m.numpy()
-    o = origin.detach().cpu().numpy().astype(mn.dtype).reshape(-1, 1, 1, 2)
-    xs = _pixel_centres(width, m.dtype, m.device).numpy().reshape(1, 1, width, 1) + o[..., :1]
-    ys = _pixel_centres(height, m.dtype, m.device).numpy().reshape(1, height, 1, 1) + o[..., 1:]
-    rows = mn[:, :2][:, None, None]  # (B, 1, 1, 2, 3)
-    return torch.from_numpy(rows[..., 0] * xs + rows[..., 1] * ys + rows[..., 2])
 
 
 def warp_homography(
