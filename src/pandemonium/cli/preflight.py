@@ -95,8 +95,11 @@ def check_names(parsed: list[Any], dirs: Sequence[Path]) -> None:
             continue
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.value()]
         for value in values:
-            if isinstance(value, (str, list)) or value is None:
-                schema.check_group_choice(dirs, ov.key_or_group, value)
+            if not isinstance(value, (str, list)) and value is not None:
+                # `trainer=true` / `model=1`: Hydra reads a bool or a number, which no group option is;
+                # judged by the text typed, so the message shows what the user wrote
+                value = schema.typed_group_choice(dirs, ov.key_or_group, ov.input_line.split("=", 1)[1])
+            schema.check_group_choice(dirs, ov.key_or_group, value)
 
 
 def check_added(parsed: list[Any], lines: Sequence[str], dirs: Sequence[Path]) -> None:

@@ -239,6 +239,16 @@ def check_group_choice(dirs: Sequence[Path], group: str, value: Any) -> None:
                               f"{_suggest(str(choice), options)}")
 
 
+def typed_group_choice(dirs: Sequence[Path], group: str, text: str) -> str:
+    """The option text of ``group=<text>`` that Hydra parsed as a bool or a number; when it names an
+    option, ConfigError asking for quotes (Hydra only takes a string as a group option)."""
+    options = group_options(dirs, group)
+    if options is not None and text in options:
+        raise ConfigError(f"{group}={text}: Hydra reads {text!r} as a {'bool' if text.lower() in ('true', 'false') else 'number'}; "
+                          f"quote the option to select it: {group}='{text}'")
+    return text
+
+
 def is_open(path: str, cfg: Mapping[str, Any]) -> bool:
     """True when keys may be added below ``path`` (listed in OPEN_PATHS or kwargs of a ``_target_``)."""
     if any(path == p or path.startswith(p + ".") for p in OPEN_PATHS):
