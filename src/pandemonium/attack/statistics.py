@@ -46,6 +46,7 @@ __all__ = [
     "newcombe_interval",
     "paired_difference",
     "rate_interval",
+    "scene_bootstrap",
     "standard_error",
     "summarize",
     "warn_if_repeated_scenes",
@@ -163,6 +164,14 @@ def _bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n_scenes: int, con
             random_state=np.random.default_rng(seed),
         )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def scene_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n_scenes: int,
+                    confidence: float = CONFIDENCE_LEVEL, n_resamples: int = N_RESAMPLES,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of any statistic of resampled scenes: ``statistic`` maps scene-index
+    resamples ``(..., n_scenes)`` to one value each (vectorised); ``(nan, nan)`` below 2 scenes."""
+    return _bootstrap(statistic, n_scenes, confidence, n_resamples, seed)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -129,9 +129,14 @@ class ReportBuilder:
             metrics = {metric: summary.get("rate"), f"{metric} CI low": summary.get("rate_ci_low"),
                        f"{metric} CI high": summary.get("rate_ci_high"),
                        "patch area / image area": summary.get("patch_area_fraction")}
-            if "map50" in summary:  # a corpus-level figure: shown without an interval, and said so
-                metrics["mAP@0.5 with patch (no interval)"] = summary["map50"]
-                metrics["mAP@0.5 without patch (no interval)"] = summary.get("map50_control")
+            if "map50" in summary:  # corpus-level; its interval resamples scenes like every rate's
+                for key, label in (("map50", "mAP@0.5 with patch"), ("map50_control", "mAP@0.5 without patch"),
+                                   ("map50_diff_vs_control", "mAP@0.5 with - without patch")):
+                    if key in summary:
+                        metrics[label] = summary[key]
+                        if f"{key}_ci_low" in summary:
+                            metrics[f"{label} CI low"] = summary[f"{key}_ci_low"]
+                            metrics[f"{label} CI high"] = summary[f"{key}_ci_high"]
             # an undefined rate (nothing to attack, e.g. a detector that finds nothing) shows as nan
             metrics = {k: as_float(v) for k, v in metrics.items()}
         patch_note = f"patch of run {payload['run_dir']}" if payload.get("run_dir") else ""
