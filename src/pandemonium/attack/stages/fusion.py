@@ -170,7 +170,7 @@ class FusedImplantWarp(RectangleImplanter):
         low = self.scene_low
         u = self.uniform(0.0, 1.0, (batch, low.shape[0]), low.device)
         table = (low, self.scene_width, self.scene_gate_column, self.scene_gate_p, self.scene_identity, self.scene_source)
-        host = host_arrays(u, *table) if torch.device(device).type == "cpu" else None
+        host = host_arrays(u, *table)
         if host is not None:  # CPU: the same steps in NumPy (same bits, no ops)
             u, low, width, gate_column, gate_p, identity, source = host
             values = np.where(u[:, gate_column] < gate_p, low + width * u, identity)[:, source]

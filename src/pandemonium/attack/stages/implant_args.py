@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from pandemonium.attack.stages.contract import StageError
+from pandemonium.attack.stages.host_geometry import host_arrays
 
 __all__ = ["MaskSpec", "Range", "checked_range", "circle_alpha", "load_alpha_mask", "size_and_offset"]
 
@@ -71,16 +72,12 @@ def size_and_offset(
     the image; refuses a patch larger than the image, naming ``what`` and its size."""
     height, width = image_hw
     values = (size_w, size_h, offset_x, offset_y)
-    if all(v.device.type == "cpu" and not v.requires_grad and v.dtype == size_w.dtype for v in values):
-        # the same elementwise steps in NumPy (bit-identical, about a microsecond each instead of an op)
-        size_w, size_h, offset_x, offset_y = (v.numpy() for v in values)
-        too_big = (size_w > width + 1e-4) | (size_h > height + 1e-4)
-        if too_big.any():
-            size_w, size_h = torch.from_numpy(size_w), torch.from_numpy(size_h)
-        else:
-            x0 = offset_x * (width - size_w)
-            y0 = offset_y * (height - size_h)
-            return torch.from_numpy(np.stack([x0, y0, x0 + size_w, y0 + size_h], axis=-1))
+    host = host_arrays(*values) if len({v.dtype for v in values}) == 1 else None
+    if host is not None:  # the same elementwise steps in NumPy (bit-identical, no dispatched ops)
+        w, h, ox, oy = host
+        if not ((w > width + 1e-4) | (h > height + 1e-4)).any():  # else the tensor path names the culprit
+            x0, y0 = ox * (width - w), oy * (height - h)
+            return torch.from_numpy(np.stack([x0, y0, x0 + w, y0 + h], axis=-1))
     too_big = (size_w > width + 1e-4) | (size_h > height + 1e-4)
     if bool(too_big.any()):
         i = int(too_big.nonzero()[0])
