@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -247,17 +248,13 @@ class RayExecutor(Executor):
             raise _failed(scheduler, failures)
 
 
-_REMOTE: list[Any] = []
-
-
+@functools.cache
 def _remote_step() -> Any:
     """``run_step_in_worker`` as a Ray remote function, made once per process (Ray exports a new
     remote function to the cluster each time one is made)."""
     import ray
 
-    if not _REMOTE:
-        _REMOTE.append(ray.remote(run_step_in_worker))
-    return _REMOTE[0]
+    return ray.remote(run_step_in_worker)
 
 
 def _failed(scheduler: AbstractBaseScheduler, failures: list[tuple[Step, str, str, int]]) -> StepFailedError:
