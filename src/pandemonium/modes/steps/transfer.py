@@ -39,6 +39,7 @@ import torch
 from pandemonium.attack.presets import SCALED_IMPLANTERS, AttackConfigError
 from pandemonium.attack.spec import EvaluationPlan
 from pandemonium.attack.splits import REPORT_SPLIT
+from pandemonium.models.memo import MemoizedModel
 from pandemonium.modes.steps import UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import evaluation_size, load_patch
@@ -246,6 +247,11 @@ class Transfer:
         # same few, and building one loads its model and its scene bank (each evaluation reseeds every
         # stage generator and replays its own conditions, so sharing leaves the figures as they were)
         self._pipelines: dict[tuple[str, float | None], tuple[Any, Any, Any]] = {}
+        # one victim per model task for all its pipelines, answering a repeated input from memory (the
+        # control arm of every scale, brightness 1, blur 0, the transfer diagonal again in the curves)
+        self._victims: dict[str, MemoizedModel] = {}
+        # the base conditions drawn per (model task, tilt, patch): a draw depends on nothing else
+        self._drawn: dict[tuple[str, float | None, str], list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ evaluation of one pair
     def pipeline(self, model_task: str, tilt: float | None = None) -> tuple[Any, Any, Any]:
@@ -259,7 +265,9 @@ class Transfer:
     def _build_pipeline(self, model_task: str, tilt: float | None) -> tuple[Any, Any, Any]:
         ctx = self.ctx
         struct = ctx.get_struct(model_task)
-        model, _meta = self.models.load(struct)
+        if model_task not in self._victims:
+            self._victims[model_task] = MemoizedModel(self.models.load(struct)[0])
+        model = self._victims[model_task]
         spec = ctx.spec(struct)
         # the viewing angle tilts the whole scene (patch included) right after implanting; its sampled
         # angle is overridden per curve point
@@ -283,6 +291,17 @@ class Transfer:
                                batch_size=batch_size, seed=self.ctx.seed, target_class=aimed.target_class,
                                split=REPORT_SPLIT, task_type=spec.task_type, baseline_arms=("random",),
                                rates=(spec.success_metric,))
+
+    def base_conditions(self, evaluation: Any, model_task: str, tilt: float | None, path: Path,
+                        patch: torch.Tensor) -> list[dict[str, Any]]:
+        """The conditions ``evaluation`` draws for ``patch`` (drawn once per model task, tilt and patch;
+        a later evaluation of the same triple replays the same list)."""
+        key = (model_task, None if tilt is None else float(tilt), str(path))
+        if key in self._drawn:
+            evaluation.conditions = self._drawn[key]
+        else:
+            self._drawn[key] = evaluation.draw(patch)
+        return self._drawn[key]
 
     def _patch_tensor(self, path: Path, struct: Any) -> torch.Tensor | None:
         patch = load_patch(path)["patch"].float()
@@ -311,7 +330,9 @@ class Transfer:
                 patch = self._patch_tensor(path, struct)
                 if patch is None:
                     continue
-                result = self.evaluation(pipeline, spec, path).run(patch, step=0)
+                evaluation = self.evaluation(pipeline, spec, path)
+                self.base_conditions(evaluation, model_task, None, path, patch)
+                result = evaluation.run(patch, step=0)
                 ids = {"patch_id": patch_id, "model_id": model_id, "patch_task": path.parent.name,
                        "model_task": model_task}
                 rows.append({**ids, **figures_record(result.summary, metric), "metric": metric, "split": result.split})
@@ -387,7 +408,7 @@ class Transfer:
                     patch = self._patch_tensor(path, struct)
                     if patch is None:
                         continue
-                    base = self.evaluation(pipeline, spec, path).draw(patch)
+                    base = self.base_conditions(self.evaluation(pipeline, spec, path), model_task, tilt, path, patch)
                     for value in values:
                         record = self._curve_point(pipeline, spec, path, patch, base, condition, value, implanter)
                         rows.append({"patch_id": patch_id, "model_id": model_id, condition: value, **record,
