@@ -73,6 +73,9 @@ class TuneScheduler(AbstractBaseScheduler):
     """See the module docstring. ``run()`` returns the study summary (with ``use_best``: the attack
     mode's headline)."""
 
+    #: what a Ray worker imports while the driver prepares (``RayExecutor.prepare``): a trial's study
+    worker_imports = ("optuna", "optuna.storages", "kornia")
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg=cfg, available_subroutines=SUBROUTINES)
         self.best_from = cfg.get("use_best")

@@ -148,6 +148,7 @@ class AbstractBaseScheduler:
         self.step_seed: int | None = None
         self.last_result: Any = None
         self.run_warnings: list[run_warnings.RunWarning] = []
+        self._executor: Any = None
         if self.continuing:  # the interrupted run's own task list (it may have come from stored artifacts)
             self.task_list = self.journal.stored_header().get("task_list", self.task_list)
         elif self.default_tasks_from and not tasks_named_on_command_line():
@@ -300,6 +301,8 @@ class AbstractBaseScheduler:
             try:
                 return self._run_locked()
             finally:
+                if self._executor is not None:
+                    self._executor.close()
                 self.journal.release_lock()
 
     def _run_locked(self) -> Any:
@@ -309,6 +312,8 @@ class AbstractBaseScheduler:
                 if task not in known:
                     raise UnknownTaskError(self._unknown_task_message(task, known))
         finished = self._load_previous_state() if self.continuing else {}
+        self._executor = self._build_executor()
+        self._executor.prepare(self)  # e.g. Ray starts its workers in the background while the plan is made
         self.after_preparation_hook()
         self.create_routine()
         header = {"mode": str((self.cfg.get("mode") or {}).get("id")), "task_list": self.task_list,
@@ -322,7 +327,7 @@ class AbstractBaseScheduler:
             self.last_result = finished[steps[-1].index]
         if finished:
             log.info("continuing %s: %d of %d steps already finished", self.run_dir, len(finished), len(steps))
-        self._build_executor().execute(self, pending)
+        self._executor.execute(self, pending)
         self.before_finishing_hook()
         return self.finish()
 

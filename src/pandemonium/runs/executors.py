@@ -79,7 +79,20 @@ def group_steps(steps: Iterable[Step]) -> list[list[Step]]:
 
 
 class Executor:
-    """Runs pending steps group by group; subclasses decide how the steps of one group run."""
+    """Runs pending steps group by group; subclasses decide how the steps of one group run.
+
+    Life cycle in :meth:`AbstractBaseScheduler.run`: :meth:`prepare` (before the plan is made), then
+    :meth:`execute`, then :meth:`close` (always, also when preparing the plan failed).
+    """
+
+    def prepare(self, scheduler: AbstractBaseScheduler) -> None:
+        """Called before the scheduler prepares and plans its run. A distributed executor starts its
+        engine here in the background (Ray: ``ray.init`` and warm workers) so that the start overlaps
+        the driver's preparation; it must return at once. Default: nothing."""
+
+    def close(self) -> None:
+        """Release what :meth:`prepare` or :meth:`execute` started (called once the run ended, also
+        after a failure). Default: nothing."""
 
     def execute(self, scheduler: AbstractBaseScheduler, steps: list[Step]) -> None:
         """Run ``steps`` (the pending part of the plan) and record every outcome as it arrives."""

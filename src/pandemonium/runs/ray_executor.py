@@ -12,6 +12,12 @@ Seeds are those of the local executor (``(seed, step index)``), so both give the
 Artifacts are written under ``out_dir`` by the workers: on a cluster that folder must be shared
 (the same path readable and writable on every node).
 
+Ray's start is hidden behind the driver's own preparation: :meth:`RayExecutor.prepare` (called by the
+scheduler before it plans) starts ``ray.init`` in a background thread and then one no-op task per CPU
+of a local Ray that imports the modules a step needs (the scheduler's module and its
+``worker_imports``), so the workers start and import while the driver prepares; ``start_early=false``
+turns it off.
+
 Bad input is refused before any step starts: an address nobody answers on, a step needing more
 GPUs / CPUs / memory than the whole cluster has (``device=cuda`` counts as one GPU per step).
 
@@ -21,11 +27,13 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -49,9 +57,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RayExecutor", "StepFailure", "match_threads_to_cpus", "run_step_in_worker"]
+__all__ = ["RayExecutor", "StepFailure", "match_threads_to_cpus", "run_step_in_worker", "warm_worker"]
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory")
+# what every step of a built-in mode imports in its worker (lightning, through the datamodule, is most of it)
+WORKER_IMPORTS = ("pandemonium.runs.executors", "pandemonium.tasks.datamodule", "pandemonium.attack.training",
+                  "pandemonium.models.storage")
 # what Ray's cluster_resources() calls the same quantities
 CLUSTER_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
@@ -98,6 +109,20 @@ def match_threads_to_cpus() -> int:
     return threads
 
 
+def warm_worker(modules: list[str]) -> float:
+    """The body of a warm-up task: import ``modules`` (a missing one is skipped: the step that needs it
+    reports it) and return the seconds it took."""
+    import importlib
+
+    start = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - warming up must never fail a run
+            log.debug("warm-up import of %s failed: %s", name, exc)
+    return time.perf_counter() - start
+
+
 class RayExecutor(Executor):
     """Runs the steps of each group in parallel as Ray tasks.
 
@@ -111,13 +136,15 @@ class RayExecutor(Executor):
         shutdown: stop a Ray this executor started once the plan ran.
         runtime_env: passed to ``ray.init`` (the driver's ``sys.path`` is added to ``PYTHONPATH`` of a
             local Ray so that workers import the same schedulers).
+        start_early: start Ray and warm its workers in the background while the driver prepares the
+            plan (:meth:`prepare`); ``False``: start Ray when the first step is due.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
                  step_resources: Mapping[str, Any] | None = None,
                  commands: Mapping[str, Mapping[str, Any]] | None = None, max_retries: int = 0,
                  shutdown: bool = True, runtime_env: Mapping[str, Any] | None = None,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, start_early: bool = True) -> None:
         self.address = str(address) if address not in (None, "") else None
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.step_defaults = _check_resources(dict(to_plain(step_resources) or {"num_cpus": 1}), "executor.step_resources")
@@ -127,15 +154,39 @@ class RayExecutor(Executor):
         self.shutdown = bool(shutdown)
         self.runtime_env = dict(to_plain(runtime_env) or {})
         self.connect_timeout_s = float(connect_timeout_s)
+        self.start_early = bool(start_early)
         self._started = False
+        self._starter: _BackgroundStart | None = None
+        self.warm_tasks = 0  # warm-up tasks started by the background start
+        self.warm_seconds: list[float] = []  # what each of them took, for those done by close()
 
     # -- connection ---------------------------------------------------------------------------------
+    def prepare(self, scheduler: AbstractBaseScheduler) -> None:
+        """Start Ray in the background (see the module docstring); an address nobody answers on is
+        refused here, at once."""
+        import ray
+
+        if not self.start_early or self._starter is not None or ray.is_initialized():
+            return
+        if self.address is not None:
+            self.check_address(self.address)
+        modules = [*WORKER_IMPORTS, type(scheduler).__module__, *getattr(type(scheduler), "worker_imports", ())]
+        self._starter = _BackgroundStart(self, list(dict.fromkeys(modules)))
+
     def connect(self) -> None:
         """Join the cluster at ``address`` or start a local Ray; one clear error when that fails."""
         import ray
 
+        if self._starter is not None:
+            self._starter.wait()  # re-raises what the background start raised
+            return
         if ray.is_initialized():
             return
+        self._init()
+
+    def _init(self) -> None:
+        import ray
+
         if self.address is not None:
             self.check_address(self.address)
             try:
@@ -172,9 +223,16 @@ class RayExecutor(Executor):
     def close(self) -> None:
         import ray
 
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.wait(raise_error=False)  # a start still under way finishes before Ray is stopped
+            self.warm_tasks, self.warm_seconds = len(starter.warm_refs), starter.warm_seconds()
+        kept = self._started and not self.shutdown
         if self._started and self.shutdown and ray.is_initialized():
             ray.shutdown()
         self._started = False
+        if starter is not None and not kept:  # a local Ray kept for later runs lives as long as its thread
+            starter.release()
 
     # -- resources ------------------------------------------------------------------------------------
     def resources_for(self, scheduler: AbstractBaseScheduler, step: Step) -> dict[str, Any]:
@@ -255,6 +313,80 @@ def _remote_step() -> Any:
     import ray
 
     return ray.remote(run_step_in_worker)
+
+
+class _BackgroundStart:
+    """``ray.init`` in a thread, then one warm-up task per CPU of a local Ray.
+
+    The thread lives until :meth:`release` (after ``ray.shutdown``): Ray ties its local processes (GCS,
+    raylet) to the *thread* that started them (``PR_SET_PDEATHSIG``), so they would die with it.
+    """
+
+    def __init__(self, executor: RayExecutor, modules: list[str]) -> None:
+        self.executor, self.modules = executor, modules
+        self.error: BaseException | None = None
+        self.warm_refs: list[Any] = []
+        self._up, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pandemonium-ray-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with _quiet_thread_warning():
+                self.executor._init()
+            if self.executor._started:  # a local Ray: warm its workers (a cluster's run on as they are)
+                import ray
+
+                remote = _remote_warm()
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                self.warm_refs = [remote.remote(self.modules) for _ in range(max(1, cpus))]
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread by wait()
+            self.error = exc
+        finally:
+            self._up.set()
+        self._stop.wait()
+
+    def wait(self, raise_error: bool = True) -> None:
+        self._up.wait()
+        if raise_error and self.error is not None:
+            raise self.error
+
+    def warm_seconds(self) -> list[float]:
+        import ray
+
+        if not self.warm_refs or not ray.is_initialized():
+            return []
+        ready, _ = ray.wait(self.warm_refs, num_returns=len(self.warm_refs), timeout=0)
+        return [float(ray.get(ref)) for ref in ready]
+
+    def release(self) -> None:
+        self._stop.set()
+
+
+@contextlib.contextmanager
+def _quiet_thread_warning() -> Iterator[None]:
+    """Ray warns that it cannot set its SIGTERM handler outside the main thread; the driver's default
+    SIGTERM still ends it, and Ray's processes die with the starting thread."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "SIGTERM handler is not set" not in record.getMessage()
+
+    target = logging.getLogger("ray._private.worker")
+    dropper = _Drop()
+    target.addFilter(dropper)
+    try:
+        yield
+    finally:
+        target.removeFilter(dropper)
+
+
+@functools.cache
+def _remote_warm() -> Any:
+    """``warm_worker`` as a Ray remote function holding one CPU, made once per process."""
+    import ray
+
+    return ray.remote(num_cpus=1)(warm_worker)
 
 
 def _failed(scheduler: AbstractBaseScheduler, failures: list[tuple[Step, str, str, int]]) -> StepFailedError:
