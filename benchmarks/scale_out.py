@@ -34,6 +34,10 @@ workers, as on a running cluster; a fresh ``pandemonium attack executor=ray`` on
 one-off costs once. The headlines of both executors must be identical. Exits 1 when a target ratio
 is missed or the headlines differ.
 
+Printed beside the tune ratio, what bounds it besides fixed costs: the trials' own imbalance (their
+in-worker times dispatched in slot order on 2 workers, over their sum; a trial's length is known only
+once it is drawn, so nothing can sort them) and how much slower parallel trials ran than one alone.
+
 ``--startup``: what starting Ray in the background saves a user (``executor.start_early``): a fresh
 ``pandemonium attack executor=ray`` process on the same two tasks, with ``start_early=true`` and
 ``false`` in alternating order (3 pairs), each timed from process start to exit.
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds: dict[str, list[float]] = {"attack": [], "tune": []}
     ray_attacks, ray_tunes = [], []
     headlines, work = {}, {}
+    trial_seconds: dict[str, list[list[float]]] = {"ray": [], "local": []}  # per round, in slot order
     for number in range(ROUNDS):
         order = ("ray", "local") if number % 2 == 0 else ("local", "ray")
         seconds = {}
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds[which], (_, found) = timed(f"round {number + 1}: tune {trials} trials, {which}", run, "tune",
                                                *tune, f"tune.study={which}_{number}", *extra)
             work[which] = sorted(_trial_steps(found))
+            trial_seconds[which].append(_trial_seconds(found))
         rounds["tune"].append(seconds["ray"] / seconds["local"])
         ray_tunes.append(seconds["ray"])
     print(f"    headlines local {headlines['local']} / ray {headlines['ray']}: "
@@ -196,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tune 2 ray workers/local ({threads} threads) = {tune_ratio:.2f}  (target <= {TARGET}: "
           f"{'met' if tune_ratio <= TARGET else 'MISSED'})")
     print(f"tune 2 ray workers/local ({worker_threads} thread)  = {tune_like:.2f}  (like with like)")
+    # what bounds the tune ratio besides fixed costs: the trials' own lengths dispatched in slot order on 2
+    # workers (the last ones end unevenly), and parallel trials running slower than one alone
+    floors = [_makespan(times, 2) / sum(times) for times in trial_seconds["ray"]]
+    slower = [sum(r) / sum(loc) for r, loc in zip(trial_seconds["ray"], trial_seconds["local"])]
+    print(f"  tune bounds: the trials' imbalance on 2 workers alone gives {statistics.median(floors):.2f} "
+          f"(their in-worker times dispatched in slot order / their sum); parallel trials took "
+          f"{statistics.median(slower):.2f}x their time alone (rounds: {', '.join(f'{x:.2f}' for x in slower)})")
     if args.startup:
         _startup(common, attack)
     same = headlines["local"] == headlines["ray"] and work["local"] == work["ray"]
@@ -221,6 +234,20 @@ def _startup(common: list[str], attack: tuple[str, ...]) -> None:
             print(f"  pair {number + 1}: start_early={early:<5s}         {seconds:7.1f} s", flush=True)
     on, off = statistics.median(times["true"]), statistics.median(times["false"])
     print(f"fresh CLI run, median: start_early=true {on:.1f} s, false {off:.1f} s: saves {off - on:.1f} s")
+
+
+def _trial_seconds(steps: list[dict]) -> list[float]:
+    """The seconds of each trial inside its worker, in slot order (the order the executor submits them)."""
+    return [s["seconds"] for s in sorted((s for s in steps if s["command"] == "run_trial"), key=lambda s: s["params"][0])]
+
+
+def _makespan(seconds: list[float], workers: int) -> float:
+    """When the last of ``seconds`` ends, each started in order on the first free worker (as Ray runs them)."""
+    free = [0.0] * workers
+    for length in seconds:
+        first = free.index(min(free))
+        free[first] += length
+    return max(free)
 
 
 def _trial_steps(steps: list[dict]) -> list[int]:
