@@ -114,3 +114,43 @@ def test_luminance_and_region_mean():
     w = torch.zeros(2, 1, 4, 4)
     w[:, :, :2] = 1
     assert torch.allclose(region_mean(lum, w), torch.tensor([0.2, 0.8]), atol=1e-6)
+
+
+def _grid_pixelwise(m, origin, out_hw):
+    """window_grid's per-pixel formula (a*x + b*y) + c [/ w], written out in the (B, H, W, 2) layout."""
+    height, width = out_hw
+    xs = torch.arange(width, dtype=m.dtype).view(1, 1, -1, 1) + 0.5 + origin[:, 0].to(m.dtype).view(-1, 1, 1, 1)
+    ys = torch.arange(height, dtype=m.dtype).view(1, -1, 1, 1) + 0.5 + origin[:, 1].to(m.dtype).view(-1, 1, 1, 1)
+    rows = m[:, :2].view(-1, 1, 1, 2, 3)
+    grid = rows[..., 0] * xs + rows[..., 1] * ys + rows[..., 2]
+    den = m[:, 2, 0].view(-1, 1, 1, 1) * xs + m[:, 2, 1].view(-1, 1, 1, 1) * ys + m[:, 2, 2].view(-1, 1, 1, 1)
+    return grid, den
+
+
+@pytest.mark.parametrize("projective", [False, True])
+def test_window_grid_equals_the_pixelwise_formula_and_samples_like_a_contiguous_grid(projective):
+    from pandemonium.attack.stages.geometry import window_grid
+
+    generator = torch.Generator().manual_seed(0)
+    h = torch.eye(3).repeat(5, 1, 1)
+    h[:, :2] += 0.2 * torch.randn(5, 2, 3, generator=generator)
+    if projective:
+        h[:, 2, :2] = 0.01 * torch.randn(5, 2, generator=generator)
+    origin = torch.randint(0, 9, (5, 2), generator=generator)
+    grid = window_grid(h, origin, (12, 10), (16, 16), None)
+    to_unit = torch.tensor([[2.0 / 16, 0.0, -1.0], [0.0, 2.0 / 16, -1.0], [0.0, 0.0, 1.0]])  # grid_sample's [-1, 1]
+    expected, den = _grid_pixelwise(to_unit @ h, origin, (12, 10))
+    if projective:
+        expected = torch.where(den > 1e-8, expected / den.clamp_min(1e-8), torch.full_like(den, 2.0))
+    assert grid.shape == (5, 12, 10, 2)
+    assert torch.equal(grid, expected)
+    # the (B, 2, H, W) storage read through its (B, H, W, 2) view: grid_sample and its backward give the
+    # same bits as with a contiguous grid
+    source = torch.rand(5, 3, 16, 16, generator=generator, requires_grad=True)
+    out = torch.nn.functional.grid_sample(source, grid, align_corners=False)
+    again = torch.nn.functional.grid_sample(source, grid.contiguous(), align_corners=False)
+    assert torch.equal(out, again)
+    weights = torch.rand_like(out)
+    (first,) = torch.autograd.grad((out * weights).sum(), source)
+    (second,) = torch.autograd.grad((again * weights).sum(), source)
+    assert first.abs().sum() > 0 and torch.equal(first, second)
