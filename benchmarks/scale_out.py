@@ -12,10 +12,10 @@ Measured in one process on fresh temporary roots (two tiny 32 px tasks, tiny mod
   target <= 0.65. Both run the same trials: every trial is drawn from its own step's seed (TPE's
   start-up phase covers all N), since TPE's later draws depend on which trials finished first.
 
-Workload: a red team's fit runs hundreds of steps, and ``tune``'s default search space draws 50-300
-attack steps a trial; the full run uses those (200 steps per task, trials of 50-300 steps), so the
+Workload: a red team's fit runs hundreds of steps; the full run fits 200 attack steps per task and
+per trial (``tune``'s default space: learning rate and patch size, the step budget fixed), so the
 ratios measure scale-out of that work rather than a fraction of a second of it plus fixed costs
-(``--quick`` keeps the old tiny workload: 20 steps, trials of 10-20 steps).
+(``--quick`` keeps the old tiny workload: 20 steps, 4 trials).
 
 The machine is shared and its load drifts within a run: each of 5 rounds times Ray and local back to
 back (the order alternates between rounds) and the ratios are the median of the rounds' ratios, each
@@ -35,8 +35,9 @@ one-off costs once. The headlines of both executors must be identical. Exits 1 w
 is missed or the headlines differ.
 
 Printed beside the tune ratio, what bounds it besides fixed costs: the trials' own imbalance (their
-in-worker times dispatched in slot order on 2 workers, over their sum; a trial's length is known only
-once it is drawn, so nothing can sort them) and how much slower parallel trials ran than one alone.
+in-worker times dispatched in slot order on 2 workers, over their sum: trials of unequal length, e.g.
+pruned ones or a space that draws the step budget, leave a worker idle at the end) and how much slower
+parallel trials ran than one alone.
 
 ``--startup``: what starting Ray in the background saves a user (``executor.start_early``): a fresh
 ``pandemonium attack executor=ray`` process on the same two tasks, with ``start_early=true`` and
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--startup", action="store_true", help="also time a fresh CLI run, Ray started early or not")
     args = parser.parse_args(argv)
-    # trials draw their attack steps from [low, high] in increments: tune's default space in a full run
-    steps, trials, (low, high, inc) = (20, 4, (10, 20, 10)) if args.quick else (200, 8, (50, 300, 50))
+    # every fit (each task's, each trial's) runs `steps` attack steps; trials draw tune's default space
+    steps, trials = (20, 4) if args.quick else (200, 8)
 
     root = Path(tempfile.mkdtemp(prefix="pm_scale_out_"))
     data, results = root / "data", root / "results"
@@ -139,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     # every trial drawn at random from its own step's seed (TPE's start-up phase covers all trials), so
     # both executors run the same trials: TPE's later draws depend on which trials finished first, which
     # differs between parallel and sequential trials and would change the work measured
-    tune = ("mode.subroutines=[tune]", f"tune.n_trials={trials}", f"tune.space.steps.low={low}",
-            f"tune.space.steps.high={high}", f"tune.space.steps.step={inc}", "task_list=[bench_a]",
+    tune = ("mode.subroutines=[tune]", f"tune.n_trials={trials}", "task_list=[bench_a]",
             f"tune.sampler.n_startup_trials={trials}")
     # cold: a worker's first trial imports kornia and Optuna's storage and opens the study's storage
     cold_tune, _ = timed(f"tune {trials} trials, ray, first trials", run, "tune", *tune, "tune.study=ray_cold",
@@ -168,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             extra = ("executor=ray",) if which == "ray" else ()
             seconds[which], (_, found) = timed(f"round {number + 1}: tune {trials} trials, {which}", run, "tune",
                                                *tune, f"tune.study={which}_{number}", *extra)
-            work[which] = sorted(_trial_steps(found))
+            work[which] = sorted(_trial_params(found))
             trial_seconds[which].append(_trial_seconds(found))
         rounds["tune"].append(seconds["ray"] / seconds["local"])
         ray_tunes.append(seconds["ray"])
     print(f"    headlines local {headlines['local']} / ray {headlines['ray']}: "
           f"{'identical' if headlines['local'] == headlines['ray'] else 'DIFFERENT'}")
-    print(f"    attack steps of the trials: local {sum(work['local'])} / ray {sum(work['ray'])}: "
+    print(f"    the trials' parameters: local {len(work['local'])} / ray {len(work['ray'])} trials: "
           f"{'same trials' if work['local'] == work['ray'] else 'DIFFERENT TRIALS'}")
     # like with like, once: the local executor at a Ray worker's thread count
     torch.set_num_threads(worker_threads)
@@ -250,9 +250,9 @@ def _makespan(seconds: list[float], workers: int) -> float:
     return max(free)
 
 
-def _trial_steps(steps: list[dict]) -> list[int]:
-    """The attack steps each trial ran (its sampled ``steps`` parameter)."""
-    return [int(s["result"]["params"]["steps"]) for s in steps
+def _trial_params(steps: list[dict]) -> list[tuple]:
+    """Each trial's sampled parameters (sorted items), to check both executors ran the same trials."""
+    return [tuple(sorted(s["result"]["params"].items())) for s in steps
             if s["command"] == "run_trial" and isinstance(s.get("result"), dict)]
 
 

@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 RAY = ("executor=ray",)
 TINY_TUNE = ("model=tiny", "trainer=fast", "trainer.lightning.max_epochs=1", "attack.num_eval=8",
              "attack.batch_size=4", "attack.presets.classification.eval_every=2",
-             "tune.space.steps.low=2", "tune.space.steps.high=4", "tune.space.steps.step=1",
+             "attack.steps=3",
              "logging.tensorboard.enabled=false")
 
 
@@ -125,7 +125,7 @@ def test_tune_trials_run_in_ray_workers_as_mlflow_children(compose, pandemonium_
     trials = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' "
                                                            "and tags.study = 'ray_study'")
     assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"]
-    assert all({"lr", "steps", "patch_fraction"} <= set(r.data.params) for r in trials)
+    assert all({"lr", "patch_fraction"} <= set(r.data.params) for r in trials)
 
 
 def test_a_worker_runs_torch_on_the_cpus_its_task_holds():

@@ -22,7 +22,7 @@ optuna = pytest.importorskip("optuna")
 LR = {"key": "attack.lr", "type": "float", "low": 0.01, "high": 0.1, "log": True}
 TINY = ("model=tiny", "trainer=fast", "trainer.lightning.max_epochs=1", "attack.num_eval=8", "attack.batch_size=4",
         "attack.presets.classification.eval_every=2", "attack.presets.classification.eval_batch_size=8",
-        "tune.space.steps.low=2", "tune.space.steps.high=4", "tune.space.steps.step=1",
+        "attack.steps=3",
         "logging.tensorboard.enabled=false", "tune.sampler.n_startup_trials=2")
 
 
