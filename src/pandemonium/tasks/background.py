@@ -30,7 +30,13 @@ __all__ = ["BackgroundTaskCreation"]
 
 
 def _create(conn: Connection, names: Sequence[str], data_dir: str, seed: int, kwargs: Mapping[str, Any]) -> None:
+    import torch
+
     from pandemonium.tasks.creators import create_task
+
+    # GNU OpenMP's thread pool does not survive a fork: a parallel region in the child could hang if
+    # the parent had already started the pool, so the child keeps torch on its own thread
+    torch.set_num_threads(1)
 
     seconds = {}
     try:
