@@ -85,6 +85,33 @@ def test_memory_is_bounded_least_recent_first():
         MemoizedModel(Counting(), max_entries=0)
 
 
+def test_memory_is_bounded_in_bytes():
+    probe = Counting().eval()
+    with torch.no_grad():
+        one = sum(t.element_size() * t.numel() for t in _tensors(probe(torch.zeros(1, 3, 4, 4))))
+    memo = MemoizedModel(Counting(), max_bytes=2 * one).eval()
+    a, b, c = (torch.full((1, 3, 4, 4), v) for v in (0.1, 0.2, 0.3))
+    with torch.no_grad():
+        for x in (a, b, c, a):  # room for two outputs: c evicts a, so a is computed again
+            memo(x)
+    assert (memo.hits, memo.misses) == (0, 4) and memo.stored_bytes == 2 * one
+    small = MemoizedModel(Counting(), max_bytes=one - 1).eval()
+    with torch.no_grad():
+        small(a)
+        small(a)
+    assert small.misses == 2 and small.stored_bytes == 0  # larger than the budget: never stored
+    with pytest.raises(ValueError, match="max_bytes"):
+        MemoizedModel(Counting(), max_bytes=-1)
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return [t for v in value for t in _tensors(v)]
+
+
 def test_input_key_tells_dtype_and_shape_apart():
     x = torch.zeros(2, 3)
     assert input_key(x) == input_key(torch.zeros(2, 3))

@@ -42,6 +42,16 @@ def _detached_copy(value: Any) -> Any:
     return value
 
 
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.numel()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
 def input_key(x: torch.Tensor) -> Hashable:
     """Shape, dtype, device and the SHA-256 of the bytes of ``x`` (equal keys: equal tensors)."""
     data = x.detach()
@@ -52,26 +62,33 @@ def input_key(x: torch.Tensor) -> Hashable:
 
 
 class MemoizedModel(nn.Module):
-    """``model`` with a memory of its outputs for the last ``max_entries`` distinct inputs.
+    """``model`` with a memory of its outputs for the last ``max_entries`` distinct inputs, at most
+    ``max_bytes`` of them (an output larger than that is not stored).
 
     Only a single tensor argument is memoised, and only without gradients (``torch.no_grad`` or an
     input that requires none while grad mode is off); anything else is passed through. ``hits`` and
     ``misses`` count what the memory served.
     """
 
-    def __init__(self, model: nn.Module, max_entries: int = 2048) -> None:
+    def __init__(self, model: nn.Module, max_entries: int = 2048, max_bytes: int = 512 * 2**20) -> None:
         super().__init__()
         if max_entries < 1:
             raise ValueError(f"MemoizedModel: max_entries must be >= 1, got {max_entries}")
+        if max_bytes < 0:
+            raise ValueError(f"MemoizedModel: max_bytes must be >= 0, got {max_bytes}")
         self.model = model
         self.max_entries = int(max_entries)
+        # outputs can be large (dense heads of a detector on big images): the memory is bounded in bytes too
+        self.max_bytes = int(max_bytes)
+        self.stored_bytes = 0
         self.hits = 0
         self.misses = 0
-        self._outputs: OrderedDict[Hashable, Any] = OrderedDict()
+        self._outputs: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
 
     def clear(self) -> None:
         """Forget every stored output (e.g. after the wrapped model's weights changed)."""
         self._outputs.clear()
+        self.stored_bytes = 0
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not isinstance(x, torch.Tensor) or torch.is_grad_enabled() or self.training:
@@ -81,10 +98,13 @@ class MemoizedModel(nn.Module):
         if stored is not None:
             self.hits += 1
             self._outputs.move_to_end(key)
-            return _detached_copy(stored)
+            return _detached_copy(stored[0])
         self.misses += 1
         out = self.model(x)
-        self._outputs[key] = _detached_copy(out)
-        if len(self._outputs) > self.max_entries:
-            self._outputs.popitem(last=False)
+        size = _nbytes(out)
+        if size <= self.max_bytes:
+            self._outputs[key] = (_detached_copy(out), size)
+            self.stored_bytes += size
+            while len(self._outputs) > self.max_entries or self.stored_bytes > self.max_bytes:
+                self.stored_bytes -= self._outputs.popitem(last=False)[1][1]
         return out
