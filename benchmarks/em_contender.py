@@ -17,9 +17,8 @@ The workload, as an electricmayhem user writes it (``electricmayhem/whitebox/REA
   cross-entropy to each scene's class; ``initialize_patch_params`` with the same starting patch;
 * one step = what ``Pipeline.train_patch`` does per step minus logging: ``patch_params(batch)``,
   pipeline forward, the loss terms' weighted means, backward, Adam step, ``zero_grad``, clamp to [0, 1].
-  The optimiser is ``torch.optim.Adam`` (lr 0.01), what electricmayhem's ``"adam"`` builds; its default
-  cosine learning-rate schedule would only add a scalar update. pandemonium's paths use the trainer's
-  Adam (``pandemonium.attack.optimizers.Adam``: the same updates bit for bit, a step about 0.2 ms shorter).
+  The optimiser is plain ``torch.optim.Adam`` (lr 0.01) like the other paths: electricmayhem's default
+  cosine learning-rate schedule would only add a scalar update.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Cost of one patch-optimisation step relative to the bare victim, over a grid, measured in one run.
 
 The workload (the same for every path): a rectangle implant of a patch of side S/4 (S = image side) at
-scale 0.75-1.25, ColorJiggle(0.2, 0.2, 0.2) + RandomAffine(15 deg, scale 0.9-1.1), the victim, Adam (the trainer's,
-``attack.optimizers.Adam``), an untargeted cross-entropy loss. One step = pipeline forward, loss, backward to the patch, optimiser
+scale 0.75-1.25, ColorJiggle(0.2, 0.2, 0.2) + RandomAffine(15 deg, scale 0.9-1.1), the victim, Adam,
+an untargeted cross-entropy loss. One step = pipeline forward, loss, backward to the patch, optimiser
 step, clamp.
 
 * ``bare``   : the victim's forward + backward (to its input) on an already-composited batch
@@ -59,7 +59,6 @@ from step_ops import OpCounter, OpSources
 from torch import nn
 
 from pandemonium.allocator import tune_allocator
-from pandemonium.attack.optimizers import build_optimizer
 from pandemonium.attack.pipeline import Pipeline
 from pandemonium.attack.stages.augment import KorniaAugment
 from pandemonium.attack.stages.fused import FusedImplantAugment
@@ -133,8 +132,7 @@ class Cell:
         side = max(2, size // 4)
         self.patch = torch.rand(1, 3, side, side, device=device, requires_grad=True)
         start = self.patch.detach().clone()  # electricmayhem optimises its own copy
-        # the trainer's Adam (``attack.optimizers``: torch's Adam with a shorter step, the same bits)
-        self.optimiser = build_optimizer("adam", [self.patch], lr=0.01)
+        self.optimiser = torch.optim.Adam([self.patch], lr=0.01)
         self.batch = batch
         self.pipelines = {p: build(p, bank, self.model).to(device).train() for p in paths if p != EM}
         with torch.no_grad():

@@ -23,7 +23,6 @@ from pandemonium.errors import ConfigError
 from pandemonium.plain import to_plain
 
 __all__ = [
-    "Adam",
     "BIM",
     "MIFGSM",
     "NIFGSM",
@@ -186,87 +185,9 @@ class NIFGSM(SignGradientOptimizer):
         state.pop("iterate", None)
 
 
-def _without_step_hooks(step: Callable[..., Any]) -> Callable[..., Any]:
-    """torch's ``step`` without the hook-and-profiler wrapper torch puts on every optimiser class's
-    ``step`` (a subclass's own ``step`` is wrapped as well: calling the wrapped parent ran hooks twice)."""
-    while getattr(step, "hooked", False):
-        step = step.__wrapped__  # type: ignore[attr-defined]
-    return step
-
-
-class Adam(torch.optim.Adam):
-    """``torch.optim.Adam`` with a shorter :meth:`step` where torch runs its single-tensor loop.
-
-    A patch fit steps one small tensor hundreds of times; torch's step spends about 0.25 ms per call
-    around nine tensor ops (capture checks, grouping, argument plumbing). When every parameter with a
-    gradient is a dense real CPU tensor and the settings are torch's defaults (no amsgrad, maximize,
-    foreach, fused, capturable, differentiable, weight decay; float lr and betas), :meth:`step` runs
-    those ops itself, in torch's order, on torch's state (``state_dict`` is torch's): the parameters come
-    out bit for bit as from ``torch.optim.Adam`` (``tests/attack/test_optimizers_adam.py``). Anything
-    else goes to torch's own step. Step hooks and the profiler scope run as for torch's Adam (torch wraps
-    every optimiser class's ``step`` in them).
-
-    >>> p = torch.nn.Parameter(torch.zeros(3))
-    >>> p.grad = torch.ones(3)
-    >>> _ = Adam([p], lr=0.1).step(); [round(v, 6) for v in p.tolist()]  # Adam's first step: lr * sign(grad)
-    [-0.1, -0.1, -0.1]
-    """
-
-    def _plain_step(self) -> bool:
-        """Whether this step is one torch would run through ``_single_tensor_adam`` with default flags."""
-        if torch.compiler.is_compiling():
-            return False
-        for group in self.param_groups:
-            flags = ("amsgrad", "maximize", "foreach", "fused", "capturable", "differentiable")
-            if any(group.get(flag) for flag in flags) or group["weight_decay"] != 0:
-                return False
-            if not all(type(v) in (float, int) for v in (group["lr"], *group["betas"], group["eps"])):
-                return False
-            for p in group["params"]:
-                g = p.grad
-                if g is not None and (p.device.type != "cpu" or p.is_complex() or g.layout != torch.strided):
-                    return False
-        return True
-
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
-        if not self._plain_step():
-            return _without_step_hooks(torch.optim.Adam.step)(self, closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            self._plain_update()
-        return loss
-
-    def _plain_update(self) -> None:
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                state = self.state[p]
-                if len(state) == 0:  # torch's lazy initialisation (the step count lives on the CPU)
-                    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-                    state["step"] = torch.tensor(0.0, dtype=scalar)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                # torch's _single_tensor_adam without capturable/differentiable/amsgrad, op for op
-                step_t += 1
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                step = step_t.item()
-                step_size = lr / (1 - beta1**step)
-                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
-
-
 #: Short ``_target_`` names; any dotted import path (``torch.optim.AdamW``) works as well.
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "adam": Adam,
+    "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
     "bim": BIM,
     "mifgsm": MIFGSM,
