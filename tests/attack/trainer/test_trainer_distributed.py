@@ -28,6 +28,8 @@ from .toys import PATCH, ToyLoss, toy_pipeline
 STEPS = 8
 EVERY = 3  # evaluations (and checkpoints) at steps 0, 3, 6, 8
 TOLERANCE = 1e-5  # the tolerance PatchTrainer's docstring states
+# the same tests run DDP over two GPUs where a machine has them (NCCL), else over two CPU processes (gloo)
+ACCELERATOR = "cuda" if torch.cuda.device_count() >= 2 else "cpu"
 
 
 class RankProbe(Callback):
@@ -48,7 +50,7 @@ def make_trainer(out_dir: Path, *, devices: int = 2, strategy: str | None = None
         evaluation=EvaluationSettings(num_eval=8, batch_size=8, every=EVERY),
         optimizer={"_target_": "adam", "lr": 0.05}, schedule="cosine", seed=5, out_dir=out_dir,
         callbacks=[*default_callbacks(mlflow=mlflow, progress=False, files=False), *extra],
-        devices=devices, accelerator="cpu", strategy=strategy,
+        devices=devices, accelerator=ACCELERATOR, strategy=strategy,
     )
 
 
