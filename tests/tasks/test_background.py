@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,16 +10,10 @@ from pandemonium.tasks import create_task
 from pandemonium.tasks.background import BackgroundTaskCreation
 from pandemonium.tasks.errors import TaskCreationError
 
-#: the kwargs of shapes_cls in conftest.TINY (the session's tiny_data_dir was made with them)
-TINY_CLS = {"num_samples": 40, "image_size": 32}
+from .conftest import TINY, folder_digest
 
-
-def folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(folder).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
+#: the kwargs the session's tiny_data_dir made shapes_cls with
+TINY_CLS = TINY["shapes_cls"]
 
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child is a fork (Linux only)")
