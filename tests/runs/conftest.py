@@ -32,6 +32,27 @@ def two_tasks(pandemonium_roots, fake_task):
 
 
 @pytest.fixture
+def rec_cfg(compose, two_tasks):
+    """rec_cfg(*overrides) -> the config of the test mode ``recording`` over fake_cls and fake_cls2."""
+    def make(*extra: str):
+        return compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
+
+    return make
+
+
+@pytest.fixture
+def run_recording(rec_cfg):
+    """run_recording(*overrides) -> (the scheduler, what its run() returned)."""
+    from pandemonium.runs.base import build_scheduler
+
+    def run(*extra: str):
+        scheduler = build_scheduler(rec_cfg(*extra))
+        return scheduler, scheduler.run()
+
+    return run
+
+
+@pytest.fixture
 def support_env(pandemonium_roots):
     """Environment for CLI subprocesses that import the test schedulers."""
     path = os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from pandemonium.errors import ConfigError
-from pandemonium.runs.base import Step, build_scheduler
+from pandemonium.runs.base import Step
 from pandemonium.runs.executors import Executor, LocalExecutor, build_executor, group_steps
-
-SUPPORT = Path(__file__).parent / "support"
 
 
 def test_group_steps_cuts_at_command_changes():
@@ -28,14 +25,9 @@ def test_build_executor_from_config():
         next(iter(Executor().run_group(None, [])))
 
 
-def test_isolated_executor_gives_the_same_results_as_local(compose, two_tasks):
-    def run(*extra):
-        cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
-        sched = build_scheduler(cfg)
-        return sched, sched.run()
-
-    local, local_result = run("proj=local")
-    remote, remote_result = run("proj=remote", "executor._target_=orch_schedulers.IsolatedExecutor")
+def test_isolated_executor_gives_the_same_results_as_local(run_recording):
+    local, local_result = run_recording("proj=local")
+    remote, remote_result = run_recording("proj=remote", "executor._target_=orch_schedulers.IsolatedExecutor")
     assert remote_result == pytest.approx(local_result)
     for task in ("fake_cls", "fake_cls2"):
         # paths added in the workers were merged back into the driver's structs

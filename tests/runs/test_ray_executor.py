@@ -43,19 +43,13 @@ def local_ray(kill_marker):
     ray.shutdown()
 
 
-def _run(compose, *extra):
-    cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
-    scheduler = build_scheduler(cfg)
-    return scheduler, scheduler.run()
-
-
 def _journal(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def test_ray_gives_the_local_executors_results(compose, two_tasks):
-    local, local_result = _run(compose, "proj=local")
-    remote, remote_result = _run(compose, "proj=remote", *RAY)
+def test_ray_gives_the_local_executors_results(run_recording):
+    local, local_result = run_recording("proj=local")
+    remote, remote_result = run_recording("proj=remote", *RAY)
     assert remote_result == pytest.approx(local_result)
     for task in ("fake_cls", "fake_cls2"):
         path = remote.get_struct(task).paths["draws"]
@@ -65,33 +59,33 @@ def test_ray_gives_the_local_executors_results(compose, two_tasks):
     assert remote.calls == []  # the driver ran nothing itself, it only recorded
 
 
-def test_failed_step_is_reported_with_its_worker_traceback(compose, two_tasks):
+def test_failed_step_is_reported_with_its_worker_traceback(run_recording):
     # step_b alone: the draws of step_a are missing, so it raises KeyError in the worker
     with pytest.raises(StepFailedError) as info:
-        _run(compose, "mode.subroutines=[b]", *RAY)
+        run_recording("mode.subroutines=[b]", *RAY)
     text = str(info.value)
     assert "step 0 step_b" in text and "KeyError" in text and "orch_schedulers.py" in text
     assert info.value.exit_code == 1
 
 
-def test_killed_worker_fails_its_step_and_continue_finishes(compose, two_tasks, kill_marker, pandemonium_roots):
-    reference, ref_result = _run(compose, "proj=reference")
+def test_killed_worker_fails_its_step_and_continue_finishes(run_recording, kill_marker, pandemonium_roots):
+    reference, ref_result = run_recording("proj=reference")
     kill_marker.unlink()  # the worker of step 1 (fake_cls2) kills itself with SIGKILL, once
     with pytest.raises(StepFailedError) as info:
-        _run(compose, "proj=killed", *RAY)
+        run_recording("proj=killed", *RAY)
     assert kill_marker.exists()
     assert "'fake_cls2'" in str(info.value) and "step 1" in str(info.value)
     run_dir = pandemonium_roots.runs("killed")[-1]
     assert [r["index"] for r in _journal(run_dir)] == [0]  # the other step of the group was kept
-    resumed, result = _run(compose, "proj=killed", f"continue={run_dir}", *RAY)
+    resumed, result = run_recording("proj=killed", f"continue={run_dir}", *RAY)
     assert resumed.run_dir == run_dir
     assert sorted(r["index"] for r in _journal(run_dir)) == [0, 1, 2]
     assert result == pytest.approx(ref_result)
 
 
-def test_gpu_step_on_a_cluster_without_gpus_is_refused_before_work(compose, two_tasks, pandemonium_roots):
+def test_gpu_step_on_a_cluster_without_gpus_is_refused_before_work(run_recording, pandemonium_roots):
     with pytest.raises(ConfigError, match=r"step 0 \(step_a of 'fake_cls'\) needs num_gpus=1 .* has 0"):
-        _run(compose, "proj=gpu", "device=cuda", *RAY)
+        run_recording("proj=gpu", "device=cuda", *RAY)
     run_dir = pandemonium_roots.runs("gpu")[-1]
     assert not (run_dir / "steps.jsonl").exists()
 

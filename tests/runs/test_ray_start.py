@@ -36,14 +36,9 @@ def _draws(scheduler) -> dict[str, dict]:
             for task in ("fake_cls", "fake_cls2")}
 
 
-def test_background_start_warms_the_workers_and_gives_the_local_results(compose, two_tasks):
-    def run(*extra):
-        cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
-        scheduler = build_scheduler(cfg)
-        return scheduler, scheduler.run()
-
-    local, local_result = run("proj=local")
-    remote, remote_result = run("proj=remote", *RAY)
+def test_background_start_warms_the_workers_and_gives_the_local_results(run_recording):
+    local, local_result = run_recording("proj=local")
+    remote, remote_result = run_recording("proj=remote", *RAY)
     assert remote_result == pytest.approx(local_result)
     assert _draws(remote) == _draws(local)
     assert remote.calls == []  # the steps ran in Ray workers
@@ -57,25 +52,21 @@ def test_background_start_warms_the_workers_and_gives_the_local_results(compose,
     assert not _starter_threads()  # the starting thread ended with its Ray
 
 
-def test_start_early_false_starts_ray_when_the_first_step_is_due(compose, two_tasks):
-    cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", "proj=late", *RAY,
-                  "executor.start_early=false", user_dirs=[SUPPORT / "configs"])
-    scheduler = build_scheduler(cfg)
-    assert scheduler.run() is not None
+def test_start_early_false_starts_ray_when_the_first_step_is_due(run_recording):
+    scheduler, result = run_recording("proj=late", *RAY, "executor.start_early=false")
+    assert result is not None
     assert scheduler._executor.warm_tasks == 0  # no background start, no warm-up tasks
     assert not ray.is_initialized()
 
 
-def test_a_plan_that_fails_after_the_start_stops_ray(compose, two_tasks):
+def test_a_plan_that_fails_after_the_start_stops_ray(rec_cfg):
     from orch_schedulers import RecordingScheduler
 
     class FailingPlan(RecordingScheduler):
         def after_preparation_hook(self) -> None:
             raise ConfigError("refused while Ray was starting")
 
-    cfg = compose("mode=recording", "task_list=[fake_cls,fake_cls2]", "proj=failing", *RAY,
-                  user_dirs=[SUPPORT / "configs"])
-    scheduler = FailingPlan(cfg)
+    scheduler = FailingPlan(rec_cfg("proj=failing", *RAY))
     with pytest.raises(ConfigError, match="refused while Ray was starting"):
         scheduler.run()
     assert not ray.is_initialized()

@@ -21,14 +21,6 @@ from pandemonium.runs.base import AbstractBaseScheduler, active_run_dir, build_s
 SUPPORT = Path(__file__).parent / "support"
 
 
-@pytest.fixture
-def rec_cfg(compose, two_tasks):
-    def make(*extra: str):
-        return compose("mode=recording", "task_list=[fake_cls,fake_cls2]", *extra, user_dirs=[SUPPORT / "configs"])
-
-    return make
-
-
 def test_run_writes_plan_steps_structs_and_returns_finish_value(rec_cfg, pandemonium_roots):
     sched = build_scheduler(rec_cfg())
     assert isinstance(sched, RecordingScheduler)
