@@ -28,7 +28,6 @@ from pandemonium.tasks.augmentations import (
 from pandemonium.tasks.errors import TaskFormatError
 from pandemonium.tasks.format import read_task_json, split_ids
 from pandemonium.tasks.loaders import ModalityLoader, build_loaders
-from pandemonium.tasks.prefetch import PrefetchDataLoader
 from pandemonium.tasks.struct import TaskStruct
 
 SPLITS = ("train", "val", "test", "all")
@@ -142,9 +141,7 @@ class TaskDataModule(L.LightningDataModule):
     ``sample_num`` caps (or extends) the train samples drawn per epoch, drawn by a seeded
     ``RandomSampler``; val/test are never shuffled or capped. ``cpu_augmentations`` is an
     albumentations ``Compose`` (or a config accepted by :func:`build_cpu_augmentations`),
-    applied to train only. Without worker processes ``prefetch > 0`` has each loader read that many
-    batches ahead in a background thread (:class:`~pandemonium.tasks.prefetch.PrefetchDataLoader`: the
-    same batches, bit for bit). Off by default: on 2 cores the demo's training measured no faster with it.
+    applied to train only.
     """
 
     def __init__(
@@ -161,15 +158,12 @@ class TaskDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         drop_last: bool = False,
         pin_memory: bool = False,
-        prefetch: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if sample_num is not None and sample_num < 1:
             raise ValueError(f"sample_num must be >= 1 or None, got {sample_num}")
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if struct.num_folds and not 0 <= fold < struct.num_folds:
             raise ValueError(f"task {struct.name!r}: fold {fold} out of range, it has {struct.num_folds} folds")
         self.struct = struct
@@ -183,7 +177,6 @@ class TaskDataModule(L.LightningDataModule):
         self.normalize = normalize
         self.drop_last = drop_last
         self.pin_memory = pin_memory
-        self.prefetch = int(prefetch)
         if cpu_augmentations is not None and not callable(cpu_augmentations):
             cpu_augmentations = build_cpu_augmentations(cpu_augmentations, struct.task_type, seed, struct.modalities)
         self.cpu_augmentations = cpu_augmentations
@@ -203,26 +196,20 @@ class TaskDataModule(L.LightningDataModule):
         for split in splits.get(stage or "", ("train", "val", "test")):
             self.dataset(split)
 
-    def _loader(self, dataset: TaskDataset, sampler: Any, batch_size: int, drop_last: bool,
-                prefetch: int | None = None) -> DataLoader:
-        return PrefetchDataLoader(
+    def _loader(self, dataset: TaskDataset, sampler: Any, batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=collate_samples, drop_last=drop_last, pin_memory=self.pin_memory,
             worker_init_fn=_seed_worker if self.num_workers > 0 else None,
             generator=torch.Generator().manual_seed(self.seed + 1),  # base seed of the workers
             persistent_workers=self.num_workers > 0,
-            prefetch=(self.prefetch if prefetch is None else prefetch) if self.num_workers == 0 else 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
         generator = torch.Generator().manual_seed(self.seed)
         sampler = RandomSampler(dataset, num_samples=self.sample_num, generator=generator)
-        limit = getattr(getattr(self, "trainer", None), "limit_train_batches", 1.0)
-        # batches loaded ahead but never used (an epoch cut short by limit_train_batches) would have drawn
-        # augmentations the next epoch draws in a plain loader: load ahead only for whole epochs
-        whole_epochs = isinstance(limit, float) and limit == 1.0
-        return self._loader(dataset, sampler, self.batch_size, self.drop_last, None if whole_epochs else 0)
+        return self._loader(dataset, sampler, self.batch_size, self.drop_last)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Ordered, uncapped loader of any split (``train``/``val``/``test``/``all``) without augmentation."""
@@ -244,7 +231,7 @@ class TaskDataModule(L.LightningDataModule):
     @classmethod
     def from_config(cls, struct: TaskStruct, cfg: Any, fold: int | None = None, **overrides: Any) -> TaskDataModule:
         """Build from the composed run config: ``cfg.sampling`` (``batch_size``, ``num_workers``,
-        ``sample_num``, optional ``eval_batch_size`` and ``prefetch``), ``cfg.augmentations`` (``cpu`` list, ``normalize``),
+        ``sample_num``, optional ``eval_batch_size``), ``cfg.augmentations`` (``cpu`` list, ``normalize``),
         ``cfg.loaders`` and ``cfg.seed``; ``fold`` defaults to ``cfg.mode.fold``, then ``cfg.fold``, then 0.
         """
         from omegaconf import DictConfig, OmegaConf
@@ -265,7 +252,6 @@ class TaskDataModule(L.LightningDataModule):
             "num_workers": int(sampling.get("num_workers", 0)),
             "sample_num": None if sample_num is None else int(sample_num),
             "eval_batch_size": sampling.get("eval_batch_size", None),
-            "prefetch": int(sampling.get("prefetch", 0)),
             "seed": seed,
             "cpu_augmentations": build_cpu_augmentations(aug_cfg, struct.task_type, seed, struct.modalities),
             "normalize": normalize_flag(aug_cfg),

@@ -64,7 +64,7 @@ def training_fingerprint(struct: Any, cfg: DictConfig) -> str:
         "task": {k: v for k, v in to_plain(struct.to_dict()).items() if k not in _STRUCT_VOLATILE},
         "model": to_plain(model_config_from(OmegaConf.select(cfg, "model", default=None))),
         "trainer": _drop(to_plain(trainer_settings(OmegaConf.select(cfg, "trainer", default=None), struct.task_type))),
-        "sampling": {k: v for k, v in sampling.items() if k not in ("num_workers", "eval_batch_size", "prefetch")},
+        "sampling": {k: v for k, v in sampling.items() if k not in ("num_workers", "eval_batch_size")},
         "augmentations": to_plain(OmegaConf.select(cfg, "augmentations", default=None)),
         "loaders": to_plain(OmegaConf.select(cfg, "loaders", default=None)),
         "fold": int(OmegaConf.select(cfg, "fold", default=0) or 0),
