@@ -16,7 +16,8 @@ from pandemonium.modes.steps.evaluate_patch import (
     headline_figures,
     informative_rows,
 )
-from pandemonium.modes.steps.transfer import blur, brightness, figures_record, image_condition, jpeg
+from pandemonium.modes.steps.image_conditions import blur, brightness, image_condition, jpeg
+from pandemonium.modes.steps.transfer import figures_record
 from pandemonium.report.html import HeadlineFigure, ReportData, extract_numbers, render_html
 
 SUMMARY = {"task": "t", "metric": "hit", "split": "test", "n_rows": 40.0, "n_scenes": 30.0,

@@ -22,8 +22,9 @@ from pandemonium.attack.presets import AttackConfigError
 from pandemonium.modes.steps import CURVES_KEY, EVAL_SUMMARY_KEY, EXAMPLES_KEY
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import headline_figures, load_patch, split_counts
+from pandemonium.modes.steps.image_conditions import CURVE_CONDITIONS
 from pandemonium.modes.steps.sweep import newest_sweep, read_sweep, study_reports, sweep_table
-from pandemonium.modes.steps.transfer import CURVE_CONDITIONS, TRANSFER_KEY, read_summary
+from pandemonium.modes.steps.transfer import TRANSFER_KEY, read_summary
 from pandemonium.plain import as_float
 from pandemonium.report.data import (
     ExamplePair,

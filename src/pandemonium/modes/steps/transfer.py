@@ -41,22 +41,15 @@ from pandemonium.models.memo import MemoizedModel
 from pandemonium.modes.steps import UNIVERSAL_TASK
 from pandemonium.modes.steps.context import ModeContext
 from pandemonium.modes.steps.evaluate_patch import evaluation_size, load_patch
-from pandemonium.modes.steps.image_conditions import (  # noqa: F401 - re-exported: callers import them from here
-    CURVE_CONDITIONS,
-    IMAGE_CONDITIONS,
-    blur,
-    brightness,
-    image_condition,
-    jpeg,
-)
+from pandemonium.modes.steps.image_conditions import CURVE_CONDITIONS, IMAGE_CONDITIONS, image_condition
 from pandemonium.modes.steps.models import ModelSource
 from pandemonium.report.transfer import success_from_eval_table
 from pandemonium.runs.provenance import artifact_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURVE_CONDITIONS", "IMAGE_CONDITIONS", "TRANSFER_KEY", "Transfer", "figures_record", "image_condition",
-           "override_param", "read_summary", "transfer_headline", "transfer_lines"]
+__all__ = ["TRANSFER_KEY", "Transfer", "figures_record", "override_param", "read_summary", "transfer_headline",
+           "transfer_lines"]
 
 TRANSFER_KEY = "transfer"
 
