@@ -124,6 +124,9 @@ class AbstractBaseScheduler:
     #: artifact keys whose stored tasks (this project's, or ``reuse.<key>``'s) are the task list when
     #: the command names none (``pandemonium report proj=p`` reports what ``p`` holds, not the demo tasks)
     default_tasks_from: tuple[str, ...] = ()
+    #: modules a remote worker imports while the driver prepares (``RayExecutor.prepare``), besides the
+    #: scheduler's own module and what every step needs
+    worker_imports: tuple[str, ...] = ()
     #: artifact keys an interrupted step resumes from; ``continue`` keeps them (other files of the
     #: interrupted step go, so the rerun writes them under the same names)
     resumed_keys: tuple[str, ...] = ("patch_checkpoints",)

@@ -170,7 +170,7 @@ class RayExecutor(Executor):
             return
         if self.address is not None:
             self.check_address(self.address)
-        modules = [*WORKER_IMPORTS, type(scheduler).__module__, *getattr(type(scheduler), "worker_imports", ())]
+        modules = [*WORKER_IMPORTS, type(scheduler).__module__, *scheduler.worker_imports]
         self._starter = _BackgroundStart(self, list(dict.fromkeys(modules)))
 
     def connect(self) -> None:
