@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pandemonium.allocator import tune_allocator
     from pandemonium.cli.main import compose_config
+    from pandemonium.modes.tune import TuneScheduler
     from pandemonium.runs.base import build_scheduler
+    from pandemonium.runs.ray_executor import WORKER_IMPORTS, warm_worker
     from pandemonium.testing.fixtures import write_fake_task
 
     tune_allocator()  # as the CLI does (the Ray executor's workers do it too)
@@ -118,16 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
     @ray.remote(num_cpus=1)
     def warm() -> tuple[float, int]:
-        start = time.perf_counter()
-        # what a worker's first step imports (the driver has them from training the models)
-        import optuna  # noqa: F401 - what a tune trial adds
-
-        import pandemonium.attack.training  # noqa: F401
-        import pandemonium.models.storage  # noqa: F401
-        import pandemonium.modes.attack  # noqa: F401
-        import pandemonium.modes.tune  # noqa: F401
-        import pandemonium.tasks.datamodule  # noqa: F401 - lightning: the largest share
-        return time.perf_counter() - start, torch.get_num_threads()
+        # what a worker's first step imports: the executor's own warm-up list for both modes timed here
+        seconds = warm_worker([*WORKER_IMPORTS, "pandemonium.modes.attack", "pandemonium.modes.tune",
+                               *TuneScheduler.worker_imports])
+        return seconds, torch.get_num_threads()
 
     attack = ("task_list=[bench_a,bench_b]", "mode.subroutines=[attack,evaluate]")
     # cold: Ray's workers start inside this run, so its steps pay a worker's start and first step
