@@ -48,3 +48,28 @@ def test_lean_summary_equals_the_full_one_where_it_reports(pipeline):
 def test_unknown_baseline_arm_is_refused(pipeline):
     with pytest.raises(ValueError, match="black"):
         _evaluation(pipeline, baseline_arms=("random", "black"))
+
+
+
+class _WholeRun(Pipeline):
+    """A pipeline without ``draw_params``: the evaluation falls back on running it whole."""
+
+    draw_params = None
+
+
+def test_drawing_the_conditions_does_not_run_the_model(pipeline):
+    calls = []
+    handle = pipeline.stages[-1].register_forward_hook(lambda *args: calls.append(1))
+    patch = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(1))
+    try:
+        evaluation = _evaluation(pipeline)
+        drawn = evaluation.draw(patch)
+        assert not calls and len(drawn) == len(evaluation.batch_sizes) == 2
+        # a pipeline without draw_params runs whole, model included, and draws the very same conditions
+        ran = FixedEvaluation(_WholeRun(*pipeline.stages), evaluation.loss, {}, num_eval=12, batch_size=8, seed=3).draw(patch)
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+    for mine, theirs in zip(drawn, ran, strict=True):
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(torch.as_tensor(mine[k]), torch.as_tensor(theirs[k])) for k in mine)

@@ -213,8 +213,13 @@ class FixedEvaluation:
         if self.conditions is not None:
             return self.conditions
         conditions = []
+        # a Pipeline draws without running its model; any other pipeline runs whole and is read after
+        draw_params = getattr(self.pipeline, "draw_params", None)
         with isolated_rng(self.pipeline, seed=self.seed):
             for b in self.batch_sizes:
+                if draw_params is not None:
+                    conditions.append(dict(draw_params(expand_patch(patch, b), evaluate=True)))
+                    continue
                 self.pipeline(expand_patch(patch, b), evaluate=True)
                 conditions.append(dict(self.pipeline.get_last_sample_as_dict()))
         self.conditions = self._spread_scenes(conditions)
