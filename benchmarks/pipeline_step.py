@@ -33,6 +33,8 @@ The output is markdown, headed by the device, threads, allocator setting and lib
     .venv/bin/python benchmarks/pipeline_step.py --allocator compare   # glibc tuning on vs off
     .venv/bin/python benchmarks/pipeline_step.py --device cuda  # plus the largest batch per path
     .venv/bin/python benchmarks/pipeline_step.py --quick --op-sources 15  # where each path's ops come from
+    /tmp/emvenv/bin/python benchmarks/pipeline_step.py --victims anchor --batches 32 --sizes 128 --rounds 40
+                                                               # one cell, a steadier median
 
 ``--allocator compare`` runs each cell twice in fresh processes, with and without
 ``pandemonium.allocator.tune_allocator()`` (what the CLI applies at start-up), alternating, and prints
@@ -316,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="grid 8/32 x 64/128, 1 warm-up + 5 rounds")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="timed rounds per cell (0: 5 with --quick, else 9); more rounds, a steadier median")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 8,32,128)")
     parser.add_argument("--sizes", default=None, help="comma-separated image sides (default 64,128,256)")
     parser.add_argument("--victims", default="anchor,project")
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator()
     device = torch.device(args.device)
     warmup, rounds = (1, 5) if args.quick else (2, 9)
+    rounds = args.rounds or rounds
     batches = [int(b) for b in (args.batches or ("8,32" if args.quick else "8,32,128")).split(",")]
     sizes = [int(s) for s in (args.sizes or ("64,128" if args.quick else "64,128,256")).split(",")]
 
