@@ -19,14 +19,14 @@ layout into final predictions with a score threshold and class-aware NMS.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pandemonium.boxes import box_iou
+from pandemonium.boxes import box_iou_np
 from pandemonium.models.backbones import Normalize, SmallCNN, conv_bn_act
 
 DETECTION_KEYS = ("boxes", "objectness", "class_scores")
@@ -106,30 +106,25 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
     Written here because torchvision (whose compiled ``nms`` op is the usual choice) does not load with
     the CPU torch build this project pins; with a few hundred grid cells per image the O(N^2) IoU matrix
-    is cheap.
+    is cheap. Computed on the host, like :func:`decode_host`.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = scores.argsort(descending=True)
-    # the greedy pass walks rows of the overlap matrix one by one: on host booleans a step costs a
-    # microsecond, on tensors several (evaluation runs this loop tens of thousands of times)
-    over = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= over[i]
-    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+    scores_h = _host(scores)[None]
+    (kept,) = _nms_rows(_host(boxes)[None], scores_h, np.array([scores_h.shape[1]]), iou_threshold,
+                        lambda r: _torch_order(scores))
+    return torch.from_numpy(kept).to(boxes.device)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-aware NMS: boxes of different labels never suppress each other (coordinate-offset trick)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    offsets = labels.to(boxes.dtype)[:, None] * (boxes.max() + 1)
-    return nms(boxes + offsets, scores, iou_threshold)
+    scores_h = _host(scores)[None]
+    count = np.array([scores_h.shape[1]])
+    (kept,) = _nms_rows(_class_offset(_host(boxes)[None], _host(labels)[None], count), scores_h, count,
+                        iou_threshold, lambda r: _torch_order(scores))
+    return torch.from_numpy(kept).to(boxes.device)
 
 
 def decode(
@@ -144,14 +139,35 @@ def decode(
 
     The score of a cell is ``objectness * max(class_scores)``; cells under ``score_thr`` are dropped,
     the rest go through class-aware NMS and the best ``max_detections`` are kept. With ``image_size``
-    (H, W) boxes are clipped to the image. ``score_threshold`` is an alias of ``score_thr``.
+    (H, W) boxes are clipped to the image. ``score_threshold`` is an alias of ``score_thr``. The
+    tensors are on the outputs' devices, in their dtypes (:func:`decode_host` gives NumPy arrays).
     """
     if score_threshold is not None:
         score_thr = score_threshold
+    return host_detections_to_torch(decode_host(outputs, score_thr, nms_iou, max_detections, image_size), outputs)
+
+
+def decode_host(
+    outputs: dict[str, torch.Tensor],
+    score_thr: float = 0.05,
+    nms_iou: float = 0.5,
+    max_detections: int = 100,
+    image_size: tuple[int, int] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """:func:`decode` with NumPy arrays out, for callers that go on working on the host.
+
+    The batch-wide steps (scores, clipping, the threshold) are torch ops on the whole batch. The
+    per-image ones (selection, class offsets, IoU, greedy suppression) are NumPy on one host copy of
+    the batch, done for images of similar detection counts at once (each padded to the largest of its
+    group): per image they would be a few dozen torch ops of a few microseconds' dispatch each on a
+    handful of boxes. The results are the per-image torch implementation's bits: every step is the
+    same IEEE operation in the same dtype (see :mod:`pandemonium.boxes`), padding never mixes into an
+    image's values, and boxes with equal scores are ordered as torch's ``argsort`` orders them.
+    Outputs in bfloat16, which NumPy lacks, are worked on in float32.
+    """
     missing = [k for k in DETECTION_KEYS if k not in outputs]
     if missing:
         raise KeyError(f"decode: detector outputs lack {missing}; expected keys {list(DETECTION_KEYS)}")
-    results = []
     with torch.no_grad():
         cls_prob, labels = outputs["class_scores"].max(dim=-1)
         scores = outputs["objectness"] * cls_prob
@@ -160,8 +176,107 @@ def decode(
             h, w = image_size
             boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
                                  boxes[..., 3].clamp(0, h)], dim=-1)
-        for boxes_i, scores_i, labels_i, keep in zip(boxes, scores, labels, scores > score_thr):
-            boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-            kept = batched_nms(boxes_i, scores_i, labels_i, nms_iou)[:max_detections]
-            results.append({"boxes": boxes_i[kept], "scores": scores_i[kept], "labels": labels_i[kept]})
-    return results
+        above = scores > score_thr
+    boxes_h, scores_h, labels_h, above_h = _host(boxes), _host(scores), _host(labels), _host(above)
+    count = above_h.sum(axis=1)
+    _, cells = np.nonzero(above_h)  # row by row: each image's kept cells in index order
+    start = np.cumsum(count) - count
+    results: list[dict[str, np.ndarray] | None] = [None] * len(count)
+    for group in _similar_counts(count):
+        c = count[group]
+        pos = np.arange(c.max())
+        # (G, K) the group's kept cells, row r's first c[r] real, the rest repeat a real cell (any finite box)
+        cell = cells[np.where(pos < c[:, None], start[group, None] + pos, start[group, None])]
+        image = group[:, None]
+        bx, sc, lb = boxes_h[image, cell], scores_h[image, cell], labels_h[image, cell]
+        # equal scores are ordered by torch's sort on the outputs' device, as they were when NMS ran there
+        kept = _nms_rows(_class_offset(bx, lb, c), sc, c, nms_iou,
+                         lambda r, sc=sc, c=c: _torch_order(torch.from_numpy(sc[r, : c[r]]).to(scores.device)))
+        for r, i in enumerate(group):
+            k = kept[r][:max_detections]
+            results[i] = {"boxes": bx[r, k], "scores": sc[r, k], "labels": lb[r, k]}
+    return [d if d is not None else {"boxes": np.empty((0, 4), boxes_h.dtype), "scores": np.empty(0, scores_h.dtype),
+                                     "labels": np.empty(0, labels_h.dtype)} for d in results]
+
+
+def host_detections_to_torch(
+    detections: Sequence[dict[str, np.ndarray]], outputs: dict[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`decode_host`'s arrays for ``outputs`` as the tensors :func:`decode` returns: on the devices
+    and in the dtypes of the outputs they came from (CPU tensors share the arrays' memory)."""
+    kinds = {"boxes": (outputs["boxes"].dtype, outputs["boxes"].device),
+             "scores": (torch.promote_types(outputs["objectness"].dtype, outputs["class_scores"].dtype),
+                        outputs["objectness"].device),
+             "labels": (torch.long, outputs["class_scores"].device)}
+    # the arrays are in these dtypes but for bfloat16 (worked on in float32)
+    moved = {k for k, (dtype, device) in kinds.items() if device.type != "cpu" or dtype == torch.bfloat16}
+    if not moved or not detections:
+        return [{k: torch.from_numpy(v) for k, v in d.items()} for d in detections]
+    # one transfer per key for the whole batch rather than one per image
+    sizes = [len(d["scores"]) for d in detections]
+    parts = {k: (torch.from_numpy(np.concatenate([d[k] for d in detections])).to(dtype=dtype, device=device).split(sizes)
+                 if k in moved else [torch.from_numpy(d[k]) for d in detections]) for k, (dtype, device) in kinds.items()}
+    return [{k: parts[k][i] for k in kinds} for i in range(len(detections))]
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a NumPy array (a view of a CPU tensor); bfloat16, which NumPy lacks, as float32."""
+    t = t.detach()
+    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
+
+
+def _torch_order(scores: torch.Tensor) -> np.ndarray:
+    return scores.argsort(descending=True).cpu().numpy()
+
+
+# padded IoU work of one group of images at most, in elements (each (G, K, K) step of a group is one array)
+_GROUP_ELEMENTS = 1 << 20
+
+
+def _similar_counts(count: np.ndarray) -> list[np.ndarray]:
+    """Indices of the images with detections, grouped by ``ceil(log2(count))`` (so padding to a group's
+    largest count at most quadruples the K x K work) and split to at most ``_GROUP_ELEMENTS``."""
+    images = np.flatnonzero(count)
+    level = np.ceil(np.log2(count[images]))
+    groups = []
+    for v in np.unique(level):
+        group = images[level == v]
+        size = max(1, _GROUP_ELEMENTS // int(count[group].max()) ** 2)
+        groups += [group[i : i + size] for i in range(0, len(group), size)]
+    return groups
+
+
+def _class_offset(boxes: np.ndarray, labels: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``boxes`` ``(G, K, 4)`` shifted by ``label * (max coordinate + 1)`` of their image (the first
+    ``count`` rows of each are its boxes), so boxes of different labels do not overlap."""
+    real = np.arange(boxes.shape[1]) < count[:, None]
+    top = (boxes if real.all() else np.where(real[..., None], boxes, boxes.dtype.type(-np.inf))).max(axis=(1, 2))
+    return boxes + labels.astype(boxes.dtype)[..., None] * (top + boxes.dtype.type(1))[:, None, None]
+
+
+def _nms_rows(boxes: np.ndarray, scores: np.ndarray, count: np.ndarray, iou_threshold: float,
+              tie_order: Callable[[int], np.ndarray]) -> list[np.ndarray]:
+    """Greedy NMS of several images at once: ``boxes`` ``(G, K, 4)`` and ``scores`` ``(G, K)``, of which
+    the first ``count[r]`` of row ``r`` are real (the rest finite filler). Returns per image the kept
+    positions by decreasing score; where an image's scores are not all distinct, in the order
+    ``tie_order(r)`` gives, torch's (see below)."""
+    real = np.arange(scores.shape[1]) < count[:, None]
+    key = scores if real.all() else np.where(real, scores, scores.dtype.type(-np.inf))
+    order = np.argsort(-key, axis=1, kind="stable")
+    ranked = np.take_along_axis(key, order, axis=1)
+    distinct = ((ranked[:, 1:] < ranked[:, :-1]) | ~real[:, 1:]).all(axis=1) & ((order < count[:, None]) | ~real).all(axis=1)
+    for r in np.flatnonzero(~distinct):
+        # equal scores (or NaN): torch's CPU sort is not stable (above 16 elements on AVX512 machines it puts
+        # equal values in an order of its own), and which of two overlapping equal-score boxes NMS keeps
+        # depends on that order, so take torch's
+        order[r, : count[r]] = tie_order(int(r))
+        order[r, count[r] :] = np.arange(count[r], scores.shape[1])
+    ranked_boxes = np.take_along_axis(boxes, order[..., None], axis=1)
+    iou = box_iou_np(ranked_boxes, ranked_boxes)
+    over = iou > iou.dtype.type(iou_threshold)  # torch compares a tensor with a Python float in the tensor's dtype
+    keep = np.zeros(order.shape, dtype=bool)
+    suppressed = np.zeros(order.shape, dtype=bool)
+    for i in range(order.shape[1]):  # the greedy pass, every image's i-th box at once
+        keep[:, i] = kept = real[:, i] & ~suppressed[:, i]
+        suppressed |= over[:, i] & kept[:, None]
+    return [order[r, keep[r]] for r in range(len(order))]
