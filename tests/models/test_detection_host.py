@@ -204,10 +204,14 @@ def test_decode_clipping_truncation_and_gradients_match_the_reference():
     assert decode(empty) == [] == _reference_decode(empty)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_decode_on_cuda_matches_the_torch_reference_on_cuda():
+# the outputs' own device: CPU everywhere, and CUDA too where a GPU is present (results come back there)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decode_matches_the_torch_reference_on_the_outputs_device(device):
     for out in (_outputs(3, 64, ties=True), _saturated(1)):
-        out = {k: v.cuda() for k, v in out.items()}
+        out = {k: v.to(device) for k, v in out.items()}
         _assert_same_detections(decode(out, score_thr=0.05, nms_iou=0.3), _reference_decode(out, score_thr=0.05, nms_iou=0.3))
 
 
