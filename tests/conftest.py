@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import pytest
@@ -23,3 +24,16 @@ def library_log_handlers_outlive_captured_streams():
             if (type(handler) is not logging.FileHandler and stream is not None
                     and getattr(stream, "closed", False)):
                 handler.stream = sys.stderr  # not setStream(): it flushes the closed stream first
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rebuildable_caches_in_the_session_folder(tmp_path_factory):
+    """pandemonium's cache (the MLflow schema template) in this session's temporary folder rather than
+    the user's: each test session builds its own, as a fresh machine does."""
+    previous = os.environ.get("PANDEMONIUM_CACHE_DIR")
+    os.environ["PANDEMONIUM_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "pandemonium-cache")
+    yield
+    if previous is None:
+        os.environ.pop("PANDEMONIUM_CACHE_DIR", None)
+    else:
+        os.environ["PANDEMONIUM_CACHE_DIR"] = previous

@@ -22,6 +22,7 @@ import yaml
 
 from pandemonium.errors import PandemoniumError
 from pandemonium.plain import to_plain
+from pandemonium.tracking.mlflow_schema import seed_sqlite
 
 __all__ = [
     "MlflowUnreachableError",
@@ -58,7 +59,8 @@ def resolve_tracking_uri(uri: str | None, out_dir: str | os.PathLike[str]) -> st
 def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
     """Fail fast with one clear error if ``uri`` cannot be used; returns ``uri``.
 
-    - ``sqlite:///path``: the folder is created if needed and the file must open as SQLite;
+    - ``sqlite:///path``: the folder is created if needed and the file must open as SQLite; a new file
+      is a copy of MLflow's empty schema (:mod:`pandemonium.tracking.mlflow_schema`);
     - ``http(s)://host:port``: a TCP connection must open within ``timeout`` seconds;
     - ``file:`` / plain paths: the folder must be creatable and writable;
     - other schemes (``databricks``, …) are passed through with a log line (cannot be probed here).
@@ -73,6 +75,7 @@ def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
         path = Path(raw)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            seed_sqlite(path)  # a new file starts with MLflow's schema (instead of ~1.4 s of migrations)
             con = sqlite3.connect(str(path), timeout=timeout)
             try:
                 con.execute("PRAGMA schema_version").fetchone()
