@@ -1,6 +1,6 @@
 """Run every benchmark in one go and print each one's ratios/figures.
 
-    .venv/bin/python benchmarks/run_all.py            # all three, full size
+    .venv/bin/python benchmarks/run_all.py            # all of them, full size
     .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats/steps; model quality on digits only
     .venv/bin/python benchmarks/run_all.py --pipeline-python /tmp/emvenv/bin/python  # with electricmayhem
 
@@ -26,13 +26,15 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=["pipeline", "trainer", "quality"], default=None)
+    parser.add_argument("--only", nargs="+", choices=["pipeline", "floor", "trainer", "quality"], default=None)
     parser.add_argument("--pipeline-python", default=sys.executable,
                         help="interpreter for pipeline_step.py (e.g. a side venv with electricmayhem)")
     args = parser.parse_args(argv)
 
     runs = {
         "pipeline": ["pipeline_step.py", *(["--quick"] if args.quick else [])],
+        # what the fewest ops for the pipeline step cost here (no target: the pipeline's targets beside it)
+        "floor": ["step_floor.py", *(["--rounds", "10"] if args.quick else [])],
         "trainer": ["trainer_overhead.py", *(["--quick"] if args.quick else [])],
         "quality": ["model_quality.py", *(["--tasks", "digits"] if args.quick else [])],
     }
