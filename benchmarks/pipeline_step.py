@@ -87,6 +87,13 @@ def stride2_net(num_classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def bare_step(model: nn.Module, loss: nn.Module, composited: torch.Tensor, labels: torch.Tensor) -> None:
+    """The denominator of every ratio: the victim's forward + backward to its input on an already
+    composited batch (step_floor.py divides by the same step)."""
+    x = composited.detach().requires_grad_(True)
+    (-loss(model(x), labels)).backward()
+
+
 VICTIMS = {"anchor": stride2_net, "project": conv_net}
 VICTIM_NOTES = {"anchor": "4 conv layers 3-32-64-64-128, stride 2 in every layer",
                 "project": "4 conv layers 3-32-64-64-128, strides 1, 2, 2, 2 (common.conv_net)"}
@@ -155,8 +162,7 @@ class Cell:
             self.patch.clamp_(0, 1)
 
     def bare(self) -> None:
-        x = self.composited.detach().requires_grad_(True)
-        (-self.loss(self.model(x), self.labels)).backward()
+        bare_step(self.model, self.loss, self.composited, self.labels)
 
     def timed(self, name: str) -> float:
         if self.device.type == "cuda":

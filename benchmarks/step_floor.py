@@ -23,7 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from pipeline_step import stride2_net
+from pipeline_step import bare_step, stride2_net
 from torch import nn
 
 from pandemonium.allocator import tune_allocator
@@ -120,8 +120,7 @@ class FloorCell:
             self.patch.clamp_(0, 1)
 
     def bare(self) -> None:
-        x = self.composited.detach().requires_grad_(True)
-        (-self.loss(self.model(x), self.labels)).backward()
+        bare_step(self.model, self.loss, self.composited, self.labels)
 
     def ratios(self, warmup: int, rounds: int) -> dict[str, list[float]]:
         names = list(self.steps)
