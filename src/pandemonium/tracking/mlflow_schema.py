@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -43,9 +44,9 @@ def cache_dir() -> Path:
 def schema_template() -> Path:
     """The empty database of the installed MLflow version, built on first use (atomically: processes
     racing to build it each write their own file and the last rename wins, all equal)."""
-    import mlflow
-
-    template = cache_dir() / "mlflow-schema" / f"mlflow-{mlflow.__version__}-v{TEMPLATE_FORMAT}.db"
+    # the installed version from its metadata: importing mlflow takes seconds, copying the template does not
+    version = importlib.metadata.version("mlflow")
+    template = cache_dir() / "mlflow-schema" / f"mlflow-{version}-v{TEMPLATE_FORMAT}.db"
     if template.is_file():
         return template
     template.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def schema_template() -> Path:
         built = Path(tmp) / "schema.db"
         _build(built, Path(tmp) / "artifacts")
         os.replace(built, template)
-    log.info("built the MLflow %s schema template %s", mlflow.__version__, template)
+    log.info("built the MLflow %s schema template %s", version, template)
     return template
 
 
