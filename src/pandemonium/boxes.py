@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["box_iou", "box_iou_np"]
+__all__ = ["box_iou", "box_iou_np", "host_array"]
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,3 +59,13 @@ def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _area_np(b: np.ndarray) -> np.ndarray:
     zero = b.dtype.type(0)  # in b's own dtype, as in box_iou
     return np.maximum(b[..., 2] - b[..., 0], zero) * np.maximum(b[..., 3] - b[..., 1], zero)
+
+
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a NumPy array for the host loops (a view of a CPU tensor without a copy); bfloat16, which
+    NumPy lacks, as float32."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return (t if t.device.type == "cpu" else t.cpu()).numpy()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pandemonium.boxes import box_iou_np
+from pandemonium.boxes import box_iou_np, host_array
 from pandemonium.models.backbones import Normalize, SmallCNN, conv_bn_act
 
 DETECTION_KEYS = ("boxes", "objectness", "class_scores")
@@ -110,21 +110,23 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    scores_h = _host(scores)[None]
-    (kept,) = _nms_rows(_host(boxes)[None], scores_h, np.array([scores_h.shape[1]]), iou_threshold,
-                        lambda r: _torch_order(scores))
-    return torch.from_numpy(kept).to(boxes.device)
+    return _nms_one(host_array(boxes), scores, iou_threshold)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-aware NMS: boxes of different labels never suppress each other (coordinate-offset trick)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    scores_h = _host(scores)[None]
-    count = np.array([scores_h.shape[1]])
-    (kept,) = _nms_rows(_class_offset(_host(boxes)[None], _host(labels)[None], count), scores_h, count,
-                        iou_threshold, lambda r: _torch_order(scores))
-    return torch.from_numpy(kept).to(boxes.device)
+    count = np.array([len(boxes)])
+    return _nms_one(_class_offset(host_array(boxes)[None], host_array(labels)[None], count)[0], scores, iou_threshold)
+
+
+def _nms_one(boxes: np.ndarray, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """:func:`_nms_rows` of one image's host ``boxes`` ``(K, 4)``, kept indices on ``scores``' device."""
+    scores_h = host_array(scores)[None]
+    (kept,) = _nms_rows(boxes[None], scores_h, np.array([scores_h.shape[1]]), iou_threshold,
+                        lambda r: _torch_order(scores))
+    return torch.from_numpy(kept).to(scores.device)
 
 
 def decode(
@@ -177,7 +179,7 @@ def decode_host(
             boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
                                  boxes[..., 3].clamp(0, h)], dim=-1)
         above = scores > score_thr
-    boxes_h, scores_h, labels_h, above_h = _host(boxes), _host(scores), _host(labels), _host(above)
+    boxes_h, scores_h, labels_h, above_h = host_array(boxes), host_array(scores), host_array(labels), host_array(above)
     count = above_h.sum(axis=1)
     _, cells = np.nonzero(above_h)  # row by row: each image's kept cells in index order
     start = np.cumsum(count) - count
@@ -217,12 +219,6 @@ def host_detections_to_torch(
     parts = {k: (torch.from_numpy(np.concatenate([d[k] for d in detections])).to(dtype=dtype, device=device).split(sizes)
                  if k in moved else [torch.from_numpy(d[k]) for d in detections]) for k, (dtype, device) in kinds.items()}
     return [{k: parts[k][i] for k in kinds} for i in range(len(detections))]
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    """``t`` as a NumPy array (a view of a CPU tensor); bfloat16, which NumPy lacks, as float32."""
-    t = t.detach()
-    return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 
 def _torch_order(scores: torch.Tensor) -> np.ndarray:

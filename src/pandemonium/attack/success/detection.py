@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from pandemonium.attack.success.base import RowCounts, SuccessInputs, SuccessMetric, SuccessMetricError
-from pandemonium.boxes import box_iou_np
+from pandemonium.boxes import box_iou_np, host_array
 
 __all__ = ["DetectionSuccess", "map50", "patched_object_index"]
 
@@ -62,8 +62,8 @@ def patched_object_index(gt: torch.Tensor, patch_box: torch.Tensor | None, min_s
     """Index of the ground-truth box covering the largest share (>= ``min_share``) of the patch box; -1 if none."""
     if patch_box is None or gt.numel() == 0:
         return -1
-    pb = _host(patch_box.reshape(-1, 4)[0].to(gt))
-    return int(_patched_objects(_host(gt)[None], np.array([gt.shape[0]]), pb[None], min_share)[0])
+    pb = host_array(patch_box.reshape(-1, 4)[0].to(gt))
+    return int(_patched_objects(host_array(gt)[None], np.array([gt.shape[0]]), pb[None], min_share)[0])
 
 
 def _patched_objects(gt: np.ndarray, count: np.ndarray, patch_box: np.ndarray, min_share: float = 0.5) -> np.ndarray:
@@ -95,21 +95,12 @@ def _padded(boxes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, count
 
 
-def _host(t: torch.Tensor) -> np.ndarray:
-    """``t`` as a NumPy array (a view of a CPU tensor); bfloat16, which NumPy lacks, as float32."""
-    if t.requires_grad:
-        t = t.detach()
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return (t if t.device.type == "cpu" else t.cpu()).numpy()
-
-
 def _host_float(boxes: Any) -> np.ndarray:
     """Ground-truth or patch boxes as a float32 host array, converted as ``torch.as_tensor(boxes).float()``."""
     if isinstance(boxes, np.ndarray) and boxes.dtype == np.float32:
         return boxes
     t = boxes if isinstance(boxes, torch.Tensor) else torch.as_tensor(boxes)
-    return _host(t if t.dtype == torch.float32 else t.float())
+    return host_array(t if t.dtype == torch.float32 else t.float())
 
 
 class DetectionSuccess(SuccessMetric):
