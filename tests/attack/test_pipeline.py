@@ -295,37 +295,3 @@ def test_find_stage_by_role_not_position(patch_batch, classifier, toys):
         pipe.find_stage("augment")
     with pytest.raises(StageError, match="unknown stage role 'implanter'"):
         pipe.find_stage("implanter")
-
-
-class _CountingModel(nn.Module):
-    """Wraps a model and counts its calls."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.model(x)
-
-
-def test_draw_params_draws_what_forward_draws_without_running_the_model(toys, patch_batch, classifier):
-    counting = _CountingModel(classifier)
-    drawn, ran = (Pipeline(RandomScroll(), toys.AddLevel(), SpectrumNoise(), counting, seed=5) for _ in range(2))
-    sample = drawn.draw_params(patch_batch, evaluate=True)
-    assert counting.calls == 0
-    ran(patch_batch, evaluate=True)
-    assert counting.calls == 1
-    expected = ran.get_last_sample_as_dict()
-    assert sample.keys() == expected.keys() and len(sample) >= 3
-    assert all(torch.equal(torch.as_tensor(sample[k]), torch.as_tensor(expected[k])) for k in expected)
-    # the drawn params replay the whole pipeline, model included, like the ones forward left
-    assert torch.equal(drawn(patch_batch, params=sample)[0], ran(patch_batch, params=expected)[0])
-
-
-def test_draw_params_runs_a_model_that_is_not_the_last_step(toys, patch_batch, classifier):
-    counting = _CountingModel(classifier)
-    pipe = Pipeline(RandomScroll(), counting, toys.AddLevel(), seed=5)
-    sample = pipe.draw_params(patch_batch)
-    assert counting.calls == 1  # a stage after the model may draw from the model's output
-    assert "2_AddLevel/level" in sample

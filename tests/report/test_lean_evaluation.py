@@ -11,6 +11,7 @@ from torch import nn
 
 from pandemonium import Pipeline
 from pandemonium.attack import ClassificationTargeted, CompositeLoss, FusedImplantAugment, TotalVariation
+from pandemonium.attack import evaluation as evaluation_module
 from pandemonium.attack.evaluation import FixedEvaluation
 from pandemonium.modes.steps.transfer import figures_record
 
@@ -50,14 +51,7 @@ def test_unknown_baseline_arm_is_refused(pipeline):
         _evaluation(pipeline, baseline_arms=("random", "black"))
 
 
-
-class _WholeRun(Pipeline):
-    """A pipeline without ``draw_params``: the evaluation falls back on running it whole."""
-
-    draw_params = None
-
-
-def test_drawing_the_conditions_does_not_run_the_model(pipeline):
+def test_drawing_the_conditions_does_not_run_the_model(pipeline, monkeypatch):
     calls = []
     handle = pipeline.stages[-1].register_forward_hook(lambda *args: calls.append(1))
     patch = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(1))
@@ -65,8 +59,9 @@ def test_drawing_the_conditions_does_not_run_the_model(pipeline):
         evaluation = _evaluation(pipeline)
         drawn = evaluation.draw(patch)
         assert not calls and len(drawn) == len(evaluation.batch_sizes) == 2
-        # a pipeline without draw_params runs whole, model included, and draws the very same conditions
-        ran = FixedEvaluation(_WholeRun(*pipeline.stages), evaluation.loss, {}, num_eval=12, batch_size=8, seed=3).draw(patch)
+        # run whole, model included (what evaluations drew before), it draws the very same conditions
+        monkeypatch.setattr(evaluation_module, "ModelStage", type("NotTheModelStage", (), {}))
+        ran = _evaluation(pipeline).draw(patch)
         assert len(calls) == 2
     finally:
         handle.remove()

@@ -33,7 +33,14 @@ import pandas as pd
 import torch
 
 from pandemonium.attack.checkpoint import isolated_rng
-from pandemonium.attack.rows import PARAM_PREFIX, expand_patch, params_to_rows, pipeline_stages
+from pandemonium.attack.rows import (
+    PARAM_PREFIX,
+    expand_patch,
+    final_stage_input,
+    params_to_rows,
+    pipeline_stages,
+)
+from pandemonium.attack.stages.model import ModelStage
 from pandemonium.attack.statistics import summarize, warn_if_repeated_scenes
 from pandemonium.attack.success.columns import task_metrics
 from pandemonium.attack.success.summary import BASELINE_ARMS, arm_column, summarize_success
@@ -213,14 +220,16 @@ class FixedEvaluation:
         if self.conditions is not None:
             return self.conditions
         conditions = []
-        # a Pipeline draws without running its model; any other pipeline runs whole and is read after
-        draw_params = getattr(self.pipeline, "draw_params", None)
+        stages = pipeline_stages(self.pipeline)
+        # a final ModelStage draws nothing and is most of the cost: the pipeline stops before it
+        skip_model = bool(stages) and type(stages[-1]) is ModelStage
         with isolated_rng(self.pipeline, seed=self.seed):
             for b in self.batch_sizes:
-                if draw_params is not None:
-                    conditions.append(dict(draw_params(expand_patch(patch, b), evaluate=True)))
-                    continue
-                self.pipeline(expand_patch(patch, b), evaluate=True)
+                x = expand_patch(patch, b)
+                if skip_model:
+                    final_stage_input(self.pipeline, x, evaluate=True)
+                else:
+                    self.pipeline(x, evaluate=True)
                 conditions.append(dict(self.pipeline.get_last_sample_as_dict()))
         self.conditions = self._spread_scenes(conditions)
         self._cache = []

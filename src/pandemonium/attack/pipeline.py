@@ -181,23 +181,10 @@ class Pipeline(nn.Module):
         y, kwargs, _ = self._run(x, control, evaluate, params, kwargs, keep_inputs=False)
         return y, kwargs
 
-    @torch.no_grad()
-    def draw_params(self, x: Batch, control: bool = False, evaluate: bool = False, **kwargs: Any) -> dict[str, Any]:
-        """The params :meth:`forward` over ``x`` would draw (what :meth:`get_last_sample_as_dict` returns
-        after it), without running a final :class:`~pandemonium.attack.stages.model.ModelStage`: the
-        model draws nothing and is most of the cost (an evaluation draws its conditions this way)."""
-        from pandemonium.attack.stages.model import ModelStage
-
-        steps = len(self._plan)
-        if steps > 1 and type(self._plan_modules[-1]) is ModelStage:
-            steps -= 1
-        self._run(x, control, evaluate, None, kwargs, keep_inputs=False, steps=steps)
-        return self.get_last_sample_as_dict()
-
-    def _run(self, x, control, evaluate, params, kwargs, keep_inputs, steps=None):
+    def _run(self, x, control, evaluate, params, kwargs, keep_inputs):
         per_stage = self.split_params(params) if params is not None else [None] * len(self._plan)
         inputs = []
-        for (prefix, stage), stage_params in zip(self.run_plan()[:steps], per_stage):
+        for (prefix, stage), stage_params in zip(self.run_plan(), per_stage):
             if keep_inputs:
                 inputs.append(x)
             try:
